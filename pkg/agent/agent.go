@@ -1,0 +1,378 @@
+// Package agent is nsx-node-agent's CNI logic: it turns CNI requests into
+// a pod network config (podconfig), a veth pair (podnet) and an OVS access
+// port (ports), and rolls back whatever a failed ADD created.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"go.uber.org/zap"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
+	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+)
+
+// ErrCodeInvalidPodConfig is the CNI error code (plugin-specific range)
+// for a malformed ncp/network_config annotation.
+const ErrCodeInvalidPodConfig uint = 101
+
+// Options are the agent's settings (from ncp.ini).
+type Options struct {
+	MTU                 int           // [nsx_node_agent] mtu, when the annotation has none
+	ConfigRetryTimeout  time.Duration // how long ADD waits for the annotation
+	OVSOperationTimeout time.Duration // bound of each OVS step
+	ProcMountPathPrefix string        // prefix for /proc/<pid>/ns/net paths
+}
+
+// Deps are the agent's collaborators.
+type Deps struct {
+	Log     *zap.Logger
+	Pods    podconfig.Source
+	Ports   *ports.Manager
+	PodNet  *podnet.Manager
+	Healthy func(ctx context.Context) error // OVS and API server reachable
+}
+
+// Agent serves CNI requests. Safe for concurrent use: requests for one
+// attachment are serialised, different attachments proceed in parallel.
+type Agent struct {
+	opts Options
+	Deps
+
+	mu       sync.Mutex
+	locks    map[string]*attachLock // per host interface name
+	inFlight map[string]int
+}
+
+type attachLock struct {
+	sync.Mutex
+	refs int
+}
+
+// New returns an Agent.
+func New(opts Options, deps Deps) *Agent {
+	return &Agent{opts: opts, Deps: deps, locks: map[string]*attachLock{}, inFlight: map[string]int{}}
+}
+
+// InFlight says whether a request for the port called name is running; the
+// audit never removes such a port.
+func (a *Agent) InFlight(name string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inFlight[name] > 0
+}
+
+func (a *Agent) lock(name string) func() {
+	a.mu.Lock()
+	l := a.locks[name]
+	if l == nil {
+		l = &attachLock{}
+		a.locks[name] = l
+	}
+	l.refs++
+	a.inFlight[name]++
+	a.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		a.mu.Lock()
+		l.refs--
+		if l.refs == 0 {
+			delete(a.locks, name)
+		}
+		if a.inFlight[name]--; a.inFlight[name] == 0 {
+			delete(a.inFlight, name)
+		}
+		a.mu.Unlock()
+	}
+}
+
+// Handle runs one request and returns the response for the plugin.
+func (a *Agent) Handle(ctx context.Context, req *cniwire.Request) *cniwire.Response {
+	start := time.Now()
+	log := a.Log.With(zap.String("cmd", string(req.Command)), zap.String("container", short(req.ContainerID)),
+		zap.String("pod", req.PodNamespace+"/"+req.PodName), zap.String("ifname", req.IfName))
+	if err := req.Validate(); err != nil {
+		return errResponse(types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI request", err.Error()))
+	}
+	var (
+		res *types100.Result
+		err error
+	)
+	switch req.Command {
+	case cniwire.CmdAdd:
+		res, err = a.Add(ctx, req)
+	case cniwire.CmdDel:
+		err = a.Del(ctx, req)
+	case cniwire.CmdCheck:
+		err = a.Check(ctx, req)
+	case cniwire.CmdStatus:
+		err = a.Status(ctx)
+	case cniwire.CmdGC:
+		err = a.GC(ctx, req)
+	}
+	if err != nil {
+		log.Warn("CNI request failed", zap.Error(err), zap.Duration("took", time.Since(start)))
+		return errResponse(toCNIError(err))
+	}
+	log.Info("CNI request done", zap.Duration("took", time.Since(start)))
+	if res == nil {
+		return &cniwire.Response{}
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return errResponse(types.NewError(types.ErrInternal, "encode result", err.Error()))
+	}
+	return &cniwire.Response{Result: raw}
+}
+
+func errResponse(e *types.Error) *cniwire.Response { return &cniwire.Response{Error: e} }
+
+func toCNIError(err error) *types.Error {
+	var te *types.Error
+	var fe *podconfig.FieldError
+	var nr *podconfig.NotReadyError
+	switch {
+	case errors.As(err, &te):
+		return te
+	case errors.Is(err, podnet.ErrNetnsGone):
+		return types.NewError(types.ErrInvalidNetNS, "pod network namespace not found", err.Error())
+	case errors.As(err, &fe):
+		return types.NewError(ErrCodeInvalidPodConfig, "invalid pod network config", err.Error())
+	case errors.As(err, &nr):
+		return types.NewError(types.ErrTryAgainLater, "pod network config not available", err.Error())
+	}
+	return types.NewError(types.ErrInternal, err.Error(), "")
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// netnsPath maps a netns path as the runtime sees it to the agent's view:
+// in a container the host's /proc is mounted under proc_mount_path_prefix.
+func (a *Agent) netnsPath(p string) string {
+	if a.opts.ProcMountPathPrefix != "" && strings.HasPrefix(p, "/proc/") {
+		return a.opts.ProcMountPathPrefix + p
+	}
+	return p
+}
+
+func (a *Agent) desiredPod(req *cniwire.Request, cfg *podconfig.Config, txOff bool) podnet.Pod {
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = a.opts.MTU
+	}
+	return podnet.Pod{
+		ContainerID: req.ContainerID, Netns: a.netnsPath(req.Netns), IfName: req.IfName,
+		IP: cfg.IP, Gateway: cfg.Gateway, MAC: cfg.MAC, MTU: mtu, TxChecksumOff: txOff,
+	}
+}
+
+// Add wires the pod: config from the annotation, veth, OVS port. It is
+// idempotent (a repeated ADD whose attachment is intact returns the same
+// result) and atomic (on error nothing of this attempt remains).
+func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result, error) {
+	nc, err := cniwire.ParseNetConf(req.Config)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	host := podnet.HostIfName(req.ContainerID, req.IfName)
+	defer a.lock(host)()
+
+	wctx, cancel := context.WithTimeout(ctx, a.opts.ConfigRetryTimeout)
+	cfg, err := a.Pods.Get(wctx, req.PodNamespace, req.PodName, req.PodUID)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
+	defer cancel()
+	dpType, err := a.Ports.BridgeDatapathType(octx)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+	}
+	pod := a.desiredPod(req, cfg, dpType == "netdev")
+	want := &ports.PodPort{
+		Name: host, VLAN: cfg.VLAN, ContainerID: req.ContainerID, PodNamespace: req.PodNamespace,
+		PodName: req.PodName, PodUID: cfg.PodUID, Netns: req.Netns, IfName: req.IfName,
+		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU,
+	}
+	if cfg.Gateway != nil {
+		want.Gateway = cfg.Gateway.String()
+	}
+
+	// A repeated ADD: keep an intact attachment as it is.
+	if have, err := a.Ports.Get(octx, host); err != nil {
+		return nil, err
+	} else if have != nil && samePort(have, want) && a.PodNet.Check(pod) == nil {
+		a.Log.Info("ADD repeated for an intact attachment", zap.String("port", host))
+		return a.result(nc.CNIVersion, pod, host, nil), nil
+	} else if have != nil || a.hostLinkExists(host) {
+		// Leftovers of an earlier, different or broken attempt.
+		if err := a.remove(octx, host); err != nil {
+			return nil, fmt.Errorf("clean up earlier attempt for %s: %w", host, err)
+		}
+	}
+
+	link, err := a.PodNet.Setup(pod)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+	}
+	if _, err := a.Ports.Ensure(octx, want); err != nil {
+		if derr := a.PodNet.DeleteHostLink(host); derr != nil {
+			err = fmt.Errorf("%w (rollback veth: %v)", err, derr)
+		}
+		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+	}
+	return a.result(nc.CNIVersion, pod, host, link.HostMAC), nil
+}
+
+func (a *Agent) hostLinkExists(name string) bool {
+	ok, err := a.PodNet.HostLinkExists(name)
+	return err == nil && ok
+}
+
+func samePort(a, b *ports.PodPort) bool {
+	return a.VLAN == b.VLAN && a.ContainerID == b.ContainerID && a.PodUID == b.PodUID &&
+		a.IfName == b.IfName && a.MAC == b.MAC && a.IP == b.IP && a.Gateway == b.Gateway &&
+		a.MTU == b.MTU && a.Netns == b.Netns
+}
+
+func (a *Agent) result(cniVersion string, pod podnet.Pod, host string, hostMAC net.HardwareAddr) *types100.Result {
+	hostIf := &types100.Interface{Name: host}
+	if hostMAC != nil {
+		hostIf.Mac = hostMAC.String()
+	}
+	podIdx := 1
+	res := &types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{hostIf, {Name: pod.IfName, Mac: pod.MAC.String(), Mtu: pod.MTU, Sandbox: pod.Netns}},
+		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: *pod.IP, Gateway: pod.Gateway}},
+	}
+	if pod.Gateway != nil {
+		dst := net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+		if pod.Gateway.To4() == nil {
+			dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		res.Routes = []*types.Route{{Dst: dst, GW: pod.Gateway}}
+	}
+	_ = cniVersion // the plugin converts to the netconf's version
+	return res
+}
+
+// remove deletes the port and the veth of the attachment called host.
+func (a *Agent) remove(ctx context.Context, host string) error {
+	perr := a.Ports.Delete(ctx, host)
+	lerr := a.PodNet.DeleteHostLink(host)
+	return errors.Join(perr, lerr)
+}
+
+// Del removes the attachment's port and veth. Idempotent; it needs neither
+// the pod object nor its namespace.
+func (a *Agent) Del(ctx context.Context, req *cniwire.Request) error {
+	host := podnet.HostIfName(req.ContainerID, req.IfName)
+	defer a.lock(host)()
+	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
+	defer cancel()
+	return a.remove(octx, host)
+}
+
+// Check verifies the attachment still matches the pod's config.
+func (a *Agent) Check(ctx context.Context, req *cniwire.Request) error {
+	host := podnet.HostIfName(req.ContainerID, req.IfName)
+	defer a.lock(host)()
+	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
+	defer cancel()
+	cfg, err := a.Pods.Get(octx, req.PodNamespace, req.PodName, req.PodUID)
+	if err != nil {
+		return err
+	}
+	have, err := a.Ports.Get(octx, host)
+	if err != nil {
+		return err
+	}
+	if have == nil {
+		return fmt.Errorf("OVS port %s of pod %s/%s is missing", host, req.PodNamespace, req.PodName)
+	}
+	if have.VLAN != cfg.VLAN {
+		return fmt.Errorf("OVS port %s: tag %d, want %d", host, have.VLAN, cfg.VLAN)
+	}
+	if have.OFPort <= 0 {
+		return fmt.Errorf("OVS port %s: not attached by ovs-vswitchd (ofport %d)", host, have.OFPort)
+	}
+	dpType, err := a.Ports.BridgeDatapathType(octx)
+	if err != nil {
+		return err
+	}
+	return a.PodNet.Check(a.desiredPod(req, cfg, dpType == "netdev"))
+}
+
+// Status reports whether the agent can serve ADDs.
+func (a *Agent) Status(ctx context.Context) error {
+	if a.Healthy == nil {
+		return nil
+	}
+	if err := a.Healthy(ctx); err != nil {
+		return types.NewError(types.ErrLimitedConnectivity, "nsx-node-agent not ready", err.Error())
+	}
+	return nil
+}
+
+// GC removes the pod ports (and veths) of attachments that the runtime no
+// longer lists as valid. Ports with a request in flight are kept.
+func (a *Agent) GC(ctx context.Context, req *cniwire.Request) error {
+	nc, err := cniwire.ParseNetConf(req.Config)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	valid := map[string]bool{}
+	for _, att := range nc.ValidAttachments {
+		valid[podnet.HostIfName(att.ContainerID, att.IfName)] = true
+	}
+	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
+	defer cancel()
+	list, err := a.Ports.List(octx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, p := range list {
+		if valid[p.Name] || a.InFlight(p.Name) {
+			continue
+		}
+		a.Log.Info("GC removes pod port", zap.String("port", p.Name), zap.String("pod", p.PodNamespace+"/"+p.PodName),
+			zap.String("container", short(p.ContainerID)))
+		errs = append(errs, a.gcOne(octx, p.Name))
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) gcOne(ctx context.Context, host string) error {
+	defer a.lock(host)()
+	return a.remove(ctx, host)
+}
+
+// RemoveStale removes a port the audit found stale, unless a request for it
+// started meanwhile. It reports whether it removed it.
+func (a *Agent) RemoveStale(ctx context.Context, host string) (bool, error) {
+	if a.InFlight(host) {
+		return false, nil
+	}
+	defer a.lock(host)()
+	return true, a.remove(ctx, host)
+}

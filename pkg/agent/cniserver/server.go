@@ -1,0 +1,98 @@
+// Package cniserver serves the agent's CNI socket: HTTP on a unix socket,
+// one POST per CNI command (see pkg/cniwire).
+package cniserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+)
+
+// Handler runs one CNI request. It must be safe for concurrent use.
+type Handler interface {
+	Handle(ctx context.Context, req *cniwire.Request) *cniwire.Response
+}
+
+// Server is the CNI socket server.
+type Server struct {
+	path string
+	h    Handler
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// Listen creates the socket at path (mode 0600, root only: whoever can
+// write to it can wire pods), replacing a stale socket file left by an
+// earlier run. It refuses to replace anything that is not a socket.
+func Listen(path string, h Handler) (*Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("cni socket %s: %w", path, err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("cni socket %s: exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("cni socket %s: remove stale socket: %w", path, err)
+		}
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("cni socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("cni socket %s: %w", path, err)
+	}
+	s := &Server{path: path, h: h, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+cniwire.RequestPath, s.serveCNI)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Serve serves until Shutdown.
+func (s *Server) Serve() error {
+	err := s.srv.Serve(s.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, waits for requests in flight (bounded by ctx)
+// and removes the socket file.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	_ = os.Remove(s.path)
+	return err
+}
+
+func (s *Server) serveCNI(w http.ResponseWriter, r *http.Request) {
+	var resp *cniwire.Response
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+	var req cniwire.Request
+	if err == nil {
+		err = json.Unmarshal(body, &req)
+	}
+	if err != nil {
+		resp = &cniwire.Response{Error: types.NewError(types.ErrDecodingFailure, "malformed request to nsx-node-agent", err.Error())}
+	} else {
+		// The request lives as long as the plugin's connection: a runtime
+		// that gives up on ADD cancels the wait for the annotation.
+		resp = s.h.Handle(r.Context(), &req)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}

@@ -1,0 +1,121 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/audit"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/cniserver"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
+	"github.com/nsx-ujo/nsx-ujo/pkg/config"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+)
+
+// DaemonOptions is what nsx-node-agent runs with.
+type DaemonOptions struct {
+	Config   *config.Config
+	NodeName string
+	Log      *zap.Logger
+	Client   kubernetes.Interface
+}
+
+// RunDaemon runs nsx-node-agent until ctx ends: it waits for OVS and the
+// pod informer, serves the CNI socket and runs the audit. It returns an
+// error for a configuration it cannot serve.
+func RunDaemon(ctx context.Context, o DaemonOptions) error {
+	na := o.Config.NodeAgent
+	log := o.Log
+	if na.EnableHyperbus {
+		return errors.New("ncp.ini [nsx_node_agent] enable_hyperbus = True: this build reads pod configs from the " +
+			podconfig.AnnotationKey + " annotation only; set enable_hyperbus = False")
+	}
+	dbSock := filepath.Join(na.OVSRunDir, "db.sock")
+	db, err := dialOVS(ctx, log, dbSock, na.OVSOperationTimeout)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	src := podconfig.NewAnnotationSource(o.Client, o.NodeName)
+	go src.Run(ctx)
+	log.Info("waiting for the pod informer to sync", zap.String("node", o.NodeName))
+	if !src.WaitForSync(ctx) {
+		return ctx.Err()
+	}
+
+	pm := ports.New(db, na.OVSBridge)
+	a := New(Options{
+		MTU:                 na.MTU,
+		ConfigRetryTimeout:  na.ConfigRetryTimeout,
+		OVSOperationTimeout: na.OVSOperationTimeout,
+		ProcMountPathPrefix: na.ProcMountPathPrefix,
+	}, Deps{
+		Log:    log,
+		Pods:   src,
+		Ports:  pm,
+		PodNet: podnet.New(podnet.Options{}),
+		Healthy: func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
+			defer cancel()
+			if _, err := db.GetBridge(ctx, na.OVSBridge); err != nil {
+				return fmt.Errorf("OVS: %w", err)
+			}
+			if !src.Synced() {
+				return errors.New("pod informer not synced")
+			}
+			if _, err := o.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
+				return fmt.Errorf("kube-apiserver: %w", err)
+			}
+			return nil
+		},
+	})
+
+	srv, err := cniserver.Listen(na.CNISocket, a)
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+
+	aud := audit.New(audit.Options{Interval: na.AuditInterval, NetnsExists: func(p string) bool {
+		return podnet.NetnsExists(a.netnsPath(p))
+	}}, log.Named("audit"), pm, src, a)
+	go aud.Run(ctx)
+
+	log.Info("nsx-node-agent serving", zap.String("socket", na.CNISocket), zap.String("bridge", na.OVSBridge),
+		zap.String("node", o.NodeName))
+	return srv.Serve()
+}
+
+// dialOVS waits for ovsdb-server: in the DaemonSet nsx-ovs starts it next
+// to us, so its absence at start is normal for a while.
+func dialOVS(ctx context.Context, log *zap.Logger, sock string, timeout time.Duration) (*ovs.Client, error) {
+	delay := 200 * time.Millisecond
+	for {
+		db, err := ovs.Dial(sock, timeout)
+		if err == nil {
+			return db, nil
+		}
+		log.Info("waiting for ovsdb-server", zap.String("socket", sock), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(delay):
+		}
+		if delay < 5*time.Second {
+			delay *= 2
+		}
+	}
+}

@@ -1,0 +1,153 @@
+// Package podconfig gives the node agent a pod's network configuration: the
+// `ncp/network_config` annotation the controller (NCP) writes, parsed and
+// checked, and a Source that waits for it.
+package podconfig
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+)
+
+// AnnotationKey is the pod annotation holding the network config.
+const AnnotationKey = "ncp/network_config"
+
+// Config is a pod's network configuration.
+type Config struct {
+	PodUID  string
+	IP      *net.IPNet // address with the subnet's prefix length
+	MAC     net.HardwareAddr
+	Gateway net.IP
+	VLAN    int
+	MTU     int // 0: use the node's mtu
+}
+
+// annotation is the wire form (DESIGN.md, "Pod network config").
+type annotation struct {
+	Version    *int   `json:"version"`
+	PodUID     string `json:"pod_uid"`
+	IPAddress  string `json:"ip_address"`
+	MACAddress string `json:"mac_address"`
+	GatewayIP  string `json:"gateway_ip"`
+	VLANID     *int   `json:"vlan_id"`
+	MTU        int    `json:"mtu"`
+}
+
+// FieldError names the annotation field that is wrong.
+type FieldError struct {
+	Field  string
+	Value  string
+	Reason string
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("annotation %s: field %q: %s", AnnotationKey, e.Field, e.Reason)
+	}
+	return fmt.Sprintf("annotation %s: field %q = %q: %s", AnnotationKey, e.Field, e.Value, e.Reason)
+}
+
+// ErrUIDMismatch is returned (wrapped) when the annotation was written for
+// another pod of the same name: a recreated pod must never get it.
+var ErrUIDMismatch = errors.New("pod_uid does not match the pod")
+
+// Parse decodes and validates an annotation value. podUID, when not empty,
+// must equal the annotation's pod_uid.
+func Parse(value, podUID string) (*Config, error) {
+	var a annotation
+	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
+	if err := dec.Decode(&a); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return nil, &FieldError{Field: te.Field, Reason: "expected " + te.Type.String() + ", got JSON " + te.Value}
+		}
+		return nil, fmt.Errorf("annotation %s: not valid JSON: %w", AnnotationKey, err)
+	}
+	if a.Version == nil {
+		return nil, &FieldError{Field: "version", Reason: "missing"}
+	}
+	if *a.Version != 1 {
+		return nil, &FieldError{Field: "version", Value: fmt.Sprint(*a.Version), Reason: "only version 1 is understood"}
+	}
+	if a.PodUID == "" {
+		return nil, &FieldError{Field: "pod_uid", Reason: "missing"}
+	}
+	if podUID != "" && a.PodUID != podUID {
+		return nil, fmt.Errorf("annotation %s: pod_uid %s, pod has %s: %w", AnnotationKey, a.PodUID, podUID, ErrUIDMismatch)
+	}
+	ip, ipnet, err := net.ParseCIDR(a.IPAddress)
+	if err != nil {
+		return nil, &FieldError{Field: "ip_address", Value: a.IPAddress, Reason: "not an address in CIDR notation (e.g. 10.0.1.5/24)"}
+	}
+	ones, bits := ipnet.Mask.Size()
+	if ip.Equal(ipnet.IP) && ones < bits-1 {
+		return nil, &FieldError{Field: "ip_address", Value: a.IPAddress, Reason: "is the subnet's network address"}
+	}
+	if ip4 := ip.To4(); ip4 != nil {
+		ip = ip4
+	}
+	cfg := &Config{PodUID: a.PodUID, IP: &net.IPNet{IP: ip, Mask: ipnet.Mask}}
+
+	mac, err := net.ParseMAC(a.MACAddress)
+	if err != nil || len(mac) != 6 {
+		return nil, &FieldError{Field: "mac_address", Value: a.MACAddress, Reason: "not a 48-bit MAC address"}
+	}
+	if mac[0]&1 == 1 {
+		return nil, &FieldError{Field: "mac_address", Value: a.MACAddress, Reason: "is a multicast address"}
+	}
+	cfg.MAC = mac
+
+	if a.GatewayIP != "" {
+		gw := net.ParseIP(a.GatewayIP)
+		if gw == nil {
+			return nil, &FieldError{Field: "gateway_ip", Value: a.GatewayIP, Reason: "not an IP address"}
+		}
+		if (gw.To4() == nil) != (ip.To4() == nil) {
+			return nil, &FieldError{Field: "gateway_ip", Value: a.GatewayIP, Reason: "not of the address family of ip_address"}
+		}
+		if !ipnet.Contains(gw) {
+			return nil, &FieldError{Field: "gateway_ip", Value: a.GatewayIP, Reason: "not in the subnet of ip_address " + ipnet.String()}
+		}
+		if gw.Equal(ip) {
+			return nil, &FieldError{Field: "gateway_ip", Value: a.GatewayIP, Reason: "equals ip_address"}
+		}
+		if gw4 := gw.To4(); gw4 != nil {
+			gw = gw4
+		}
+		cfg.Gateway = gw
+	}
+	if a.VLANID == nil {
+		return nil, &FieldError{Field: "vlan_id", Reason: "missing"}
+	}
+	if *a.VLANID < 1 || *a.VLANID > 4094 {
+		return nil, &FieldError{Field: "vlan_id", Value: fmt.Sprint(*a.VLANID), Reason: "must be 1..4094"}
+	}
+	cfg.VLAN = *a.VLANID
+	if a.MTU != 0 && (a.MTU < 576 || a.MTU > 9216) {
+		return nil, &FieldError{Field: "mtu", Value: fmt.Sprint(a.MTU), Reason: "must be 576..9216 (or absent for the node's mtu)"}
+	}
+	cfg.MTU = a.MTU
+	return cfg, nil
+}
+
+// Marshal renders cfg as an annotation value (used by the tests and by the
+// fabric simulator that plays NCP).
+func Marshal(cfg *Config) string {
+	a := map[string]any{
+		"version":     1,
+		"pod_uid":     cfg.PodUID,
+		"ip_address":  cfg.IP.String(),
+		"mac_address": cfg.MAC.String(),
+		"vlan_id":     cfg.VLAN,
+	}
+	if cfg.Gateway != nil {
+		a["gateway_ip"] = cfg.Gateway.String()
+	}
+	if cfg.MTU != 0 {
+		a["mtu"] = cfg.MTU
+	}
+	b, _ := json.Marshal(a)
+	return string(b)
+}

@@ -1,0 +1,160 @@
+// Package ports owns the pods' OVS ports on the integration bridge: access
+// ports tagged with the pod's VLAN whose external_ids are the node's record
+// of its pods (read back at start by the agent and by the eBPF dataplane).
+package ports
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+)
+
+// external_ids keys of a pod port. Only ports with OwnerKey = OwnerValue are
+// ever touched by the agent's GC and audit.
+const (
+	OwnerKey        = "nsx-ujo-owner"
+	OwnerValue      = "nsx-node-agent"
+	KeyContainerID  = "container-id"
+	KeyPodNamespace = "pod-namespace"
+	KeyPodName      = "pod-name"
+	KeyPodUID       = "pod-uid"
+	KeyNetns        = "netns"
+	KeyIfName       = "ifname"
+	KeyAttachedMAC  = "attached-mac"
+	KeyIP           = "ip-address"
+	KeyGateway      = "gateway-ip"
+	KeyMTU          = "mtu"
+)
+
+// PodPort is a pod's port as recorded in OVSDB.
+type PodPort struct {
+	Name         string // the host end of the pod's veth
+	VLAN         int
+	ContainerID  string
+	PodNamespace string
+	PodName      string
+	PodUID       string
+	Netns        string
+	IfName       string
+	MAC          string
+	IP           string // CIDR
+	Gateway      string
+	MTU          int
+	OFPort       int
+}
+
+func (p *PodPort) externalIDs() map[string]string {
+	m := map[string]string{
+		OwnerKey:        OwnerValue,
+		KeyContainerID:  p.ContainerID,
+		KeyPodNamespace: p.PodNamespace,
+		KeyPodName:      p.PodName,
+		KeyPodUID:       p.PodUID,
+		KeyNetns:        p.Netns,
+		KeyIfName:       p.IfName,
+		KeyAttachedMAC:  p.MAC,
+		KeyIP:           p.IP,
+	}
+	if p.Gateway != "" {
+		m[KeyGateway] = p.Gateway
+	}
+	if p.MTU != 0 {
+		m[KeyMTU] = strconv.Itoa(p.MTU)
+	}
+	return m
+}
+
+func fromOVS(p *ovs.Port) (*PodPort, bool) {
+	ids := p.ExternalIDs
+	if ids[OwnerKey] != OwnerValue {
+		return nil, false
+	}
+	mtu, _ := strconv.Atoi(ids[KeyMTU])
+	return &PodPort{
+		Name: p.Name, VLAN: p.Tag, OFPort: p.OFPort,
+		ContainerID: ids[KeyContainerID], PodNamespace: ids[KeyPodNamespace], PodName: ids[KeyPodName],
+		PodUID: ids[KeyPodUID], Netns: ids[KeyNetns], IfName: ids[KeyIfName],
+		MAC: ids[KeyAttachedMAC], IP: ids[KeyIP], Gateway: ids[KeyGateway], MTU: mtu,
+	}, true
+}
+
+// Manager adds, reads and removes pod ports on one bridge. Every method is
+// idempotent and safe for concurrent use; each write is one OVSDB
+// transaction.
+type Manager struct {
+	db     *ovs.Client
+	bridge string
+}
+
+// New returns a Manager for bridge.
+func New(db *ovs.Client, bridge string) *Manager { return &Manager{db: db, bridge: bridge} }
+
+// Bridge is the bridge's name.
+func (m *Manager) Bridge() string { return m.bridge }
+
+// Ensure creates or updates the pod's port and waits until ovs-vswitchd has
+// it. On failure the port is removed again.
+func (m *Manager) Ensure(ctx context.Context, p *PodPort) (*PodPort, error) {
+	got, err := m.db.EnsureAccessPort(ctx, m.bridge, ovs.PortSpec{Name: p.Name, Tag: p.VLAN, ExternalIDs: p.externalIDs()})
+	if err != nil {
+		if got != nil { // created, but vswitchd refused it
+			if derr := m.db.DeletePort(ctx, m.bridge, p.Name); derr != nil {
+				err = fmt.Errorf("%w (rollback: %v)", err, derr)
+			}
+		}
+		return nil, err
+	}
+	pp, _ := fromOVS(got)
+	return pp, nil
+}
+
+// Delete removes the port called name. A missing port is not an error.
+func (m *Manager) Delete(ctx context.Context, name string) error {
+	return m.db.DeletePort(ctx, m.bridge, name)
+}
+
+// Get returns the pod port called name, or nil when there is no such port
+// or it is not a pod port of ours.
+func (m *Manager) Get(ctx context.Context, name string) (*PodPort, error) {
+	p, err := m.db.GetPort(ctx, name)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	pp, ok := fromOVS(p)
+	if !ok {
+		return nil, nil
+	}
+	return pp, nil
+}
+
+// List returns every pod port of ours on the bridge.
+func (m *Manager) List(ctx context.Context) ([]PodPort, error) {
+	all, err := m.db.ListPorts(ctx, m.bridge)
+	if err != nil {
+		return nil, err
+	}
+	var out []PodPort
+	for i := range all {
+		if pp, ok := fromOVS(&all[i]); ok {
+			out = append(out, *pp)
+		}
+	}
+	return out, nil
+}
+
+// BridgeDatapathType returns the bridge's datapath_type ("" is system).
+func (m *Manager) BridgeDatapathType(ctx context.Context) (string, error) {
+	b, err := m.db.GetBridge(ctx, m.bridge)
+	if err != nil {
+		return "", err
+	}
+	return b.DatapathType, nil
+}
+
+func isNotFound(err error) bool { return errors.Is(err, ovs.ErrNotFound) }

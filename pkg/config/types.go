@@ -1,0 +1,71 @@
+// Package config is the one place that parses, defaults and validates
+// ncp.ini for every nsx-ujo daemon.
+package config
+
+import "time"
+
+// Config is ncp.ini. Field comments name the section and key.
+type Config struct {
+	Default   Default
+	CoE       CoE
+	K8s       K8s
+	NodeAgent NodeAgent
+	KubeProxy KubeProxy
+}
+
+// Default is [DEFAULT].
+type Default struct {
+	Debug   bool   // debug (False)
+	LogDir  string // log_dir ("": no file)
+	LogFile string // log_file ("": <binary>.log when log_dir is set)
+}
+
+// CoE is [coe].
+type CoE struct {
+	Cluster  string // cluster ("k8scluster")
+	NodeType string // node_type: HOSTVM (default) | BAREMETAL
+}
+
+// K8s is [k8s]. The --kubeconfig flag overrides all of it.
+type K8s struct {
+	Kubeconfig        string // kubeconfig ("": in-cluster or the fields below)
+	APIServerHostIP   string // apiserver_host_ip
+	APIServerHostPort int    // apiserver_host_port
+	CAFile            string // ca_file
+	ClientTokenFile   string // client_token_file
+	Insecure          bool   // insecure (False)
+}
+
+// NodeAgent is [nsx_node_agent].
+type NodeAgent struct {
+	OVSBridge                       string        // ovs_bridge (br-int)
+	OVSUplinkPort                   string        // ovs_uplink_port ("": the port with ofport 1)
+	MTU                             int           // mtu (1500), 576..9216 // overridden per pod by the annotation
+	NSXRPCCIP                       string        // nsxrpc_cip (169.254.1.0/31), a CIDR
+	NSXRPCPort                      int           // nsxrpc_port (2345)
+	NSXRPCVLAN                      int           // nsxrpc_vlan (4094)
+	EnableHyperbus                  bool          // enable_hyperbus (False)
+	ProcMountPathPrefix             string        // proc_mount_path_prefix (/host)
+	ConfigRetryTimeout              time.Duration // config_retry_timeout, seconds (300)
+	OVSOperationTimeout             time.Duration // ovs_operation_timeout, seconds (5)
+	IsDHCPConfiguredOnOVSUplinkPort bool          // is_dhcp_configured_on_ovs_uplink_port (False)
+	// Ours.
+	OVSRunDir       string        // ovs_run_dir (/var/run/openvswitch)
+	OVSDBDir        string        // ovs_db_dir (/etc/openvswitch)
+	OVSDatapathType string        // ovs_datapath_type: system (default) | netdev
+	StateDir        string        // state_dir (/var/lib/nsx-ujo)
+	CNISocket       string        // cni_socket (/var/run/nsx-ujo/cni.sock)
+	AuditInterval   time.Duration // audit_interval, seconds (60)
+}
+
+// KubeProxy is [nsx_kube_proxy].
+type KubeProxy struct {
+	ConfigHandler    string        // config_handler (ovs): NCP's key, kept for compatibility
+	Dataplane        string        // dataplane: ovs (default) | ebpf
+	ServiceProxyName string        // service_proxy_name ("")
+	SyncPeriod       time.Duration // sync_period, seconds (30)
+	MinSyncPeriod    time.Duration // min_sync_period, seconds (0)
+	HealthzBindAddr  string        // healthz_bind_address (0.0.0.0:10256)
+	MetricsBindAddr  string        // metrics_bind_address (127.0.0.1:10249)
+	BPFPinDir        string        // bpf_pin_dir (/sys/fs/bpf/nsx-ujo)
+}
