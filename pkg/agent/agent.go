@@ -148,7 +148,7 @@ func toCNIError(err error) *types.Error {
 		return te
 	case errors.Is(err, podnet.ErrNetnsGone):
 		return types.NewError(types.ErrInvalidNetNS, "pod network namespace not found", err.Error())
-	case errors.As(err, &fe):
+	case errors.As(err, &fe), errors.Is(err, podconfig.ErrUIDMismatch):
 		return types.NewError(ErrCodeInvalidPodConfig, "invalid pod network config", err.Error())
 	case errors.As(err, &nr):
 		return types.NewError(types.ErrTryAgainLater, "pod network config not available", err.Error())

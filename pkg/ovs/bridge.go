@@ -59,8 +59,9 @@ type PortSpec struct {
 // EnsureAccessPort makes bridge hold a port spec.Name with its interface,
 // tag and external_ids, in one transaction, and waits until ovs-vswitchd has
 // applied it. Idempotent: an existing port of that name on the bridge is
-// updated in place. It fails with the interface's error (and leaves the port
-// for the caller to delete) when vswitchd cannot open the device.
+// updated in place. When the port was committed but is not usable (vswitchd
+// cannot open the device, or did not confirm in time) it returns the port
+// and an error: the caller decides whether to delete it.
 func (c *Client) EnsureAccessPort(ctx context.Context, bridge string, spec PortSpec) (*Port, error) {
 	tag := Set()
 	if spec.Tag != 0 {
@@ -91,6 +92,11 @@ func (c *Client) EnsureAccessPort(ctx context.Context, bridge string, spec PortS
 		var te *TxError
 		if errors.As(err, &te) && te.OpName == "wait" {
 			return nil, fmt.Errorf("port %s: bridge %s: %w", spec.Name, bridge, ErrNotFound)
+		}
+		var na *NotAppliedError
+		if errors.As(err, &na) {
+			// Committed: hand the caller the port so it can roll back.
+			return &Port{Name: spec.Name}, fmt.Errorf("port %s on %s: %w", spec.Name, bridge, err)
 		}
 		return nil, fmt.Errorf("port %s on %s: %w", spec.Name, bridge, err)
 	}
@@ -210,6 +216,20 @@ func (c *Client) transactAndWait(ctx context.Context, ops ...Op) error {
 	return c.waitCurCfg(ctx, want)
 }
 
+// NotAppliedError says a transaction was committed to OVSDB but
+// ovs-vswitchd did not confirm it in time (vswitchd down or overloaded).
+// The database already holds the change.
+type NotAppliedError struct {
+	NextCfg int
+	Err     error
+}
+
+func (e *NotAppliedError) Error() string {
+	return fmt.Sprintf("ovs-vswitchd did not apply the configuration (next_cfg %d) in time: is it running? %v", e.NextCfg, e.Err)
+}
+
+func (e *NotAppliedError) Unwrap() error { return e.Err }
+
 func (c *Client) waitCurCfg(ctx context.Context, want int) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -220,7 +240,7 @@ func (c *Client) waitCurCfg(ctx context.Context, want int) error {
 	for {
 		res, err := c.Transact(ctx, Select("Open_vSwitch", nil, "cur_cfg"))
 		if err != nil {
-			return err
+			return &NotAppliedError{NextCfg: want, Err: err}
 		}
 		if len(res[0].Rows) > 0 {
 			if cur, _ := DecodeInt(res[0].Rows[0]["cur_cfg"]); cur >= want {
@@ -229,7 +249,7 @@ func (c *Client) waitCurCfg(ctx context.Context, want int) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("ovs-vswitchd did not apply the configuration (next_cfg %d) in time: is it running? %w", want, ctx.Err())
+			return &NotAppliedError{NextCfg: want, Err: ctx.Err()}
 		case <-time.After(delay):
 		}
 		if delay < 20*time.Millisecond {

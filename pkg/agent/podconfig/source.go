@@ -36,6 +36,7 @@ type Source interface {
 type AnnotationSource struct {
 	informer cache.SharedIndexInformer
 	lister   listersv1.PodLister
+	nodeName string
 
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every pod event
@@ -51,7 +52,7 @@ func NewAnnotationSource(client kubernetes.Interface, nodeName string) *Annotati
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
 		}))
 	inf := f.Core().V1().Pods().Informer()
-	s := &AnnotationSource{informer: inf, lister: f.Core().V1().Pods().Lister(), changed: make(chan struct{})}
+	s := &AnnotationSource{informer: inf, lister: f.Core().V1().Pods().Lister(), nodeName: nodeName, changed: make(chan struct{})}
 	_ = inf.AddIndexers(cache.Indexers{uidIndex: func(obj any) ([]string, error) {
 		if p, ok := obj.(*corev1.Pod); ok {
 			return []string{string(p.UID)}, nil
@@ -132,6 +133,11 @@ func (s *AnnotationSource) lookup(namespace, name, uid string) (*Config, string,
 			return nil, "pod list not synced from the API server", nil
 		}
 		return nil, "pod not found on this node", nil
+	}
+	if pod.Spec.NodeName != s.nodeName {
+		// The field selector already filters; this guards a pod rebound
+		// in a cache that has not seen the delete yet.
+		return nil, fmt.Sprintf("pod is bound to node %q, not %q", pod.Spec.NodeName, s.nodeName), nil
 	}
 	if uid != "" && string(pod.UID) != uid {
 		return nil, fmt.Sprintf("pod object has uid %s, the runtime asked for %s", pod.UID, uid), nil

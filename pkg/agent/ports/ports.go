@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
@@ -81,6 +82,8 @@ func fromOVS(p *ovs.Port) (*PodPort, bool) {
 	}, true
 }
 
+const rollbackTimeout = 5 * time.Second
+
 // Manager adds, reads and removes pod ports on one bridge. Every method is
 // idempotent and safe for concurrent use; each write is one OVSDB
 // transaction.
@@ -100,8 +103,13 @@ func (m *Manager) Bridge() string { return m.bridge }
 func (m *Manager) Ensure(ctx context.Context, p *PodPort) (*PodPort, error) {
 	got, err := m.db.EnsureAccessPort(ctx, m.bridge, ovs.PortSpec{Name: p.Name, Tag: p.VLAN, ExternalIDs: p.externalIDs()})
 	if err != nil {
-		if got != nil { // created, but vswitchd refused it
-			if derr := m.db.DeletePort(ctx, m.bridge, p.Name); derr != nil {
+		if got != nil { // committed, but not usable: take it out again
+			// ctx may be spent by now; the rollback gets its own bound.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+			defer cancel()
+			derr := m.db.DeletePort(rctx, m.bridge, p.Name)
+			var na *ovs.NotAppliedError
+			if derr != nil && !errors.As(derr, &na) { // gone from the DB is enough
 				err = fmt.Errorf("%w (rollback: %v)", err, derr)
 			}
 		}

@@ -1,0 +1,440 @@
+package agent_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/audit"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
+	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// staticSource is a podconfig.Source from a map: these tests are about the
+// node's network; the informer path is tested against a real kube-apiserver
+// in tests/e2e.
+type staticSource struct {
+	mu   sync.Mutex
+	cfgs map[string]string // ns/name -> annotation
+	uids map[string]string // ns/name -> uid
+}
+
+func (s *staticSource) set(ns, name, uid, annotation string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfgs[ns+"/"+name], s.uids[ns+"/"+name] = annotation, uid
+}
+
+func (s *staticSource) remove(ns, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.cfgs, ns+"/"+name)
+	delete(s.uids, ns+"/"+name)
+}
+
+func (s *staticSource) Get(ctx context.Context, ns, name, uid string) (*podconfig.Config, error) {
+	s.mu.Lock()
+	a, ok := s.cfgs[ns+"/"+name]
+	s.mu.Unlock()
+	if !ok {
+		return nil, &podconfig.NotReadyError{Pod: ns + "/" + name, Reason: "no annotation"}
+	}
+	return podconfig.Parse(a, uid)
+}
+
+func (s *staticSource) PodExists(uid string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, u := range s.uids {
+		if u == uid {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *staticSource) Synced() bool { return true }
+
+type node struct {
+	ns    *harness.NetNS
+	ovs   *harness.OVS
+	db    *ovs.Client
+	src   *staticSource
+	agent *agent.Agent
+	ports *ports.Manager
+}
+
+func newNode(t *testing.T) *node {
+	t.Helper()
+	n := harness.NewNetNS(t)
+	o := harness.StartOVS(t, harness.OVSOptions{NetNS: n, Bridges: []string{"br-int"}})
+	db, err := ovs.Dial(o.DBSock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	src := &staticSource{cfgs: map[string]string{}, uids: map[string]string{}}
+	pm := ports.New(db, "br-int")
+	a := agent.New(agent.Options{MTU: 1500, ConfigRetryTimeout: time.Second, OVSOperationTimeout: 2 * time.Second},
+		agent.Deps{Log: zaptest.NewLogger(t), Pods: src, Ports: pm, PodNet: podnet.New(podnet.Options{HostNetNS: n.Path})})
+	return &node{ns: n, ovs: o, db: db, src: src, agent: a, ports: pm}
+}
+
+type pod struct {
+	name, uid, container string
+	ns                   *harness.NetNS
+	ip                   string
+	mac                  string
+	vlan                 int
+}
+
+func (nd *node) newPod(t *testing.T, i, vlan int) *pod {
+	p := &pod{
+		name: fmt.Sprintf("pod-%d", i), uid: fmt.Sprintf("uid-%d", i), container: fmt.Sprintf("container-%d-%d", i, time.Now().UnixNano()),
+		ns: harness.NewNetNS(t), ip: fmt.Sprintf("10.0.1.%d", 10+i), mac: fmt.Sprintf("02:50:56:00:01:%02x", 10+i), vlan: vlan,
+	}
+	nd.src.set("default", p.name, p.uid, p.annotation())
+	return p
+}
+
+func (p *pod) annotation() string {
+	return fmt.Sprintf(`{"version":1,"pod_uid":%q,"ip_address":"%s/24","mac_address":%q,"gateway_ip":"10.0.1.1","vlan_id":%d}`,
+		p.uid, p.ip, p.mac, p.vlan)
+}
+
+const netconf = `{"cniVersion":"1.1.0","name":"nsx","type":"nsx"}`
+
+func (p *pod) req(cmd cniwire.Command) *cniwire.Request {
+	return &cniwire.Request{Command: cmd, ContainerID: p.container, Netns: p.ns.Path, IfName: "eth0",
+		PodNamespace: "default", PodName: p.name, PodUID: p.uid, Config: json.RawMessage(netconf)}
+}
+
+func (nd *node) do(t *testing.T, req *cniwire.Request) *cniwire.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return nd.agent.Handle(ctx, req)
+}
+
+func (nd *node) mustAdd(t *testing.T, p *pod) *types100.Result {
+	t.Helper()
+	resp := nd.do(t, p.req(cniwire.CmdAdd))
+	if resp.Error != nil {
+		t.Fatalf("ADD %s: %v", p.name, resp.Error)
+	}
+	res, err := types100.NewResult(resp.Result)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.(*types100.Result)
+}
+
+// hostLinks lists the nsx* links in the node netns.
+func (nd *node) hostLinks(t *testing.T) []string {
+	var names []string
+	err := nd.ns.Do(func() error {
+		links, err := netlink.LinkList()
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, "nsx") {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func (nd *node) portNames(t *testing.T) []string {
+	// Every Port row but the bridge's own, whether or not the bridge exists.
+	var names []string
+	for _, n := range strings.Fields(nd.ovs.Vsctl(t, "--bare", "--columns=name", "list", "Port")) {
+		if n != "br-int" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+func (nd *node) assertEmpty(t *testing.T) {
+	t.Helper()
+	if l := nd.hostLinks(t); len(l) != 0 {
+		t.Errorf("veths left in the node: %v", l)
+	}
+	if p := nd.portNames(t); len(p) != 0 {
+		t.Errorf("OVS ports left: %v", p)
+	}
+}
+
+func TestAddConfiguresPodAndPort(t *testing.T) {
+	nd := newNode(t)
+	p := nd.newPod(t, 1, 101)
+	res := nd.mustAdd(t, p)
+	host := podnet.HostIfName(p.container, "eth0")
+
+	if len(res.IPs) != 1 || res.IPs[0].Address.String() != p.ip+"/24" || res.IPs[0].Gateway.String() != "10.0.1.1" ||
+		len(res.Interfaces) != 2 || res.Interfaces[0].Name != host || res.Interfaces[1].Sandbox != p.ns.Path ||
+		res.Interfaces[1].Mac != p.mac || len(res.Routes) != 1 {
+		t.Fatalf("result %s", mustJSON(res))
+	}
+	// Pod side.
+	addr := p.ns.Run(t, "ip", "-o", "addr", "show", "dev", "eth0")
+	link := p.ns.Run(t, "ip", "-o", "link", "show", "dev", "eth0")
+	route := p.ns.Run(t, "ip", "route", "show", "default")
+	if !strings.Contains(addr, p.ip+"/24") || !strings.Contains(link, p.mac) || !strings.Contains(link, "mtu 1500") ||
+		!strings.Contains(link, "state UP") || !strings.Contains(route, "default via 10.0.1.1 dev eth0") {
+		t.Fatalf("pod interface:\n%s\n%s\n%s", addr, link, route)
+	}
+	// netdev datapath: TX checksum offload off on both ends.
+	if out := p.ns.Run(t, "ethtool", "-k", "eth0"); !strings.Contains(out, "tx-checksumming: off") {
+		t.Fatalf("pod tx checksumming not off:\n%s", out)
+	}
+	if out := nd.ns.Run(t, "ethtool", "-k", host); !strings.Contains(out, "tx-checksumming: off") {
+		t.Fatalf("host tx checksumming not off:\n%s", out)
+	}
+	// OVS side.
+	if tag := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "tag")); tag != "101" {
+		t.Fatalf("tag %q", tag)
+	}
+	for key, want := range map[string]string{"container-id": p.container, "pod-name": "pod-1", "pod-namespace": "default",
+		"pod-uid": "uid-1", "netns": p.ns.Path, "ifname": "eth0", "attached-mac": p.mac, "ip-address": p.ip + "/24",
+		"gateway-ip": "10.0.1.1", "mtu": "1500", "nsx-ujo-owner": "nsx-node-agent"} {
+		got := strings.Trim(strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "external_ids:"+key)), `"`)
+		if got != want {
+			t.Errorf("external_ids:%s = %q, want %q", key, got, want)
+		}
+	}
+	if ofport := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Interface", host, "ofport")); ofport == "-1" || ofport == "[]" {
+		t.Fatalf("ofport %s", ofport)
+	}
+	// CHECK passes, then fails once the pod's address is changed behind our back.
+	if resp := nd.do(t, p.req(cniwire.CmdCheck)); resp.Error != nil {
+		t.Fatalf("CHECK: %v", resp.Error)
+	}
+	p.ns.Run(t, "ip", "addr", "flush", "dev", "eth0")
+	if resp := nd.do(t, p.req(cniwire.CmdCheck)); resp.Error == nil || !strings.Contains(resp.Error.Msg+resp.Error.Details, "address") {
+		t.Fatalf("CHECK after flush: %+v", resp.Error)
+	}
+}
+
+func TestTwoPodsPingThroughBrInt(t *testing.T) {
+	nd := newNode(t)
+	a, b := nd.newPod(t, 1, 101), nd.newPod(t, 2, 101)
+	nd.mustAdd(t, a)
+	nd.mustAdd(t, b)
+	a.ns.Run(t, "ping", "-c", "2", "-W", "2", b.ip)
+	b.ns.Run(t, "ping", "-c", "1", "-W", "2", a.ip)
+
+	// Another VLAN is another segment: the access ports must not leak.
+	c := nd.newPod(t, 3, 202)
+	nd.mustAdd(t, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := c.ns.Exec(ctx, "ping", "-c", "1", "-W", "1", a.ip).CombinedOutput(); err == nil {
+		t.Fatalf("pod on VLAN 202 reached a pod on VLAN 101:\n%s", out)
+	}
+}
+
+func TestDelRemovesEverythingAndIsIdempotent(t *testing.T) {
+	nd := newNode(t)
+	p := nd.newPod(t, 1, 101)
+	nd.mustAdd(t, p)
+	for i := 0; i < 2; i++ {
+		if resp := nd.do(t, p.req(cniwire.CmdDel)); resp.Error != nil {
+			t.Fatalf("DEL #%d: %v", i+1, resp.Error)
+		}
+	}
+	nd.assertEmpty(t)
+	if out := p.ns.Run(t, "ip", "-o", "link"); strings.Contains(out, "eth0") {
+		t.Fatalf("eth0 still in the pod:\n%s", out)
+	}
+	// DEL for an attachment that never existed, with its netns gone.
+	gone := p.req(cniwire.CmdDel)
+	gone.ContainerID, gone.Netns = "never-added", "/var/run/netns/does-not-exist"
+	if resp := nd.do(t, gone); resp.Error != nil {
+		t.Fatalf("DEL of unknown attachment: %v", resp.Error)
+	}
+}
+
+func TestAddTwiceIsIdempotent(t *testing.T) {
+	nd := newNode(t)
+	p := nd.newPod(t, 1, 101)
+	first := nd.mustAdd(t, p)
+	uuid1 := nd.ovs.Vsctl(t, "get", "Port", podnet.HostIfName(p.container, "eth0"), "_uuid")
+	second := nd.mustAdd(t, p)
+	uuid2 := nd.ovs.Vsctl(t, "get", "Port", podnet.HostIfName(p.container, "eth0"), "_uuid")
+	if uuid1 != uuid2 {
+		t.Fatal("repeated ADD recreated an intact port")
+	}
+	if first.IPs[0].Address.String() != second.IPs[0].Address.String() || first.Interfaces[1].Mac != second.Interfaces[1].Mac {
+		t.Fatalf("results differ:\n%s\n%s", mustJSON(first), mustJSON(second))
+	}
+	if n := len(nd.portNames(t)); n != 1 {
+		t.Fatalf("%d ports after two ADDs", n)
+	}
+	// A repeated ADD after the controller changed the config re-wires the pod.
+	p.vlan = 202
+	nd.src.set("default", p.name, p.uid, p.annotation())
+	nd.mustAdd(t, p)
+	if tag := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", podnet.HostIfName(p.container, "eth0"), "tag")); tag != "202" {
+		t.Fatalf("tag after re-ADD: %s", tag)
+	}
+}
+
+func TestFailedAddLeavesNothing(t *testing.T) {
+	cases := []struct {
+		name    string
+		prepare func(t *testing.T, nd *node, p *pod)
+		code    uint
+		want    string
+	}{
+		{"bridge missing", func(t *testing.T, nd *node, p *pod) { nd.ovs.Vsctl(t, "del-br", "br-int") }, types.ErrInternal, "br-int"},
+		{"invalid annotation", func(t *testing.T, nd *node, p *pod) {
+			nd.src.set("default", p.name, p.uid, strings.Replace(p.annotation(), `"vlan_id":101`, `"vlan_id":4095`, 1))
+		}, agent.ErrCodeInvalidPodConfig, "vlan_id"},
+		{"annotation of another pod", func(t *testing.T, nd *node, p *pod) {
+			nd.src.set("default", p.name, "uid-of-predecessor", strings.Replace(p.annotation(), p.uid, "uid-of-predecessor", 1))
+		}, agent.ErrCodeInvalidPodConfig, "pod_uid"},
+		{"no annotation", func(t *testing.T, nd *node, p *pod) { nd.src.remove("default", p.name) }, types.ErrTryAgainLater, "annotation"},
+		{"ifname taken in the pod", func(t *testing.T, nd *node, p *pod) {
+			harness.VethPair(t, p.ns, "eth0", p.ns, "eth0peer")
+		}, types.ErrInternal, "exists"},
+		{"netns gone", func(t *testing.T, nd *node, p *pod) { p.ns = &harness.NetNS{Name: "x", Path: "/var/run/netns/nsxt-none"} }, types.ErrInvalidNetNS, "netns"},
+		{"ovs-vswitchd down", func(t *testing.T, nd *node, p *pod) {
+			// The veth is created, the port is committed to OVSDB, and
+			// vswitchd never confirms it: both must be rolled back.
+			nd.ovs.Appctl(t, "exit")
+		}, types.ErrInternal, "ovs-vswitchd did not apply"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			nd := newNode(t)
+			p := nd.newPod(t, 1, 101)
+			tc.prepare(t, nd, p)
+			resp := nd.do(t, p.req(cniwire.CmdAdd))
+			if resp.Error == nil {
+				t.Fatal("ADD succeeded")
+			}
+			if resp.Error.Code != tc.code || !strings.Contains(resp.Error.Msg+" "+resp.Error.Details, tc.want) {
+				t.Fatalf("ADD error %d %q %q, want code %d naming %q", resp.Error.Code, resp.Error.Msg, resp.Error.Details, tc.code, tc.want)
+			}
+			if l := nd.hostLinks(t); len(l) != 0 {
+				t.Errorf("veths left: %v", l)
+			}
+			if names := nd.portNames(t); len(names) != 0 {
+				t.Errorf("ports left: %v", names)
+			}
+		})
+	}
+}
+
+func TestAuditRemovesStaleKeepsLive(t *testing.T) {
+	nd := newNode(t)
+	live, stale := nd.newPod(t, 1, 101), nd.newPod(t, 2, 101)
+	nd.mustAdd(t, live)
+	nd.mustAdd(t, stale)
+	// The stale pod vanished without a DEL: object gone, netns gone (its
+	// veth went with it, the OVS port stayed).
+	nd.src.remove("default", stale.name)
+	if err := harnessDeleteNetNS(stale.ns); err != nil {
+		t.Fatal(err)
+	}
+	aud := audit.New(audit.Options{Interval: time.Hour, NetnsExists: podnet.NetnsExists}, zaptest.NewLogger(t), nd.ports, nd.src, nd.agent)
+	ctx := context.Background()
+	if removed, err := aud.Sweep(ctx); err != nil || len(removed) != 0 {
+		t.Fatalf("first sweep removed %v, %v: it must wait for a second sighting", removed, err)
+	}
+	removed, err := aud.Sweep(ctx)
+	staleHost := podnet.HostIfName(stale.container, "eth0")
+	if err != nil || len(removed) != 1 || removed[0] != staleHost {
+		t.Fatalf("second sweep removed %v, %v; want [%s]", removed, err, staleHost)
+	}
+	if names := nd.portNames(t); len(names) != 1 || names[0] != podnet.HostIfName(live.container, "eth0") {
+		t.Fatalf("ports after audit: %v", names)
+	}
+	// A port not created by the agent is never touched.
+	nd.ovs.Vsctl(t, "add-port", "br-int", "uplink0", "--", "set", "Interface", "uplink0", "type=internal")
+	for i := 0; i < 3; i++ {
+		if removed, _ := aud.Sweep(ctx); len(removed) != 0 {
+			t.Fatalf("audit removed %v", removed)
+		}
+	}
+	if aud.RemovedTotal() != 1 {
+		t.Fatalf("RemovedTotal %d", aud.RemovedTotal())
+	}
+}
+
+func TestGCRemovesInvalidAttachments(t *testing.T) {
+	nd := newNode(t)
+	keep, drop := nd.newPod(t, 1, 101), nd.newPod(t, 2, 101)
+	nd.mustAdd(t, keep)
+	nd.mustAdd(t, drop)
+	gc := &cniwire.Request{Command: cniwire.CmdGC, Config: json.RawMessage(fmt.Sprintf(
+		`{"cniVersion":"1.1.0","name":"nsx","type":"nsx","cni.dev/valid-attachments":[{"containerID":%q,"ifname":"eth0"}]}`, keep.container))}
+	if resp := nd.do(t, gc); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	if names := nd.portNames(t); len(names) != 1 || names[0] != podnet.HostIfName(keep.container, "eth0") {
+		t.Fatalf("ports after GC: %v", names)
+	}
+	if l := nd.hostLinks(t); len(l) != 1 {
+		t.Fatalf("links after GC: %v", l)
+	}
+}
+
+func TestParallelAdds(t *testing.T) {
+	nd := newNode(t)
+	const n = 8
+	pods := make([]*pod, n)
+	for i := range pods {
+		pods[i] = nd.newPod(t, i+1, 101)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for _, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp := nd.do(t, p.req(cniwire.CmdAdd)); resp.Error != nil {
+				errs <- fmt.Errorf("%s: %v", p.name, resp.Error)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := len(nd.portNames(t)); got != n {
+		t.Fatalf("%d ports, want %d", got, n)
+	}
+	pods[0].ns.Run(t, "ping", "-c", "1", "-W", "2", pods[n-1].ip)
+}
+
+func harnessDeleteNetNS(n *harness.NetNS) error {
+	// Remove the namespace the way a runtime does (ip netns del); the
+	// harness cleanup tolerates it being gone already.
+	return runCmd("ip", "netns", "del", n.Name)
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+

@@ -1,0 +1,307 @@
+package harness
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// KubeVersion is the kube-apiserver the tests run; keep it equal to
+// KUBE_VERSION in hack/build-tools.sh and the client-go version in go.mod.
+const KubeVersion = "v1.37.2"
+
+const (
+	etcdReadyTimeout      = 30 * time.Second
+	apiserverReadyTimeout = 90 * time.Second
+)
+
+// APIServer is a real etcd + kube-apiserver pair on 127.0.0.1, private to
+// one test or one test binary.
+type APIServer struct {
+	URL        string // https://127.0.0.1:<port>
+	Kubeconfig string // admin kubeconfig (token auth, CA verified)
+	Token      string // bearer token of a system:masters user
+	CAFile     string // CA bundle of the self-signed serving certificate
+	Dir        string // temp dir with data, certs and logs; removed on stop
+
+	etcd      *daemon
+	apiserver *daemon
+}
+
+// KubeAPIServerBinary returns $NSX_UJO_KUBE_APISERVER if set, else
+// <repo root>/_output/tools/kube-apiserver-<KubeVersion>, building it with
+// hack/build-tools.sh when it is missing.
+func KubeAPIServerBinary() (string, error) {
+	if p := os.Getenv("NSX_UJO_KUBE_APISERVER"); p != "" {
+		return p, nil
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(root, "_output", "tools", "kube-apiserver-"+KubeVersion)
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	// Straight to stderr rather than t.Log: the build is long and t.Log
+	// output only shows once the test ends.
+	fmt.Fprintf(os.Stderr, "harness: %s missing; building it with hack/build-tools.sh (~12 minutes cold; raise go test -timeout or run `make tools` first)\n", bin)
+	cmd := exec.Command("bash", filepath.Join(root, "hack", "build-tools.sh"))
+	cmd.Dir = root
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("hack/build-tools.sh: %w", err)
+	}
+	return bin, nil
+}
+
+// StartAPIServer starts etcd and kube-apiserver for one test and stops both
+// in its cleanup, logging the apiserver's log tail if the test failed.
+func StartAPIServer(tb testing.TB) *APIServer {
+	tb.Helper()
+	s, stop, err := startAPIServer(tb.Logf)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Log(s.apiserver.logTail())
+		}
+		stop()
+	})
+	return s
+}
+
+// StartAPIServerMain is StartAPIServer for TestMain, shared by all tests of
+// a package: call the returned stop func after m.Run.
+func StartAPIServerMain() (*APIServer, func(), error) {
+	return startAPIServer(func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, format+"\n", args...)
+	})
+}
+
+func startAPIServer(logf func(string, ...any)) (*APIServer, func(), error) {
+	sweepLeftovers(logf)
+	bin, err := KubeAPIServerBinary()
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := newTempDir()
+	if err != nil {
+		return nil, nil, err
+	}
+	s := &APIServer{Dir: dir}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			s.apiserver.stop(stopGrace)
+			s.etcd.stop(stopGrace)
+			os.RemoveAll(dir)
+		})
+	}
+	if err := s.start(bin, logf); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return s, stop, nil
+}
+
+// start runs etcd and kube-apiserver with their files in s.Dir and waits
+// until the apiserver is ready.
+func (s *APIServer) start(bin string, logf func(string, ...any)) error {
+	dir := s.Dir
+	ports, err := freePorts(3)
+	if err != nil {
+		return err
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	if s.etcd, err = startEtcd(dir, etcdURL, fmt.Sprintf("http://127.0.0.1:%d", ports[1])); err != nil {
+		return err
+	}
+
+	s.Token = rand.Text()
+	tokens := filepath.Join(dir, "tokens.csv")
+	if err := os.WriteFile(tokens, []byte(s.Token+",admin,admin,system:masters\n"), 0o600); err != nil {
+		return err
+	}
+	saKey := filepath.Join(dir, "sa.key")
+	if err := writeRSAKey(saKey); err != nil {
+		return err
+	}
+	certDir := filepath.Join(dir, "certs")
+	s.CAFile = filepath.Join(certDir, "apiserver.crt")
+	s.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[2])
+	cmd := exec.Command(bin,
+		"--etcd-servers="+etcdURL,
+		"--bind-address=127.0.0.1",
+		fmt.Sprintf("--secure-port=%d", ports[2]),
+		// Tests may run it in a netns without a default route, where no
+		// address can be guessed. A loopback advertise address is refused
+		// unless the endpoint reconciler (the "kubernetes" Service's
+		// endpoints) is off, which no test needs.
+		"--advertise-address=127.0.0.1",
+		"--endpoint-reconciler-type=none",
+		// With no --tls-cert-file the apiserver writes a self-signed CA and
+		// serving cert (for the advertise address) here: apiserver.crt holds
+		// the chain, so it doubles as the client's CA bundle.
+		"--cert-dir="+certDir,
+		"--token-auth-file="+tokens,
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file="+saKey,
+		"--service-account-signing-key-file="+saKey,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		// No controller-manager creates the "default" ServiceAccount, which
+		// this plugin would require of every pod.
+		"--disable-admission-plugins=ServiceAccount",
+		"--allow-privileged=true",
+		"--profiling=false",
+	)
+	if s.apiserver, err = startDaemon("kube-apiserver", cmd, filepath.Join(dir, "kube-apiserver.log")); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := waitFor(apiserverReadyTimeout, s.apiserver, s.ready); err != nil {
+		return err
+	}
+	logf("harness: kube-apiserver %s ready at %s after %s", KubeVersion, s.URL, time.Since(start).Round(time.Millisecond))
+
+	s.Kubeconfig = filepath.Join(dir, "kubeconfig")
+	return s.writeKubeconfig()
+}
+
+// startEtcd starts a single-member etcd with its data in dir and waits for
+// /health. etcd 3.4 has no --unsafe-no-fsync; the data set is small.
+func startEtcd(dir, clientURL, peerURL string) (*daemon, error) {
+	cmd := exec.Command("etcd",
+		"--name=nsxt",
+		"--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls="+clientURL,
+		"--advertise-client-urls="+clientURL,
+		"--listen-peer-urls="+peerURL,
+		"--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=nsxt="+peerURL,
+		"--logger=zap",
+		"--log-outputs=stderr",
+	)
+	d, err := startDaemon("etcd", cmd, filepath.Join(dir, "etcd.log"))
+	if err != nil {
+		return nil, err
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	err = waitFor(etcdReadyTimeout, d, func() error {
+		body, err := httpGet(c, clientURL+"/health", "")
+		if err == nil && !strings.Contains(body, `"health":"true"`) {
+			err = fmt.Errorf("unhealthy: %s", body)
+		}
+		return err
+	})
+	if err != nil {
+		d.stop(stopGrace)
+		return nil, err
+	}
+	return d, nil
+}
+
+// ready checks /readyz over TLS verified against the generated CA, which
+// exists only once the apiserver has started serving.
+func (s *APIServer) ready() error {
+	pem, err := os.ReadFile(s.CAFile)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("no certificate in %s yet", s.CAFile)
+	}
+	c := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+	}
+	defer c.CloseIdleConnections()
+	body, err := httpGet(c, s.URL+"/readyz", s.Token)
+	if err == nil && body != "ok" {
+		err = fmt.Errorf("readyz: %s", body)
+	}
+	return err
+}
+
+func (s *APIServer) writeKubeconfig() error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["nsxt"] = &clientcmdapi.Cluster{Server: s.URL, CertificateAuthority: s.CAFile}
+	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: s.Token}
+	cfg.Contexts["nsxt"] = &clientcmdapi.Context{Cluster: "nsxt", AuthInfo: "admin"}
+	cfg.CurrentContext = "nsxt"
+	return clientcmd.WriteToFile(*cfg, s.Kubeconfig)
+}
+
+// RESTConfig returns the admin client config.
+func (s *APIServer) RESTConfig() (*rest.Config, error) {
+	return clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
+}
+
+// Client returns an admin clientset; it fails the test on error.
+func (s *APIServer) Client(t testing.TB) kubernetes.Interface {
+	t.Helper()
+	cfg, err := s.RESTConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// httpGet returns the body of a 200 answer, else an error with the body.
+func httpGet(c *http.Client, url, token string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64*1024))
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	return string(body), nil
+}
+
+// writeRSAKey writes a fresh PKCS#1 RSA key, which kube-apiserver accepts
+// both as the service-account signing key and as the verification key.
+func writeRSAKey(path string) error {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	block := &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}
+	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
+}

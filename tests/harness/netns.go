@@ -1,0 +1,129 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+const (
+	// netnsDir is where `ip netns add` mounts named namespaces.
+	netnsDir = "/run/netns"
+	// runTimeout bounds a command run by Run so a hung tool fails the test
+	// with its output instead of reaching the go test timeout.
+	runTimeout = 2 * time.Minute
+)
+
+var netnsCounter atomic.Int64
+
+// NetNS is a named network namespace made for one test.
+type NetNS struct {
+	Name string // nsxt-<pid>-<counter>
+	Path string // /run/netns/<Name>
+}
+
+// NewNetNS creates a network namespace with lo up. The cleanup kills every
+// process still inside and deletes it.
+func NewNetNS(t testing.TB) *NetNS {
+	t.Helper()
+	RequireRoot(t)
+	sweepLeftovers(t.Logf)
+	name := fmt.Sprintf("%s%d-%d", namePrefix, os.Getpid(), netnsCounter.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	}
+	n := &NetNS{Name: name, Path: filepath.Join(netnsDir, name)}
+	t.Cleanup(func() {
+		if err := deleteNetNS(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	n.Run(t, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+// deleteNetNS kills the processes inside the namespace, then unmounts it.
+// Killing first matters: a namespace lives on while a process holds it.
+func deleteNetNS(name string) error {
+	if _, err := os.Stat(filepath.Join(netnsDir, name)); os.IsNotExist(err) {
+		return nil // deleted by the test itself, as a runtime would
+	}
+	out, err := exec.Command("ip", "netns", "pids", name).Output()
+	if err != nil {
+		return fmt.Errorf("ip netns pids %s: %w", name, err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		// The test process itself is listed while one of its threads is
+		// inside (Do on another goroutine); it must not shoot itself.
+		if pid, err := strconv.Atoi(f); err == nil && pid != os.Getpid() {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %w: %s", name, err, out)
+	}
+	return nil
+}
+
+// Do runs fn on a locked OS thread switched into the namespace, for netlink
+// and socket calls from Go. Goroutines fn starts run outside of it.
+func (n *NetNS) Do(fn func() error) error {
+	h, err := ns.GetNS(n.Path)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return h.Do(func(ns.NetNS) error { return fn() })
+}
+
+// Exec builds a command that runs inside the namespace. It enters only the
+// network namespace with nsenter: `ip netns exec` also unshares the mount
+// namespace and remounts /sys, which hides /sys/fs/bpf from the command.
+func (n *NetNS) Exec(ctx context.Context, name string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path, "--", name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// Run runs a command inside the namespace and returns its combined output;
+// it fails the test with that output if the command fails.
+func (n *NetNS) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	out, err := n.Exec(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("in netns %s: %s %s: %v\n%s", n.Name, name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// VethPair creates a veth pair with end aName in a and bName in b, both up.
+// It is created inside a, so a name can never clash with the host's links.
+// The cleanup deletes it (which removes both ends).
+func VethPair(t testing.TB, a *NetNS, aName string, b *NetNS, bName string) {
+	t.Helper()
+	a.Run(t, "ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name)
+	t.Cleanup(func() {
+		// Gone already if the test deleted it or a's namespace went first.
+		if _, err := os.Stat(a.Path); err != nil {
+			return
+		}
+		out, err := exec.Command("ip", "-n", a.Name, "link", "del", aName).CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "Cannot find device") {
+			t.Errorf("delete veth %s in %s: %v: %s", aName, a.Name, err, out)
+		}
+	})
+	a.Run(t, "ip", "link", "set", aName, "up")
+	b.Run(t, "ip", "link", "set", bName, "up")
+}
