@@ -315,7 +315,9 @@ func TestFailedAddLeavesNothing(t *testing.T) {
 		{"ifname taken in the pod", func(t *testing.T, nd *node, p *pod) {
 			harness.VethPair(t, p.ns, "eth0", p.ns, "eth0peer")
 		}, types.ErrInternal, "exists"},
-		{"netns gone", func(t *testing.T, nd *node, p *pod) { p.ns = &harness.NetNS{Name: "x", Path: "/var/run/netns/nsxt-none"} }, types.ErrInvalidNetNS, "netns"},
+		{"netns gone", func(t *testing.T, nd *node, p *pod) {
+			p.ns = &harness.NetNS{Name: "x", Path: "/var/run/netns/nsxt-none"}
+		}, types.ErrInvalidNetNS, "netns"},
 		{"ovs-vswitchd down", func(t *testing.T, nd *node, p *pod) {
 			// The veth is created, the port is committed to OVSDB, and
 			// vswitchd never confirms it: both must be rolled back.
@@ -437,4 +439,3 @@ func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
-
