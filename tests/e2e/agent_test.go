@@ -1,0 +1,316 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// agentNode is one node: a netns with its own OVS and the real
+// nsx-node-agent binary running inside it.
+type agentNode struct {
+	name   string
+	ns     *harness.NetNS
+	ovs    *harness.OVS
+	socket string
+	cni    *libcni.CNIConfig
+	list   *libcni.NetworkConfigList
+	logf   string
+}
+
+func startAgentNode(t *testing.T, name string, extraINI string) *agentNode {
+	t.Helper()
+	n := harness.NewNetNS(t)
+	o := harness.StartOVS(t, harness.OVSOptions{NetNS: n, Bridges: []string{"br-int"}})
+	api.ExposeIn(t, n)
+	dir := t.TempDir()
+	nd := &agentNode{name: name, ns: n, ovs: o, socket: filepath.Join(o.RunDir, "cni.sock"), logf: filepath.Join(dir, "agent.log")}
+	ini := fmt.Sprintf(`[DEFAULT]
+debug = True
+[k8s]
+kubeconfig = %s
+[nsx_node_agent]
+ovs_bridge = br-int
+ovs_run_dir = %s
+cni_socket = %s
+proc_mount_path_prefix =
+config_retry_timeout = 20
+%s
+`, api.Kubeconfig, o.RunDir, nd.socket, extraINI)
+	iniPath := filepath.Join(dir, "ncp.ini")
+	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nsx","nsxBuildVersion":"test","plugins":[
+		{"type":"nsx","socket":%q},{"type":"loopback"}]}`, nd.socket)
+	list, err := libcni.ConfListFromBytes([]byte(conflist))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.list = list
+	nd.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), nil)
+	nd.startAgent(t, iniPath)
+	return nd
+}
+
+func (nd *agentNode) startAgent(t *testing.T, iniPath string) {
+	t.Helper()
+	logFile, err := os.Create(nd.logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := nd.ns.Exec(ctx, filepath.Join(binDir, "nsx-node-agent"), "--config-file", iniPath, "--node-name", nd.name)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(nd.logf)
+			t.Logf("--- nsx-node-agent log ---\n%s", b)
+		}
+	})
+	// Ready when STATUS succeeds through the real plugin.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := nd.cni.GetStatusNetworkList(context.Background(), nd.list)
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			b, _ := os.ReadFile(nd.logf)
+			t.Fatalf("nsx-node-agent exited:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nsx-node-agent not ready: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (nd *agentNode) rt(p *corev1.Pod, podNS *harness.NetNS, containerID string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: containerID, NetNS: podNS.Path, IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name},
+		{"K8S_POD_INFRA_CONTAINER_ID", containerID}, {"K8S_POD_UID", string(p.UID)},
+	}}
+}
+
+func createPod(t *testing.T, cs kubernetes.Interface, ns, name, node string) *corev1.Pod {
+	t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "registry.invalid/pause:1"}}},
+	}
+	p, err := cs.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func annotate(t *testing.T, cs kubernetes.Interface, p *corev1.Pod, uid, ip string, vlan int) {
+	t.Helper()
+	v := fmt.Sprintf(`{"version":1,"pod_uid":%q,"ip_address":"%s/24","mac_address":"02:50:56:00:02:%s","gateway_ip":"10.0.2.1","vlan_id":%d}`,
+		uid, ip, ip[strings.LastIndex(ip, ".")+1:], vlan)
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{podconfig.AnnotationKey: v}}})
+	if _, err := cs.CoreV1().Pods(p.Namespace).Patch(context.Background(), p.Name, "application/merge-patch+json", patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newNamespace(t *testing.T, cs kubernetes.Interface) string {
+	t.Helper()
+	ns, err := cs.CoreV1().Namespaces().Create(context.Background(),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+func TestAgentWiresPodFromAPIAnnotationThroughLibcni(t *testing.T) {
+	cs := api.Client(t)
+	nd := startAgentNode(t, "node-a", "")
+	ns := newNamespace(t, cs)
+	p := createPod(t, cs, ns, "web-0", nd.name)
+	podNS := harness.NewNetNS(t)
+	rt := nd.rt(p, podNS, "cid-web-0")
+
+	// The controller writes the annotation a moment after the ADD started:
+	// the agent must be woken by the watch, not fail.
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		annotate(t, cs, p, string(p.UID), "10.0.2.10", 301)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := nd.cni.AddNetworkList(ctx, nd.list, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	res, err := types100.GetResult(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CNIVersion != "1.1.0" || len(res.IPs) != 1 || res.IPs[0].Address.String() != "10.0.2.10/24" {
+		t.Fatalf("result: %+v", res)
+	}
+	if out := podNS.Run(t, "ip", "-o", "addr"); !strings.Contains(out, "10.0.2.10/24") || !strings.Contains(out, "lo ") {
+		t.Fatalf("pod addresses:\n%s", out)
+	}
+	host := podnet.HostIfName("cid-web-0", "eth0")
+	if tag := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "tag")); tag != "301" {
+		t.Fatalf("tag %s", tag)
+	}
+	if uid := strings.Trim(strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "external_ids:pod-uid")), `"`); uid != string(p.UID) {
+		t.Fatalf("pod-uid %s, want %s", uid, p.UID)
+	}
+	if err := nd.cni.CheckNetworkList(ctx, nd.list, rt); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := nd.cni.DelNetworkList(ctx, nd.list, rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if out := strings.TrimSpace(nd.ovs.Vsctl(t, "list-ports", "br-int")); out != "" {
+		t.Fatalf("ports after DEL: %s", out)
+	}
+	// DEL again, as runtimes do, succeeds.
+	if err := nd.cni.DelNetworkList(ctx, nd.list, rt); err != nil {
+		t.Fatalf("second DEL: %v", err)
+	}
+}
+
+func TestRecreatedPodNeverGetsPredecessorsConfig(t *testing.T) {
+	cs := api.Client(t)
+	nd := startAgentNode(t, "node-b", "")
+	ns := newNamespace(t, cs)
+	old := createPod(t, cs, ns, "db-0", nd.name)
+	annotate(t, cs, old, string(old.UID), "10.0.2.20", 302)
+	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), old.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	// Same name, new UID, carrying the old annotation (as a stale copy
+	// would): the agent must wait for the controller's new config.
+	p := createPod(t, cs, ns, "db-0", nd.name)
+	annotate(t, cs, p, string(old.UID), "10.0.2.20", 302)
+	podNS := harness.NewNetNS(t)
+	rt := nd.rt(p, podNS, "cid-db-0-new")
+	go func() {
+		time.Sleep(time.Second)
+		annotate(t, cs, p, string(p.UID), "10.0.2.21", 303)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := nd.cni.AddNetworkList(ctx, nd.list, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	res, _ := types100.GetResult(r)
+	if res.IPs[0].Address.String() != "10.0.2.21/24" {
+		t.Fatalf("recreated pod got %s, want its own 10.0.2.21/24", res.IPs[0].Address.String())
+	}
+	t.Cleanup(func() { _ = nd.cni.DelNetworkList(context.Background(), nd.list, rt) })
+}
+
+func TestPluginErrorsAreCNIErrors(t *testing.T) {
+	cs := api.Client(t)
+	nd := startAgentNode(t, "node-c", "")
+	ns := newNamespace(t, cs)
+	p := createPod(t, cs, ns, "bad-0", nd.name)
+	annotate(t, cs, p, string(p.UID), "10.0.2.30", 5000) // vlan out of range
+	podNS := harness.NewNetNS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(p, podNS, "cid-bad-0"))
+	var ce *types.Error
+	if !asCNIError(err, &ce) || !strings.Contains(ce.Details, "vlan_id") {
+		t.Fatalf("ADD with vlan 5000: %v, want a CNI error naming vlan_id", err)
+	}
+	if out := strings.TrimSpace(nd.ovs.Vsctl(t, "list-ports", "br-int")); out != "" {
+		t.Fatalf("ports after failed ADD: %s", out)
+	}
+
+	// Agent socket absent: code 11 (try again later) naming the socket; DEL succeeds.
+	missing := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nsx","plugins":[{"type":"nsx","socket":"/nonexistent/cni.sock"}]}`)
+	list, err := libcni.ConfListFromBytes([]byte(missing))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = nd.cni.AddNetworkList(ctx, list, nd.rt(p, podNS, "cid-bad-1"))
+	if !asCNIError(err, &ce) || ce.Code != types.ErrTryAgainLater || !strings.Contains(ce.Details, "/nonexistent/cni.sock") {
+		t.Fatalf("ADD without agent: %v", err)
+	}
+	if err := nd.cni.DelNetworkList(ctx, list, nd.rt(p, podNS, "cid-bad-1")); err != nil {
+		t.Fatalf("DEL without agent: %v", err)
+	}
+	if err := nd.cni.GetStatusNetworkList(ctx, list); !asCNIError(err, &ce) || ce.Code != types.ErrPluginNotAvailable {
+		t.Fatalf("STATUS without agent: %v", err)
+	}
+}
+
+func TestAuditRemovesPortOfVanishedPod(t *testing.T) {
+	cs := api.Client(t)
+	nd := startAgentNode(t, "node-d", "audit_interval = 1")
+	ns := newNamespace(t, cs)
+	p := createPod(t, cs, ns, "gone-0", nd.name)
+	annotate(t, cs, p, string(p.UID), "10.0.2.40", 304)
+	podNS := harness.NewNetNS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(p, podNS, "cid-gone-0")); err != nil {
+		t.Fatal(err)
+	}
+	keep := createPod(t, cs, ns, "keep-0", nd.name)
+	annotate(t, cs, keep, string(keep.UID), "10.0.2.41", 304)
+	keepNS := harness.NewNetNS(t)
+	if _, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(keep, keepNS, "cid-keep-0")); err != nil {
+		t.Fatal(err)
+	}
+	// The pod disappears with no DEL: object deleted, sandbox netns gone.
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runOut("ip", "netns", "del", podNS.Name); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	gone, kept := podnet.HostIfName("cid-gone-0", "eth0"), podnet.HostIfName("cid-keep-0", "eth0")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ports := strings.Fields(nd.ovs.Vsctl(t, "list-ports", "br-int"))
+		if len(ports) == 1 && ports[0] == kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ports %v, want only %s (stale %s not audited away)", ports, kept, gone)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(nd.logf)
+	if !strings.Contains(string(b), "audit: removed stale pod port") {
+		t.Fatal("the agent did not log the removal")
+	}
+}
