@@ -1,0 +1,53 @@
+# nsx-ujo. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+KUBE_VERSION := v1.37.2
+BINARIES := nsx nsx-node-agent
+# Privileged tests start OVS, etcd and kube-apiserver: give them room.
+TEST_TIMEOUT ?= 30m
+FUZZTIME ?= 10s
+
+.PHONY: all build test unit lint fuzz tools deps bench clean help
+
+all: build
+
+help:
+	@echo "make deps   install the Debian packages the tests need (root)"
+	@echo "make build  build $(BINARIES) into $(BIN)/"
+	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
+	@echo "make unit   tests that need no root"
+	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
+	@echo "make tools  build kube-apiserver $(KUBE_VERSION) into _output/tools (once per machine)"
+
+deps:
+	hack/install-deps.sh
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+tools:
+	hack/build-tools.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+test: lint build tools
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	$(MAKE) fuzz
+
+unit:
+	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/
+	$(GO) test -run='^$$' -fuzz=FuzzParseNetConf -fuzztime=$(FUZZTIME) ./pkg/cniwire/
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/config/
+
+bench: build tools
+	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/
+
+clean:
+	rm -rf $(BIN)
