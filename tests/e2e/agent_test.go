@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,105 +18,9 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
-
-// agentNode is one node: a netns with its own OVS and the real
-// nsx-node-agent binary running inside it.
-type agentNode struct {
-	name   string
-	ns     *harness.NetNS
-	ovs    *harness.OVS
-	socket string
-	cni    *libcni.CNIConfig
-	list   *libcni.NetworkConfigList
-	logf   string
-}
-
-func startAgentNode(t *testing.T, name string, extraINI string) *agentNode {
-	t.Helper()
-	n := harness.NewNetNS(t)
-	o := harness.StartOVS(t, harness.OVSOptions{NetNS: n, Bridges: []string{"br-int"}})
-	api.ExposeIn(t, n)
-	dir := t.TempDir()
-	nd := &agentNode{name: name, ns: n, ovs: o, socket: filepath.Join(o.RunDir, "cni.sock"), logf: filepath.Join(dir, "agent.log")}
-	ini := fmt.Sprintf(`[DEFAULT]
-debug = True
-[k8s]
-kubeconfig = %s
-[nsx_node_agent]
-ovs_bridge = br-int
-ovs_run_dir = %s
-cni_socket = %s
-proc_mount_path_prefix =
-config_retry_timeout = 20
-%s
-`, api.Kubeconfig, o.RunDir, nd.socket, extraINI)
-	iniPath := filepath.Join(dir, "ncp.ini")
-	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nsx","nsxBuildVersion":"test","plugins":[
-		{"type":"nsx","socket":%q},{"type":"loopback"}]}`, nd.socket)
-	list, err := libcni.ConfListFromBytes([]byte(conflist))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nd.list = list
-	nd.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cni-cache"), nil)
-	nd.startAgent(t, iniPath)
-	return nd
-}
-
-func (nd *agentNode) startAgent(t *testing.T, iniPath string) {
-	t.Helper()
-	logFile, err := os.Create(nd.logf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := nd.ns.Exec(ctx, filepath.Join(binDir, "nsx-node-agent"), "--config-file", iniPath, "--node-name", nd.name)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		logFile.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(nd.logf)
-			t.Logf("--- nsx-node-agent log ---\n%s", b)
-		}
-	})
-	// Ready when STATUS succeeds through the real plugin.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := nd.cni.GetStatusNetworkList(context.Background(), nd.list)
-		if err == nil {
-			return
-		}
-		select {
-		case <-done:
-			b, _ := os.ReadFile(nd.logf)
-			t.Fatalf("nsx-node-agent exited:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nsx-node-agent not ready: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func (nd *agentNode) rt(p *corev1.Pod, podNS *harness.NetNS, containerID string) *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: containerID, NetNS: podNS.Path, IfName: "eth0", Args: [][2]string{
-		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name},
-		{"K8S_POD_INFRA_CONTAINER_ID", containerID}, {"K8S_POD_UID", string(p.UID)},
-	}}
-}
 
 func createPod(t *testing.T, cs kubernetes.Interface, ns, name, node string) *corev1.Pod {
 	t.Helper()
@@ -154,11 +57,11 @@ func newNamespace(t *testing.T, cs kubernetes.Interface) string {
 
 func TestAgentWiresPodFromAPIAnnotationThroughLibcni(t *testing.T) {
 	cs := api.Client(t)
-	nd := startAgentNode(t, "node-a", "")
+	nd := cluster.StartAgentNode(t, api, "node-a", cluster.AgentOptions{BinDir: binDir})
 	ns := newNamespace(t, cs)
-	p := createPod(t, cs, ns, "web-0", nd.name)
+	p := createPod(t, cs, ns, "web-0", nd.Name)
 	podNS := harness.NewNetNS(t)
-	rt := nd.rt(p, podNS, "cid-web-0")
+	rt := cluster.RuntimeConf(p, podNS, "cid-web-0")
 
 	// The controller writes the annotation a moment after the ADD started:
 	// the agent must be woken by the watch, not fail.
@@ -168,7 +71,7 @@ func TestAgentWiresPodFromAPIAnnotationThroughLibcni(t *testing.T) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := nd.cni.AddNetworkList(ctx, nd.list, rt)
+	r, err := nd.CNI.AddNetworkList(ctx, nd.List, rt)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -183,49 +86,49 @@ func TestAgentWiresPodFromAPIAnnotationThroughLibcni(t *testing.T) {
 		t.Fatalf("pod addresses:\n%s", out)
 	}
 	host := podnet.HostIfName("cid-web-0", "eth0")
-	if tag := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "tag")); tag != "301" {
+	if tag := strings.TrimSpace(nd.OVS.Vsctl(t, "get", "Port", host, "tag")); tag != "301" {
 		t.Fatalf("tag %s", tag)
 	}
-	if uid := strings.Trim(strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "external_ids:pod-uid")), `"`); uid != string(p.UID) {
+	if uid := strings.Trim(strings.TrimSpace(nd.OVS.Vsctl(t, "get", "Port", host, "external_ids:pod-uid")), `"`); uid != string(p.UID) {
 		t.Fatalf("pod-uid %s, want %s", uid, p.UID)
 	}
-	if err := nd.cni.CheckNetworkList(ctx, nd.list, rt); err != nil {
+	if err := nd.CNI.CheckNetworkList(ctx, nd.List, rt); err != nil {
 		t.Fatalf("CHECK: %v", err)
 	}
-	if err := nd.cni.DelNetworkList(ctx, nd.list, rt); err != nil {
+	if err := nd.CNI.DelNetworkList(ctx, nd.List, rt); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
-	if out := strings.TrimSpace(nd.ovs.Vsctl(t, "list-ports", "br-int")); out != "" {
+	if out := strings.TrimSpace(nd.OVS.Vsctl(t, "list-ports", "br-int")); out != "" {
 		t.Fatalf("ports after DEL: %s", out)
 	}
 	// DEL again, as runtimes do, succeeds.
-	if err := nd.cni.DelNetworkList(ctx, nd.list, rt); err != nil {
+	if err := nd.CNI.DelNetworkList(ctx, nd.List, rt); err != nil {
 		t.Fatalf("second DEL: %v", err)
 	}
 }
 
 func TestRecreatedPodNeverGetsPredecessorsConfig(t *testing.T) {
 	cs := api.Client(t)
-	nd := startAgentNode(t, "node-b", "")
+	nd := cluster.StartAgentNode(t, api, "node-b", cluster.AgentOptions{BinDir: binDir})
 	ns := newNamespace(t, cs)
-	old := createPod(t, cs, ns, "db-0", nd.name)
+	old := createPod(t, cs, ns, "db-0", nd.Name)
 	annotate(t, cs, old, string(old.UID), "10.0.2.20", 302)
 	if err := cs.CoreV1().Pods(ns).Delete(context.Background(), old.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	// Same name, new UID, carrying the old annotation (as a stale copy
 	// would): the agent must wait for the controller's new config.
-	p := createPod(t, cs, ns, "db-0", nd.name)
+	p := createPod(t, cs, ns, "db-0", nd.Name)
 	annotate(t, cs, p, string(old.UID), "10.0.2.20", 302)
 	podNS := harness.NewNetNS(t)
-	rt := nd.rt(p, podNS, "cid-db-0-new")
+	rt := cluster.RuntimeConf(p, podNS, "cid-db-0-new")
 	go func() {
 		time.Sleep(time.Second)
 		annotate(t, cs, p, string(p.UID), "10.0.2.21", 303)
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	r, err := nd.cni.AddNetworkList(ctx, nd.list, rt)
+	r, err := nd.CNI.AddNetworkList(ctx, nd.List, rt)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}
@@ -233,24 +136,24 @@ func TestRecreatedPodNeverGetsPredecessorsConfig(t *testing.T) {
 	if res.IPs[0].Address.String() != "10.0.2.21/24" {
 		t.Fatalf("recreated pod got %s, want its own 10.0.2.21/24", res.IPs[0].Address.String())
 	}
-	t.Cleanup(func() { _ = nd.cni.DelNetworkList(context.Background(), nd.list, rt) })
+	t.Cleanup(func() { _ = nd.CNI.DelNetworkList(context.Background(), nd.List, rt) })
 }
 
 func TestPluginErrorsAreCNIErrors(t *testing.T) {
 	cs := api.Client(t)
-	nd := startAgentNode(t, "node-c", "")
+	nd := cluster.StartAgentNode(t, api, "node-c", cluster.AgentOptions{BinDir: binDir})
 	ns := newNamespace(t, cs)
-	p := createPod(t, cs, ns, "bad-0", nd.name)
+	p := createPod(t, cs, ns, "bad-0", nd.Name)
 	annotate(t, cs, p, string(p.UID), "10.0.2.30", 5000) // vlan out of range
 	podNS := harness.NewNetNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(p, podNS, "cid-bad-0"))
+	_, err := nd.CNI.AddNetworkList(ctx, nd.List, cluster.RuntimeConf(p, podNS, "cid-bad-0"))
 	var ce *types.Error
 	if !asCNIError(err, &ce) || !strings.Contains(ce.Details, "vlan_id") {
 		t.Fatalf("ADD with vlan 5000: %v, want a CNI error naming vlan_id", err)
 	}
-	if out := strings.TrimSpace(nd.ovs.Vsctl(t, "list-ports", "br-int")); out != "" {
+	if out := strings.TrimSpace(nd.OVS.Vsctl(t, "list-ports", "br-int")); out != "" {
 		t.Fatalf("ports after failed ADD: %s", out)
 	}
 
@@ -260,34 +163,34 @@ func TestPluginErrorsAreCNIErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = nd.cni.AddNetworkList(ctx, list, nd.rt(p, podNS, "cid-bad-1"))
+	_, err = nd.CNI.AddNetworkList(ctx, list, cluster.RuntimeConf(p, podNS, "cid-bad-1"))
 	if !asCNIError(err, &ce) || ce.Code != types.ErrTryAgainLater || !strings.Contains(ce.Details, "/nonexistent/cni.sock") {
 		t.Fatalf("ADD without agent: %v", err)
 	}
-	if err := nd.cni.DelNetworkList(ctx, list, nd.rt(p, podNS, "cid-bad-1")); err != nil {
+	if err := nd.CNI.DelNetworkList(ctx, list, cluster.RuntimeConf(p, podNS, "cid-bad-1")); err != nil {
 		t.Fatalf("DEL without agent: %v", err)
 	}
-	if err := nd.cni.GetStatusNetworkList(ctx, list); !asCNIError(err, &ce) || ce.Code != types.ErrPluginNotAvailable {
+	if err := nd.CNI.GetStatusNetworkList(ctx, list); !asCNIError(err, &ce) || ce.Code != types.ErrPluginNotAvailable {
 		t.Fatalf("STATUS without agent: %v", err)
 	}
 }
 
 func TestAuditRemovesPortOfVanishedPod(t *testing.T) {
 	cs := api.Client(t)
-	nd := startAgentNode(t, "node-d", "audit_interval = 1")
+	nd := cluster.StartAgentNode(t, api, "node-d", cluster.AgentOptions{BinDir: binDir, ExtraINI: "audit_interval = 1"})
 	ns := newNamespace(t, cs)
-	p := createPod(t, cs, ns, "gone-0", nd.name)
+	p := createPod(t, cs, ns, "gone-0", nd.Name)
 	annotate(t, cs, p, string(p.UID), "10.0.2.40", 304)
 	podNS := harness.NewNetNS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(p, podNS, "cid-gone-0")); err != nil {
+	if _, err := nd.CNI.AddNetworkList(ctx, nd.List, cluster.RuntimeConf(p, podNS, "cid-gone-0")); err != nil {
 		t.Fatal(err)
 	}
-	keep := createPod(t, cs, ns, "keep-0", nd.name)
+	keep := createPod(t, cs, ns, "keep-0", nd.Name)
 	annotate(t, cs, keep, string(keep.UID), "10.0.2.41", 304)
 	keepNS := harness.NewNetNS(t)
-	if _, err := nd.cni.AddNetworkList(ctx, nd.list, nd.rt(keep, keepNS, "cid-keep-0")); err != nil {
+	if _, err := nd.CNI.AddNetworkList(ctx, nd.List, cluster.RuntimeConf(keep, keepNS, "cid-keep-0")); err != nil {
 		t.Fatal(err)
 	}
 	// The pod disappears with no DEL: object deleted, sandbox netns gone.
@@ -300,7 +203,7 @@ func TestAuditRemovesPortOfVanishedPod(t *testing.T) {
 	gone, kept := podnet.HostIfName("cid-gone-0", "eth0"), podnet.HostIfName("cid-keep-0", "eth0")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		ports := strings.Fields(nd.ovs.Vsctl(t, "list-ports", "br-int"))
+		ports := strings.Fields(nd.OVS.Vsctl(t, "list-ports", "br-int"))
 		if len(ports) == 1 && ports[0] == kept {
 			break
 		}
@@ -309,7 +212,7 @@ func TestAuditRemovesPortOfVanishedPod(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	b, _ := os.ReadFile(nd.logf)
+	b, _ := os.ReadFile(nd.LogFile)
 	if !strings.Contains(string(b), "audit: removed stale pod port") {
 		t.Fatal("the agent did not log the removal")
 	}

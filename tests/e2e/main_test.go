@@ -6,10 +6,9 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
+	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -34,7 +33,7 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binDir = dir
-	if err := buildBinaries(dir); err != nil {
+	if err := cluster.BuildBinaries(dir); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -46,26 +45,4 @@ func run(m *testing.M) int {
 	defer stop()
 	api = s
 	return m.Run()
-}
-
-// buildBinaries builds our binaries and the reference loopback plugin the
-// way `make build` does, so the test runs what an operator installs.
-func buildBinaries(dir string) error {
-	root, err := harness.RepoRoot()
-	if err != nil {
-		return err
-	}
-	pkgs := map[string]string{
-		"nsx":            "./cmd/nsx",
-		"nsx-node-agent": "./cmd/nsx-node-agent",
-		"loopback":       "github.com/containernetworking/plugins/plugins/main/loopback",
-	}
-	for name, pkg := range pkgs {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
-		}
-	}
-	return nil
 }

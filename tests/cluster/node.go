@@ -1,0 +1,155 @@
+// Package cluster runs nsx-ujo's real binaries on test "nodes" (network
+// namespaces with their own OVS) against a real kube-apiserver: what the e2e
+// tests and the benchmarks share.
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// BuildBinaries builds our binaries and the reference CNI plugins the tests
+// use (loopback; bridge and host-local as benchmark baselines) into dir.
+func BuildBinaries(dir string) error {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		return err
+	}
+	pkgs := map[string]string{
+		"nsx":            "./cmd/nsx",
+		"nsx-node-agent": "./cmd/nsx-node-agent",
+		"loopback":       "github.com/containernetworking/plugins/plugins/main/loopback",
+		"bridge":         "github.com/containernetworking/plugins/plugins/main/bridge",
+		"host-local":     "github.com/containernetworking/plugins/plugins/ipam/host-local",
+	}
+	for name, pkg := range pkgs {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %w\n%s", pkg, err, out)
+		}
+	}
+	return nil
+}
+
+// AgentNode is one node: a netns with its own OVS (br-int, netdev) and the
+// real nsx-node-agent binary running inside it, plus a libcni runtime that
+// invokes the real nsx plugin.
+type AgentNode struct {
+	Name    string
+	NS      *harness.NetNS
+	OVS     *harness.OVS
+	Socket  string
+	CNI     *libcni.CNIConfig
+	List    *libcni.NetworkConfigList // [nsx, loopback]
+	LogFile string
+}
+
+// AgentOptions tune StartAgentNode.
+type AgentOptions struct {
+	BinDir   string // from BuildBinaries
+	ExtraINI string // lines appended to [nsx_node_agent]
+}
+
+// StartAgentNode brings up a node and waits until the agent answers CNI
+// STATUS through the plugin. Everything stops in t's cleanup.
+func StartAgentNode(t testing.TB, api *harness.APIServer, name string, o AgentOptions) *AgentNode {
+	t.Helper()
+	n := harness.NewNetNS(t)
+	ovs := harness.StartOVS(t, harness.OVSOptions{NetNS: n, Bridges: []string{"br-int"}})
+	api.ExposeIn(t, n)
+	dir := t.TempDir()
+	nd := &AgentNode{Name: name, NS: n, OVS: ovs, Socket: filepath.Join(ovs.RunDir, "cni.sock"), LogFile: filepath.Join(dir, "agent.log")}
+	ini := fmt.Sprintf(`[DEFAULT]
+debug = False
+[k8s]
+kubeconfig = %s
+[nsx_node_agent]
+ovs_bridge = br-int
+ovs_run_dir = %s
+cni_socket = %s
+proc_mount_path_prefix =
+config_retry_timeout = 20
+%s
+`, api.Kubeconfig, ovs.RunDir, nd.Socket, o.ExtraINI)
+	iniPath := filepath.Join(dir, "ncp.ini")
+	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nsx","nsxBuildVersion":"test","plugins":[
+		{"type":"nsx","socket":%q},{"type":"loopback"}]}`, nd.Socket)
+	list, err := libcni.ConfListFromBytes([]byte(conflist))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.List = list
+	nd.CNI = libcni.NewCNIConfigWithCacheDir([]string{o.BinDir}, filepath.Join(dir, "cni-cache"), nil)
+	nd.startAgent(t, filepath.Join(o.BinDir, "nsx-node-agent"), iniPath)
+	return nd
+}
+
+func (nd *AgentNode) startAgent(t testing.TB, bin, iniPath string) {
+	t.Helper()
+	logFile, err := os.Create(nd.LogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := nd.NS.Exec(ctx, bin, "--config-file", iniPath, "--node-name", nd.Name)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(nd.LogFile)
+			t.Logf("--- nsx-node-agent log ---\n%s", b)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := nd.CNI.GetStatusNetworkList(context.Background(), nd.List)
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			b, _ := os.ReadFile(nd.LogFile)
+			t.Fatalf("nsx-node-agent exited:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nsx-node-agent not ready: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// RuntimeConf is what a runtime passes for pod p's sandbox in podNS.
+func RuntimeConf(p *corev1.Pod, podNS *harness.NetNS, containerID string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: containerID, NetNS: podNS.Path, IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name},
+		{"K8S_POD_INFRA_CONTAINER_ID", containerID}, {"K8S_POD_UID", string(p.UID)},
+	}}
+}
+
+// Ports lists the ports on the node's br-int.
+func (nd *AgentNode) Ports(t testing.TB) []string {
+	return strings.Fields(nd.OVS.Vsctl(t, "list-ports", "br-int"))
+}
