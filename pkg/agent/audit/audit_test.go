@@ -45,7 +45,7 @@ func (f *fakeRemover) RemoveStale(_ context.Context, name string) (bool, error) 
 func TestSweepRules(t *testing.T) {
 	netns := map[string]bool{"/run/netns/alive": true}
 	pl := &fakePorts{
-		{Name: "live-pod", PodUID: "u1", Netns: "/run/netns/gone"},  // pod exists
+		{Name: "live-pod", PodUID: "u1", Netns: "/run/netns/gone"},    // pod exists
 		{Name: "live-netns", PodUID: "u2", Netns: "/run/netns/alive"}, // netns exists (DEL will come)
 		{Name: "stale", PodUID: "u3", Netns: "/run/netns/gone"},
 		{Name: "busy", PodUID: "u4", Netns: "/run/netns/gone"}, // stale but ADD/DEL in flight
