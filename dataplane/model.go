@@ -1,0 +1,133 @@
+// Package dataplane is the seam between nsx-kube-proxy's core and its
+// dataplanes: the desired Service model the core computes from Services and
+// EndpointSlices, and the ServiceBackend interface each dataplane (OVS
+// flows, eBPF maps) implements.
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Protocol is an L4 protocol of a service port.
+type Protocol string
+
+// The protocols a frontend may have.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+)
+
+// FrontendKey identifies one frontend: one ClusterIP, port and protocol.
+// A dual-stack Service port has one frontend per family; TCP and UDP on the
+// same port number are two frontends.
+type FrontendKey struct {
+	IP       netip.Addr
+	Port     uint16
+	Protocol Protocol
+}
+
+func (k FrontendKey) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.IP, k.Port), k.Protocol)
+}
+
+// ServicePortName names the Kubernetes object a frontend comes from.
+type ServicePortName struct {
+	Namespace, Name, Port string
+}
+
+func (n ServicePortName) String() string {
+	if n.Port == "" {
+		return n.Namespace + "/" + n.Name
+	}
+	return n.Namespace + "/" + n.Name + ":" + n.Port
+}
+
+// Endpoint is one backend of a frontend, with its target port resolved
+// (named ports resolve per endpoint).
+type Endpoint struct {
+	IP          netip.Addr
+	Port        uint16
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+}
+
+// AddrPort is the endpoint's address and port.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.Port) }
+
+// NoEndpointsAction is what a frontend does with a new connection when it
+// has no usable endpoint.
+type NoEndpointsAction int
+
+const (
+	// Reject answers at once (TCP RST, ICMP port unreachable): the client
+	// fails fast instead of timing out (kube-proxy, Cluster policy).
+	Reject NoEndpointsAction = iota
+	// Drop silently drops (internalTrafficPolicy Local with no local
+	// endpoint).
+	Drop
+)
+
+// Frontend is one service frontend and the endpoints the dataplane must
+// balance over. Endpoints is already the kube-proxy selection (ready, else
+// serving+terminating; only local ones under internalTrafficPolicy Local),
+// sorted by address and port so equal sets compare equal.
+//
+// A Frontend is immutable once it is in a Model: the core builds a new one
+// when anything about it changes, so a backend may use pointer identity as
+// a cheap "unchanged since last sync" test.
+type Frontend struct {
+	Key  FrontendKey
+	Name ServicePortName
+	// AffinityTimeout > 0 enables ClientIP session affinity with that
+	// inactivity timeout.
+	AffinityTimeout time.Duration
+	// Local is internalTrafficPolicy Local.
+	Local     bool
+	Endpoints []Endpoint
+	// IfEmpty applies when Endpoints is empty.
+	IfEmpty NoEndpointsAction
+}
+
+// Model is the whole desired state. Backends must not modify it.
+type Model struct {
+	Frontends map[FrontendKey]*Frontend
+}
+
+// SyncOptions tune one Sync.
+type SyncOptions struct {
+	// Full re-reads what the dataplane actually holds before diffing,
+	// repairing drift (someone deleted a flow, a map entry). Without it the
+	// backend diffs against its own record of what it installed.
+	Full bool
+}
+
+// ServiceBackend programs one dataplane.
+//
+//   - Sync makes the dataplane equal to the model. It is idempotent: a
+//     second call with the same model changes nothing. It is incremental: a
+//     frontend whose pointer is unchanged since the last successful Sync is
+//     not looked at (unless opts.Full), and one endpoint change touches O(1)
+//     flows or map entries. Each frontend is applied atomically from the
+//     packet's view (no packet sees a half-written frontend). Installed state
+//     is recorded only after the apply succeeded; after an error the next
+//     Sync retries whatever is still different.
+//   - The first Sync after a restart adopts what is already installed
+//     (flows by cookie, pinned maps) instead of flushing it, so established
+//     connections survive a restart of the proxy.
+//   - Cleanup removes everything the backend ever installed on this node,
+//     including state left by an earlier process (used when the node
+//     switches dataplane). It is idempotent.
+//
+// Sync and Cleanup are called from one goroutine at a time (the proxy's sync
+// loop); implementations need no locking against each other.
+type ServiceBackend interface {
+	Name() string
+	Sync(ctx context.Context, m *Model, opts SyncOptions) error
+	Cleanup(ctx context.Context) error
+}
