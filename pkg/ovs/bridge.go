@@ -257,3 +257,33 @@ func (c *Client) waitCurCfg(ctx context.Context, want int) error {
 		}
 	}
 }
+
+// SetFlowTableNames names OpenFlow tables of bridge (Flow_Table rows), so
+// `ovs-ofctl dump-flows --names` prints them. An empty name removes the
+// entry. Idempotent.
+func (c *Client) SetFlowTableNames(ctx context.Context, bridge string, names map[int]string) error {
+	ops := []Op{WaitExists("Bridge", []Cond{Eq("name", bridge)}, "name", bridge)}
+	var del []any
+	for id, name := range names {
+		del = append(del, id)
+		if name == "" {
+			continue
+		}
+		uuidName := fmt.Sprintf("table%d", id)
+		ops = append(ops, Insert("Flow_Table", Row{"name": name}, uuidName))
+	}
+	ops = append(ops, Mutate("Bridge", []Cond{Eq("name", bridge)}, Mutation{"flow_tables", "delete", Set(del...)}))
+	var pairs []any
+	for id, name := range names {
+		if name != "" {
+			pairs = append(pairs, []any{id, NamedUUID(fmt.Sprintf("table%d", id))})
+		}
+	}
+	if len(pairs) > 0 {
+		ops = append(ops, Mutate("Bridge", []Cond{Eq("name", bridge)}, Mutation{"flow_tables", "insert", []any{"map", pairs}}))
+	}
+	if _, err := c.Transact(ctx, ops...); err != nil {
+		return fmt.Errorf("name flow tables of %s: %w", bridge, err)
+	}
+	return nil
+}
