@@ -37,15 +37,15 @@ import (
 
 // Table ids and their OVSDB names.
 const (
-	tClassifier         = 0
-	tLB                 = 70
-	tAffinity           = 71
-	tDNAT               = 72
-	tHairpin            = 73
-	tHairpinOut         = 74
-	tHairpinReply       = 75
-	tHairpinReplyOut    = 76
-	tReply              = 77
+	tClassifier      = 0
+	tLB              = 70
+	tAffinity        = 71
+	tDNAT            = 72
+	tHairpin         = 73
+	tHairpinOut      = 74
+	tHairpinReply    = 75
+	tHairpinReplyOut = 76
+	tReply           = 77
 )
 
 var tableNames = map[int]string{
