@@ -7,16 +7,21 @@
 // NORMAL flow; only packets that can belong to a Service leave it:
 //
 //	0   Classifier   dst = VIP:port          -> ct(zone=SvcZone, nat) -> SvcLB
-//	                 src = endpoint:port     -> ct(zone=SvcZone, nat) -> SvcReply   (un-DNAT of replies, from any port)
 //	                 dst = hairpin address   -> ct(zone=HairpinZone, nat) -> SvcHairpinReply
-//	70  SvcLB        +new: group (or SvcAffinity), reject or drop; +est/+rel: SvcHairpin
-//	71  SvcAffinity  learned client->endpoint flows (idle_timeout), else the group
-//	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin
+//	                 any other IP            -> ct(zone=SvcZone, nat) -> SvcReply (un-DNAT of replies, from
+//	                                            any port; replies of connections to endpoints that have
+//	                                            since been removed too, so no per-endpoint flow decides it)
+//	70  SvcLB        +new: group, or SvcAffinity then SvcDNAT; reject or drop; +est/+rel: SvcHairpin
+//	71  SvcAffinity  learned client->endpoint flows (idle_timeout) load the endpoint registers
+//	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin;
+//	                 affinity frontends without a learned endpoint -> their group
 //	73  SvcHairpin   src == dst == local endpoint -> ct(commit, zone=HairpinZone, nat(src=hairpin address))
 //	74  SvcHairpinOut   swap MACs, back out of the ingress port
 //	75  SvcHairpinReply +rpl: ct(zone=SvcZone, nat) -> SvcHairpinReplyOut
 //	76  SvcHairpinReplyOut swap MACs, back out of the ingress port
 //	77  SvcReply     NORMAL
+//	78  SvcAffinityLearn  learn client->endpoint for the frontend, then SvcDNAT (OVS runs bucket
+//	                 actions as an action set, which drops learn: it cannot sit in the bucket)
 //
 // After DNAT a packet keeps the gateway's MAC and leaves by NORMAL through
 // the uplink: in NSX mode the fabric routes it, the node bridge never
@@ -46,11 +51,13 @@ const (
 	tHairpinReply    = 75
 	tHairpinReplyOut = 76
 	tReply           = 77
+	tAffinityLearn   = 78
 )
 
 var tableNames = map[int]string{
 	tLB: "SvcLB", tAffinity: "SvcAffinity", tDNAT: "SvcDNAT", tHairpin: "SvcHairpin", tHairpinOut: "SvcHairpinOut",
 	tHairpinReply: "SvcHairpinReply", tHairpinReplyOut: "SvcHairpinReplyOut", tReply: "SvcReply",
+	tAffinityLearn: "SvcAffinityLearn",
 }
 
 // Conntrack zones of our own.
@@ -107,12 +114,17 @@ func (f Flow) Cookie() uint64 { return makeCookie(compCompiled, f.Owner, f.text(
 // Group is one select group.
 type Group struct {
 	ID      uint32
+	Fields  string   // hash fields: the connection's 5-tuple
 	Buckets []string // bucket actions
 }
 
 func (g Group) text() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "group_id=%d,type=select", g.ID)
+	// Hash in ovs-vswitchd over the 5-tuple: the datapath's dp_hash leaves
+	// UDP ports out of its symmetric hash, which would pin every UDP
+	// client to one endpoint; and only a bucket chosen during translation
+	// runs its learn action (session affinity).
+	fmt.Fprintf(&b, "group_id=%d,type=select,selection_method=hash,fields(%s)", g.ID, g.Fields)
 	for i, a := range g.Buckets {
 		fmt.Fprintf(&b, ",bucket=bucket_id:%d,weight:100,actions=%s", i, a)
 	}
@@ -211,26 +223,39 @@ func compileFrontend(f *dataplane.Frontend, id uint32, o compileOptions) *compil
 	case len(f.Endpoints) == 0:
 		lb = "controller" // the reject responder answers with RST / ICMP unreachable
 	case affinity:
-		lb = fmt.Sprintf("resubmit(,%d)", tAffinity)
-		c.flows = append(c.flows, Flow{Table: tAffinity, Priority: 100, Match: vip, Actions: fmt.Sprintf("group:%d", gid), Owner: id})
+		// A learned flow in SvcAffinity loads the endpoint registers and
+		// SvcDNAT uses them; without one, SvcDNAT's frontend flow picks
+		// through the group, whose bucket learns and comes back.
+		lb = fmt.Sprintf("resubmit(,%d),resubmit(,%d)", tAffinity, tDNAT)
+		c.flows = append(c.flows,
+			Flow{Table: tDNAT, Priority: 50, Match: vip, Actions: fmt.Sprintf("group:%d", gid), Owner: id},
+			Flow{Table: tAffinityLearn, Priority: 100, Match: vip, Actions: learnAction(f, id, v6) + fmt.Sprintf(",resubmit(,%d)", tDNAT), Owner: id})
 	default:
 		lb = fmt.Sprintf("group:%d", gid)
 	}
 	c.flows = append(c.flows, Flow{Table: tLB, Priority: 100, Match: "ct_state=+new+trk," + vip, Actions: lb, Owner: id})
 
-	g := &Group{ID: gid}
+	g := &Group{ID: gid, Fields: hashFields(k.Protocol, v6)}
 	for _, ep := range f.Endpoints {
 		ap := ep.AddrPort()
-		actions := regLoads(ap)
+		next := tDNAT
 		if affinity {
-			actions += "," + learnAction(f, id, v6)
+			next = tAffinityLearn
 		}
-		actions += fmt.Sprintf(",resubmit(,%d)", tDNAT)
-		g.Buckets = append(g.Buckets, actions)
+		g.Buckets = append(g.Buckets, fmt.Sprintf("%s,resubmit(,%d)", regLoads(ap), next))
 		c.shared = append(c.shared, endpointFlows(k.Protocol, ap, ep.NodeName == o.NodeName && o.NodeName != "", o)...)
 	}
 	c.group = g
 	return c
+}
+
+func hashFields(p dataplane.Protocol, v6 bool) string {
+	l4 := strings.ToLower(string(p))
+	ip := "ip"
+	if v6 {
+		ip = "ipv6"
+	}
+	return fmt.Sprintf("%s_src,%s_dst,%s_src,%s_dst", ip, ip, l4, l4)
 }
 
 // learnAction records client -> endpoint for the frontend's affinity
@@ -251,18 +276,16 @@ func learnAction(f *dataplane.Frontend, id uint32, v6 bool) string {
 	case dataplane.SCTP:
 		nwProto, tpDst = 132, "OXM_OF_SCTP_DST[]"
 	}
-	return fmt.Sprintf("learn(table=%d,idle_timeout=%d,priority=200,cookie=0x%x,eth_type=%s,nw_proto=%d,%s,%s,%s,%s,load:NXM_NX_REG2[0..15]->NXM_NX_REG2[0..15],load:0x%x->NXM_NX_REG0[])",
-		tAffinity, affinitySeconds(f), uint64(compLearned)<<56|uint64(id)<<32, ethType, nwProto, src, dst, tpDst, ep, tDNAT)
+	return fmt.Sprintf("learn(table=%d,idle_timeout=%d,priority=200,cookie=0x%x,eth_type=%s,nw_proto=%d,%s,%s,%s,%s,load:NXM_NX_REG2[0..15]->NXM_NX_REG2[0..15])",
+		tAffinity, affinitySeconds(f), uint64(compLearned)<<56|uint64(id)<<32, ethType, nwProto, src, dst, tpDst, ep)
 }
 
 // endpointFlows are the flows every frontend with this endpoint shares:
-// reply un-NAT entry, DNAT, and (local endpoints) hairpin.
+// DNAT, and (local endpoints) hairpin.
 func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compileOptions) []Flow {
 	v6 := ep.Addr().Is6()
 	proto := protoName(p, v6)
 	out := []Flow{
-		{Table: tClassifier, Priority: 190, Match: fmt.Sprintf("%s,%s=%s,tp_src=%d", proto, ipField(v6, "src"), ep.Addr(), ep.Port()),
-			Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tReply, SvcZone)},
 		{Table: tDNAT, Priority: 100, Match: proto + "," + regMatch(ep),
 			Actions: fmt.Sprintf("ct(commit,table=%d,zone=%d,nat(dst=%s))", tHairpin, SvcZone, natAddr(ep))},
 	}
@@ -281,7 +304,10 @@ func staticFlows(o compileOptions) []Flow {
 		{Table: tLB, Priority: 200, Match: "ct_state=+est+trk", Actions: fmt.Sprintf("resubmit(,%d)", tHairpin)},
 		{Table: tLB, Priority: 200, Match: "ct_state=+rel+trk", Actions: fmt.Sprintf("resubmit(,%d)", tHairpin)},
 		{Table: tLB, Priority: 0, Actions: "NORMAL"},
+		{Table: tClassifier, Priority: 190, Match: "ip", Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tReply, SvcZone)},
+		{Table: tClassifier, Priority: 190, Match: "ipv6", Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tReply, SvcZone)},
 		{Table: tAffinity, Priority: 0, Actions: "drop"},
+		{Table: tAffinityLearn, Priority: 0, Actions: "drop"},
 		{Table: tDNAT, Priority: 0, Actions: "drop"},
 		{Table: tHairpin, Priority: 0, Actions: "NORMAL"},
 		{Table: tHairpinOut, Priority: 0, Actions: swapMACs + ",IN_PORT"},

@@ -123,23 +123,23 @@ var (
 	reEPv4   = regexp.MustCompile(`(?:load:0x([0-9a-f]+)->NXM_NX_REG3\[\]|set_field:0x([0-9a-f]+)->reg3)`)
 	reEPv6   = regexp.MustCompile(`(?:load:0x([0-9a-f]+)->NXM_NX_XXREG1\[\]|set_field:0x([0-9a-f]+)->xxreg1)`)
 	rePort   = regexp.MustCompile(`(?:load:0x([0-9a-f]+)->NXM_NX_REG2\[0\.\.15\]|set_field:0x([0-9a-f]+)/0xffff->reg2)`)
-	reIdle   = regexp.MustCompile(`idle_timeout=(\d+)`)
+	reNext   = regexp.MustCompile(`resubmit\(,(\d+)\)`)
 )
 
 // groupSignature reduces a group (as we write it, or as ovs-ofctl prints
-// it) to what matters: per bucket, the endpoint address, port and affinity
-// timeout. Two groups with the same signature forward the same way.
+// it) to what matters: per bucket, the endpoint address, port and the next
+// table (affinity or not). Two groups with the same signature forward the same way.
 func groupSignature(text string) string {
 	parts := reBucket.Split(text, -1)
 	var sig []string
 	for _, b := range parts[1:] {
 		ip := firstHex(reEPv4, b) + "/" + firstHex(reEPv6, b)
 		port := firstHex(rePort, b)
-		idle := ""
-		if m := reIdle.FindStringSubmatch(b); m != nil {
-			idle = m[1]
+		next := ""
+		if m := reNext.FindStringSubmatch(b); m != nil {
+			next = m[1]
 		}
-		sig = append(sig, ip+"|"+port+"|"+idle)
+		sig = append(sig, ip+"|"+port+"|"+next)
 	}
 	return strings.Join(sig, ";")
 }

@@ -1,0 +1,248 @@
+// Package conformance is the one list of Service behaviours every
+// dataplane.ServiceBackend must show, checked with real traffic between
+// network-namespace pods on a real OVS bridge. Each backend's test calls Run
+// with a factory; ../shared/SERVICES.md maps the cases to kube-proxy's
+// semantics and upstream e2e names.
+package conformance
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// NodeName is the name of the test node; endpoints with it are local.
+const NodeName = "node1"
+
+// Env is one node with a stand-in for the NSX fabric behind its uplink:
+// br-int (pods as VLAN access ports) is patched, as a trunk, to br-fabric,
+// where one access port per VLAN leads to a router namespace holding each
+// pod subnet's gateway. The router routes between subnets; nothing else
+// does, as in NSX mode.
+type Env struct {
+	T      *testing.T
+	Node   *harness.NetNS
+	OVS    *harness.OVS
+	Router *harness.NetNS
+	DB     *ovs.Client
+
+	podnet *podnet.Manager
+	ports  *ports.Manager
+	n      int
+}
+
+// Subnets of the test VLANs.
+var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2"}
+
+// NewEnv builds the node and the fabric stand-in.
+func NewEnv(t *testing.T) *Env {
+	t.Helper()
+	node := harness.NewNetNS(t)
+	o := harness.StartOVS(t, harness.OVSOptions{NetNS: node, Bridges: []string{"br-int", "br-fabric"}})
+	o.Vsctl(t, "add-port", "br-int", "patch-fabric", "--", "set", "Interface", "patch-fabric", "type=patch", "options:peer=patch-int",
+		"--", "add-port", "br-fabric", "patch-int", "--", "set", "Interface", "patch-int", "type=patch", "options:peer=patch-fabric")
+	router := harness.NewNetNS(t)
+	router.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
+	for vlan, subnet := range vlanSubnets {
+		fab, gw := fmt.Sprintf("fab%d", vlan), fmt.Sprintf("gw%d", vlan)
+		harness.VethPair(t, node, fab, router, gw)
+		node.Run(t, "ethtool", "-K", fab, "tx", "off")
+		router.Run(t, "ethtool", "-K", gw, "tx", "off")
+		router.Run(t, "ip", "addr", "add", subnet+".1/24", "dev", gw)
+		o.Vsctl(t, "add-port", "br-fabric", fab, fmt.Sprintf("tag=%d", vlan))
+	}
+	db, err := ovs.Dial(o.DBSock, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return &Env{T: t, Node: node, OVS: o, Router: router, DB: db,
+		podnet: podnet.New(podnet.Options{HostNetNS: node.Path}), ports: ports.New(db, "br-int")}
+}
+
+// Pod is a network-namespace pod wired like nsx-node-agent wires one.
+type Pod struct {
+	Name string
+	NS   *harness.NetNS
+	IP   netip.Addr
+	VLAN int
+}
+
+// AddPod creates a pod on vlan with host number host in the VLAN's subnet.
+func (e *Env) AddPod(name string, vlan, host int) *Pod {
+	t := e.T
+	t.Helper()
+	e.n++
+	p := &Pod{Name: name, NS: harness.NewNetNS(t), IP: netip.MustParseAddr(fmt.Sprintf("%s.%d", vlanSubnets[vlan], host)), VLAN: vlan}
+	cid := fmt.Sprintf("%s-%d", name, e.n)
+	mac, _ := net.ParseMAC(fmt.Sprintf("02:00:00:%02x:%02x:%02x", vlan&0xff, host, e.n))
+	link, err := e.podnet.Setup(podnet.Pod{ContainerID: cid, Netns: p.NS.Path, IfName: "eth0", MAC: mac, MTU: 1500,
+		IP:      &net.IPNet{IP: p.IP.AsSlice(), Mask: net.CIDRMask(24, 32)},
+		Gateway: net.ParseIP(vlanSubnets[vlan] + ".1"), TxChecksumOff: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.podnet.DeleteHostLink(link.HostIfName) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := e.ports.Ensure(ctx, &ports.PodPort{Name: link.HostIfName, VLAN: vlan, ContainerID: cid, PodName: name,
+		PodNamespace: "default", PodUID: cid, Netns: p.NS.Path, IfName: "eth0", MAC: mac.String(), IP: p.IP.String() + "/24"}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Serve runs TCP and UDP servers on port in the pod. The TCP server writes
+// "<pod> <remote ip>\n" on accept, then echoes lines; the UDP server answers
+// each datagram with "<pod> <remote ip>".
+func (p *Pod) Serve(t *testing.T, port uint16) {
+	t.Helper()
+	addr := fmt.Sprintf("0.0.0.0:%d", port)
+	var ln net.Listener
+	var pc net.PacketConn
+	err := p.NS.Do(func() error {
+		var err error
+		if ln, err = net.Listen("tcp4", addr); err != nil {
+			return err
+		}
+		pc, err = net.ListenPacket("udp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); pc.Close(); wg.Wait() })
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				remote := c.RemoteAddr().(*net.TCPAddr).IP
+				fmt.Fprintf(c, "%s %s\n", p.Name, remote)
+				sc := bufio.NewScanner(c)
+				for sc.Scan() {
+					fmt.Fprintf(c, "%s\n", sc.Text())
+				}
+			}()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s", p.Name, from.(*net.UDPAddr).IP)), from)
+		}
+	}()
+}
+
+// Conn is an open TCP connection from a pod through which lines echo.
+type Conn struct {
+	c  net.Conn
+	rd *bufio.Reader
+	// Server and Source are the server pod's name and the client address it
+	// saw, from the greeting.
+	Server, Source string
+}
+
+// Dial opens a TCP connection from the pod, its socket created inside the
+// pod's namespace.
+func (p *Pod) Dial(addr string, timeout time.Duration) (*Conn, error) {
+	var c net.Conn
+	err := p.NS.Do(func() error {
+		var err error
+		c, err = net.DialTimeout("tcp4", addr, timeout)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	rd := bufio.NewReader(c)
+	line, err := rd.ReadString('\n')
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("greeting from %s: %w", addr, err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	server, source, _ := strings.Cut(strings.TrimSpace(line), " ")
+	return &Conn{c: c, rd: rd, Server: server, Source: source}, nil
+}
+
+// Echo sends a line and waits for it back.
+func (c *Conn) Echo(msg string, timeout time.Duration) error {
+	_ = c.c.SetDeadline(time.Now().Add(timeout))
+	defer c.c.SetDeadline(time.Time{})
+	if _, err := fmt.Fprintf(c.c, "%s\n", msg); err != nil {
+		return err
+	}
+	got, err := c.rd.ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(got) != msg {
+		return fmt.Errorf("echo %q, got %q", msg, got)
+	}
+	return nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() { c.c.Close() }
+
+// Get opens a connection, reads the greeting and closes it: the server's
+// name and the client address it saw.
+func (p *Pod) Get(addr string, timeout time.Duration) (server, source string, err error) {
+	c, err := p.Dial(addr, timeout)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	return c.Server, c.Source, nil
+}
+
+// UDP sends one datagram from the pod and waits for the answer.
+func (p *Pod) UDP(addr string, timeout time.Duration) (string, error) {
+	var c net.Conn
+	err := p.NS.Do(func() error {
+		var err error
+		c, err = net.Dial("udp4", addr)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}

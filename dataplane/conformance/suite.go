@@ -1,0 +1,324 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
+)
+
+// Instance is one backend under test.
+type Instance struct {
+	Backend dataplane.ServiceBackend
+	// Leftovers lists what of any backend instance remains on the node
+	// (flows, groups, maps, programs); it must be empty after Cleanup.
+	Leftovers func() []string
+	// Close releases the instance without cleaning the dataplane, as a
+	// process exit would.
+	Close func()
+}
+
+// Factory makes a backend for the env's node. It may be called more than
+// once per env (restart).
+type Factory func(t *testing.T, e *Env) *Instance
+
+const (
+	vip     = "10.96.0.10"
+	timeout = 2 * time.Second
+)
+
+// Case is one behaviour.
+type Case struct {
+	Name string
+	Row  string // SERVICES.md row(s)
+	Run  func(t *testing.T, e *Env, inst *Instance, f Factory)
+}
+
+// Run runs every case against the backend factory, each on a fresh node.
+func Run(t *testing.T, f Factory) {
+	for _, c := range Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			e := NewEnv(t)
+			inst := f(t, e)
+			t.Cleanup(func() {
+				if inst.Close != nil {
+					inst.Close()
+				}
+			})
+			c.Run(t, e, inst, f)
+		})
+	}
+}
+
+// Frontend builds a frontend of the test VIP.
+func Frontend(port uint16, proto dataplane.Protocol, eps []*Pod, targetPort uint16) *dataplane.Frontend {
+	fe := &dataplane.Frontend{Key: dataplane.FrontendKey{IP: netip.MustParseAddr(vip), Port: port, Protocol: proto},
+		Name: dataplane.ServicePortName{Namespace: "default", Name: "svc", Port: fmt.Sprint(port)}}
+	for _, p := range eps {
+		fe.Endpoints = append(fe.Endpoints, dataplane.Endpoint{IP: p.IP, Port: targetPort, Ready: true, Serving: true, NodeName: NodeName})
+	}
+	sort.Slice(fe.Endpoints, func(i, j int) bool { return fe.Endpoints[i].IP.Less(fe.Endpoints[j].IP) })
+	return fe
+}
+
+// Model collects frontends.
+func Model(fes ...*dataplane.Frontend) *dataplane.Model {
+	m := &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{}}
+	for _, fe := range fes {
+		m.Frontends[fe.Key] = fe
+	}
+	return m
+}
+
+func syncModel(t *testing.T, inst *Instance, m *dataplane.Model) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := inst.Backend.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+}
+
+func addr(port uint16) string { return fmt.Sprintf("%s:%d", vip, port) }
+
+// servers gets n times and returns the set of servers that answered.
+func servers(t *testing.T, client *Pod, a string, n int, udp bool) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	for i := 0; i < n; i++ {
+		var server string
+		var err error
+		if udp {
+			var reply string
+			reply, err = client.UDP(a, timeout)
+			server, _, _ = strings.Cut(reply, " ")
+		} else {
+			server, _, err = client.Get(a, timeout)
+		}
+		if err != nil {
+			t.Fatalf("request %d to %s: %v", i, a, err)
+		}
+		seen[server]++
+	}
+	return seen
+}
+
+func keys(m map[string]int) string {
+	var k []string
+	for s := range m {
+		k = append(k, s)
+	}
+	sort.Strings(k)
+	return strings.Join(k, ",")
+}
+
+func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) || strings.Contains(fmt.Sprint(err), "timeout") }
+
+// Cases is the behaviour table.
+var Cases = []Case{
+	{Name: "TCP and UDP on one port reach every endpoint, source IP kept", Row: "1, 8, 10", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b, c := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)
+		client := e.AddPod("client", 101, 50)
+		for _, p := range []*Pod{a, b, c} {
+			p.Serve(t, 8080)
+		}
+		eps := []*Pod{a, b, c}
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), Frontend(80, dataplane.UDP, eps, 8080)))
+		if got := keys(servers(t, client, addr(80), 40, false)); got != "a,b,c" {
+			t.Fatalf("TCP reached %s, want a,b,c", got)
+		}
+		if got := keys(servers(t, client, addr(80), 40, true)); got != "a,b,c" {
+			t.Fatalf("UDP reached %s, want a,b,c", got)
+		}
+		_, source, err := client.Get(addr(80), timeout)
+		if err != nil || source != client.IP.String() {
+			t.Fatalf("server saw source %q (%v), want the client pod's %s", source, err, client.IP)
+		}
+	}},
+	{Name: "multiport service maps each port to its target port", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 9090)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a}, 8080), Frontend(81, dataplane.TCP, []*Pod{b}, 9090)))
+		if got := keys(servers(t, client, addr(80), 5, false)); got != "a" {
+			t.Fatalf("port 80 reached %s", got)
+		}
+		if got := keys(servers(t, client, addr(81), 5, false)); got != "b" {
+			t.Fatalf("port 81 reached %s", got)
+		}
+	}},
+	{Name: "endpoints added and removed; established connections keep their backend", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a}, 8080)))
+		conn, err := client.Dial(addr(80), timeout)
+		if err != nil || conn.Server != "a" {
+			t.Fatalf("first connection: %v, server %v", err, conn)
+		}
+		defer conn.Close()
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a, b}, 8080)))
+		for i := 0; i < 5; i++ {
+			if err := conn.Echo(fmt.Sprint("after add ", i), timeout); err != nil {
+				t.Fatalf("established connection broke when an endpoint was added: %v", err)
+			}
+		}
+		if got := keys(servers(t, client, addr(80), 30, false)); got != "a,b" {
+			t.Fatalf("after add reached %s, want a,b", got)
+		}
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{b}, 8080)))
+		if got := keys(servers(t, client, addr(80), 15, false)); got != "b" {
+			t.Fatalf("after removing a reached %s, want b", got)
+		}
+		if err := conn.Echo("after remove", timeout); err != nil {
+			t.Fatalf("established connection to a (still running) broke: %v", err)
+		}
+	}},
+	{Name: "deleted service stops serving", Row: "16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a}, 8080)))
+		if _, _, err := client.Get(addr(80), timeout); err != nil {
+			t.Fatal(err)
+		}
+		syncModel(t, inst, Model())
+		if _, _, err := client.Get(addr(80), time.Second); err == nil {
+			t.Fatal("deleted service still answers")
+		}
+		// Recreated with the same name and VIP: works again.
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a}, 8080)))
+		if _, _, err := client.Get(addr(80), timeout); err != nil {
+			t.Fatalf("recreated service: %v", err)
+		}
+	}},
+	{Name: "ClientIP affinity sticks, then expires", Row: "4", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		pods := []*Pod{e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)}
+		client := e.AddPod("client", 101, 50)
+		for _, p := range pods {
+			p.Serve(t, 8080)
+		}
+		fe := Frontend(80, dataplane.TCP, pods, 8080)
+		fe.AffinityTimeout = time.Second
+		syncModel(t, inst, Model(fe))
+		first := ""
+		changed := false
+		for round := 0; round < 6; round++ {
+			seen := servers(t, client, addr(80), 10, false)
+			if len(seen) != 1 {
+				t.Fatalf("round %d: affinity did not stick: %v", round, seen)
+			}
+			if first == "" {
+				first = keys(seen)
+			} else if keys(seen) != first {
+				changed = true
+			}
+			time.Sleep(2500 * time.Millisecond) // > timeout: affinity expires
+		}
+		if !changed {
+			t.Fatalf("after 6 expiries every round still went to %s: affinity never expired", first)
+		}
+	}},
+	{Name: "no endpoints: rejected at once", Row: "2, 3", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		client := e.AddPod("client", 101, 50)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, nil, 8080), Frontend(80, dataplane.UDP, nil, 8080)))
+		start := time.Now()
+		_, _, err := client.Get(addr(80), 5*time.Second)
+		if !isRefused(err) || time.Since(start) > 3*time.Second {
+			t.Fatalf("TCP to a service without endpoints: %v after %v, want connection refused at once", err, time.Since(start))
+		}
+		if _, err := client.UDP(addr(80), 3*time.Second); !isRefused(err) {
+			t.Fatalf("UDP to a service without endpoints: %v, want ICMP port unreachable (connection refused)", err)
+		}
+	}},
+	{Name: "internalTrafficPolicy Local without local endpoints: dropped", Row: "3, 5", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		client := e.AddPod("client", 101, 50)
+		fe := Frontend(80, dataplane.TCP, nil, 8080)
+		fe.Local, fe.IfEmpty = true, dataplane.Drop
+		syncModel(t, inst, Model(fe))
+		if _, _, err := client.Get(addr(80), time.Second); err == nil || isRefused(err) || !isTimeout(err) {
+			t.Fatalf("Local without endpoints: %v, want a timeout (drop), not a reject", err)
+		}
+	}},
+	{Name: "hairpin: a pod reaches itself and sees another source", Row: "7", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		a.Serve(t, 8080)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a}, 8080)))
+		for i := 0; i < 3; i++ {
+			conn, err := a.Dial(addr(80), timeout)
+			if err != nil {
+				t.Fatalf("hairpin connection: %v", err)
+			}
+			if conn.Server != "a" || conn.Source == a.IP.String() {
+				t.Fatalf("hairpin: server %s saw source %s (the pod's own address is %s)", conn.Server, conn.Source, a.IP)
+			}
+			if err := conn.Echo("hairpin", timeout); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+		}
+	}},
+	{Name: "restart of the backend keeps established connections", Row: "15", Run: func(t *testing.T, e *Env, inst *Instance, f Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		m := Model(Frontend(80, dataplane.TCP, []*Pod{a, b}, 8080))
+		syncModel(t, inst, m)
+		conn, err := client.Dial(addr(80), timeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		inst.Close()
+		inst.Close = nil
+		if err := conn.Echo("while down", timeout); err != nil {
+			t.Fatalf("connection broke while the proxy was down: %v", err)
+		}
+		again := f(t, e)
+		t.Cleanup(func() {
+			if again.Close != nil {
+				again.Close()
+			}
+		})
+		syncModel(t, again, Model(Frontend(80, dataplane.TCP, []*Pod{a, b}, 8080)))
+		if err := conn.Echo("after restart", timeout); err != nil {
+			t.Fatalf("connection broke across the restart: %v", err)
+		}
+		if got := keys(servers(t, client, addr(80), 20, false)); got != "a,b" {
+			t.Fatalf("after restart reached %s", got)
+		}
+	}},
+	{Name: "Cleanup leaves no trace", Row: "-", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		fe := Frontend(80, dataplane.TCP, []*Pod{a}, 8080)
+		fe.AffinityTimeout = time.Minute
+		syncModel(t, inst, Model(fe, Frontend(81, dataplane.UDP, nil, 53)))
+		if _, _, err := client.Get(addr(80), timeout); err != nil {
+			t.Fatal(err)
+		}
+		if err := inst.Backend.Cleanup(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if left := inst.Leftovers(); len(left) != 0 {
+			t.Fatalf("after Cleanup: %v", left)
+		}
+		if _, _, err := client.Get(addr(80), time.Second); err == nil {
+			t.Fatal("service still served after Cleanup")
+		}
+	}},
+}
