@@ -122,7 +122,9 @@ func keys(m map[string]int) string {
 
 func isRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
-func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) || strings.Contains(fmt.Sprint(err), "timeout") }
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || strings.Contains(fmt.Sprint(err), "timeout")
+}
 
 // Cases is the behaviour table.
 var Cases = []Case{
