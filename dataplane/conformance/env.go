@@ -222,8 +222,11 @@ func (p *Pod) Get(addr string, timeout time.Duration) (server, source string, er
 	return c.Server, c.Source, nil
 }
 
-// UDP sends one datagram from the pod and waits for the answer.
-func (p *Pod) UDP(addr string, timeout time.Duration) (string, error) {
+// UDPConn is a connected UDP socket of a pod: one 5-tuple for its life.
+type UDPConn struct{ c net.Conn }
+
+// UDPConn opens a UDP socket in the pod connected to addr.
+func (p *Pod) UDPConn(addr string) (*UDPConn, error) {
 	var c net.Conn
 	err := p.NS.Do(func() error {
 		var err error
@@ -231,17 +234,34 @@ func (p *Pod) UDP(addr string, timeout time.Duration) (string, error) {
 		return err
 	})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
-	if _, err := c.Write([]byte("ping")); err != nil {
+	return &UDPConn{c: c}, nil
+}
+
+// Ask sends a datagram and returns the answer.
+func (u *UDPConn) Ask(timeout time.Duration) (string, error) {
+	_ = u.c.SetDeadline(time.Now().Add(timeout))
+	if _, err := u.c.Write([]byte("ping")); err != nil {
 		return "", err
 	}
 	buf := make([]byte, 1500)
-	n, err := c.Read(buf)
+	n, err := u.c.Read(buf)
 	if err != nil {
 		return "", err
 	}
 	return string(buf[:n]), nil
+}
+
+// Close closes the socket.
+func (u *UDPConn) Close() { u.c.Close() }
+
+// UDP sends one datagram from the pod and waits for the answer.
+func (p *Pod) UDP(addr string, timeout time.Duration) (string, error) {
+	c, err := p.UDPConn(addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return c.Ask(timeout)
 }

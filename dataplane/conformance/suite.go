@@ -188,6 +188,27 @@ var Cases = []Case{
 			t.Fatalf("established connection to a (still running) broke: %v", err)
 		}
 	}},
+	{Name: "UDP client moves on when its endpoint is removed", Row: "9", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 5353)
+		b.Serve(t, 5353)
+		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{a}, 5353)))
+		c, err := client.UDPConn(addr(53))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
+			t.Fatalf("first answer %q, %v", got, err)
+		}
+		// The server pod cycles: a goes, b comes. The same client socket
+		// (same 5-tuple) must reach b, not a stale conntrack entry to a.
+		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
+			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
+		}
+	}},
 	{Name: "deleted service stops serving", Row: "16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		client := e.AddPod("client", 101, 50)

@@ -239,6 +239,7 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 	touched := map[uint64]bool{}
 	touchedGroups := map[uint32]bool{}
 	var removed []dataplane.FrontendKey
+	var stale []staleUDP
 	for k, f := range m.Frontends {
 		old := b.fronts[k]
 		if old != nil && old.src == f {
@@ -250,6 +251,7 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 		}
 		if old != nil {
 			b.removeCompiled(old, touched)
+			stale = append(stale, goneUDP(old.src, f)...)
 		}
 		c := compileFrontend(f, id, b.co)
 		b.addCompiled(c, touched)
@@ -262,6 +264,7 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 			delete(b.fronts, k)
 			touchedGroups[c.group.ID] = true
 			removed = append(removed, k)
+			stale = append(stale, goneUDP(c.src, nil)...)
 		}
 	}
 	if len(touched) == 0 && len(touchedGroups) == 0 {
@@ -284,7 +287,7 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 	for _, k := range removed {
 		ch.delLearned(b.ids[k])
 	}
-	return b.apply(ctx, &ch, func() {
+	err := b.apply(ctx, &ch, func() {
 		for c := range touched {
 			if b.refs[c] > 0 {
 				b.installed[c] = true
@@ -297,6 +300,10 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 			b.releaseID(k)
 		}
 	})
+	if err == nil && len(stale) > 0 {
+		b.flushUDP(ctx, stale)
+	}
+	return err
 }
 
 func (b *Backend) diffGroup(id uint32, ch *changes) {

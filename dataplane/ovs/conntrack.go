@@ -1,0 +1,79 @@
+package ovs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
+)
+
+// staleUDP is a UDP endpoint that left a frontend: its conntrack entries
+// would keep sending a client's datagrams to it (UDP has no end of
+// connection), so they are flushed once the new flows are in.
+type staleUDP struct {
+	key dataplane.FrontendKey
+	ep  dataplane.Endpoint
+}
+
+// goneUDP lists the UDP endpoints of old that are not in cur (nil: removed).
+func goneUDP(old, cur *dataplane.Frontend) []staleUDP {
+	if old == nil || old.Key.Protocol != dataplane.UDP {
+		return nil
+	}
+	keep := map[[2]any]bool{}
+	if cur != nil {
+		for _, e := range cur.Endpoints {
+			keep[[2]any{e.IP, e.Port}] = true
+		}
+	}
+	var out []staleUDP
+	for _, e := range old.Endpoints {
+		if !keep[[2]any{e.IP, e.Port}] {
+			out = append(out, staleUDP{key: old.Key, ep: e})
+		}
+	}
+	return out
+}
+
+// vswitchdCtl finds ovs-vswitchd's control socket in the run dir: the
+// packaged daemon names it after its pid, a test instance may not.
+func vswitchdCtl(runDir string) string {
+	plain := filepath.Join(runDir, "ovs-vswitchd.ctl")
+	if _, err := os.Stat(plain); err == nil {
+		return plain
+	}
+	if pid, err := os.ReadFile(filepath.Join(runDir, "ovs-vswitchd.pid")); err == nil {
+		return filepath.Join(runDir, fmt.Sprintf("ovs-vswitchd.%s.ctl", strings.TrimSpace(string(pid))))
+	}
+	return plain
+}
+
+// flushUDP deletes the conntrack entries of the service zone whose
+// original destination is the frontend and whose reply source is the gone
+// endpoint. dpctl/flush-conntrack works for the userspace and the kernel
+// datapath alike.
+func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
+	ctl := vswitchdCtl(b.opts.OVSRunDir)
+	for _, s := range stale {
+		ipf := "ct_nw"
+		if s.key.IP.Is6() {
+			ipf = "ct_ipv6"
+		}
+		orig := fmt.Sprintf("%s_dst=%s,ct_nw_proto=17,ct_tp_dst=%d", ipf, s.key.IP, s.key.Port)
+		reply := fmt.Sprintf("%s_src=%s,ct_nw_proto=17,ct_tp_src=%d", ipf, s.ep.IP, s.ep.Port)
+		out, err := exec.CommandContext(ctx, "ovs-appctl", "-t", ctl, "dpctl/flush-conntrack",
+			fmt.Sprintf("zone=%d", SvcZone), orig, reply).CombinedOutput()
+		if err != nil {
+			b.log.Warn("flushing conntrack of a removed UDP endpoint failed", zap.Stringer("frontend", s.key),
+				zap.String("endpoint", s.ep.AddrPort().String()), zap.Error(err), zap.String("output", strings.TrimSpace(string(out))))
+			continue
+		}
+		b.log.Debug("flushed conntrack of a removed UDP endpoint", zap.Stringer("frontend", s.key), zap.String("endpoint", s.ep.AddrPort().String()))
+	}
+}
