@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +30,7 @@ func BuildBinaries(dir string) error {
 	pkgs := map[string]string{
 		"nsx":            "./cmd/nsx",
 		"nsx-node-agent": "./cmd/nsx-node-agent",
+		"nsx-kube-proxy": "./cmd/nsx-kube-proxy",
 		"loopback":       "github.com/containernetworking/plugins/plugins/main/loopback",
 		"bridge":         "github.com/containernetworking/plugins/plugins/main/bridge",
 		"host-local":     "github.com/containernetworking/plugins/plugins/ipam/host-local",
@@ -101,41 +103,70 @@ config_retry_timeout = 20
 
 func (nd *AgentNode) startAgent(t testing.TB, bin, iniPath string) {
 	t.Helper()
-	logFile, err := os.Create(nd.LogFile)
+	p := StartProcess(t, nd.NS, nd.LogFile, bin, "--config-file", iniPath, "--node-name", nd.Name)
+	p.WaitReady(t, 30*time.Second, func() error { return nd.CNI.GetStatusNetworkList(context.Background(), nd.List) })
+}
+
+// Process is one of our daemons running inside a node namespace.
+type Process struct {
+	Name    string
+	LogFile string
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// StartProcess starts bin inside n with its output in logFile. The cleanup
+// stops it (SIGKILL via context) and, if the test failed, logs the output.
+func StartProcess(t testing.TB, n *harness.NetNS, logFile, bin string, args ...string) *Process {
+	t.Helper()
+	f, err := os.Create(logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := nd.NS.Exec(ctx, bin, "--config-file", iniPath, "--node-name", nd.Name)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd := n.Exec(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
+	p := &Process{Name: filepath.Base(bin), LogFile: logFile, cancel: cancel, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
 	t.Cleanup(func() {
-		cancel()
-		<-done
-		logFile.Close()
+		p.Stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(nd.LogFile)
-			t.Logf("--- nsx-node-agent log ---\n%s", b)
+			b, _ := os.ReadFile(logFile)
+			t.Logf("--- %s log ---\n%s", p.Name, b)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	return p
+}
+
+// Stop sends SIGTERM and waits for the process to exit. Idempotent.
+func (p *Process) Stop() {
+	p.cancel()
+	<-p.done
+}
+
+// WaitReady polls ready until it succeeds, failing the test if the
+// process exits or the timeout passes.
+func (p *Process) WaitReady(t testing.TB, timeout time.Duration, ready func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		err := nd.CNI.GetStatusNetworkList(context.Background(), nd.List)
+		err := ready()
 		if err == nil {
 			return
 		}
 		select {
-		case <-done:
-			b, _ := os.ReadFile(nd.LogFile)
-			t.Fatalf("nsx-node-agent exited:\n%s", b)
+		case <-p.done:
+			b, _ := os.ReadFile(p.LogFile)
+			t.Fatalf("%s exited:\n%s", p.Name, b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nsx-node-agent not ready: %v", err)
+			t.Fatalf("%s not ready after %v: %v", p.Name, timeout, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

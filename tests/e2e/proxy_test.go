@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
+	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// startKubeProxy runs the real nsx-kube-proxy in the env's node (where
+// the API server must be exposed already).
+func startKubeProxy(t *testing.T, e *conformance.Env, dataplane string) *cluster.Process {
+	t.Helper()
+	dir := t.TempDir()
+	ini := fmt.Sprintf(`[k8s]
+kubeconfig = %s
+[nsx_node_agent]
+ovs_bridge = br-int
+ovs_run_dir = %s
+[nsx_kube_proxy]
+dataplane = %s
+sync_period = 5
+healthz_bind_address = 127.0.0.1:10256
+metrics_bind_address = 127.0.0.1:10249
+`, api.Kubeconfig, e.OVS.RunDir, dataplane)
+	iniPath := filepath.Join(dir, "ncp.ini")
+	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := cluster.StartProcess(t, e.Node, filepath.Join(dir, "kube-proxy.log"), filepath.Join(binDir, "nsx-kube-proxy"),
+		"--config-file", iniPath, "--node-name", conformance.NodeName)
+	p.WaitReady(t, 30*time.Second, func() error {
+		_, err := httpGetIn(e.Node, "http://127.0.0.1:10256/healthz")
+		return err
+	})
+	return p
+}
+
+// httpGetIn does a GET from inside n (the socket is created there).
+func httpGetIn(n *harness.NetNS, url string) (string, error) {
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.Do(func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return string(b), nil
+}
+
+func slice(ns, svc string, pods ...*conformance.Pod) *discoveryv1.EndpointSlice {
+	name, port, proto, ready := "http", int32(8080), corev1.ProtocolTCP, true
+	node := conformance.NodeName
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: svc + "-1", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc},
+			Annotations: map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().UTC().Format(time.RFC3339Nano)}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	for _, p := range pods {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node})
+	}
+	return s
+}
+
+// eventually retries f for up to 20 s.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func reached(client *conformance.Pod, addr string, n int) map[string]bool {
+	seen := map[string]bool{}
+	for i := 0; i < n; i++ {
+		if s, _, err := client.Get(addr, 2*time.Second); err == nil {
+			seen[s] = true
+		}
+	}
+	return seen
+}
+
+func wantServers(client *conformance.Pod, addr string, want ...string) func() error {
+	return func() error {
+		seen := reached(client, addr, 12*len(want))
+		if len(seen) != len(want) {
+			return fmt.Errorf("reached %v, want %v", seen, want)
+		}
+		for _, w := range want {
+			if !seen[w] {
+				return fmt.Errorf("reached %v, want %v", seen, want)
+			}
+		}
+		return nil
+	}
+}
+
+func TestKubeProxyOVSServesClusterIPFromTheAPI(t *testing.T) {
+	cs := api.Client(t)
+	e := conformance.NewEnv(t)
+	a, b, c := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)
+	client := e.AddPod("client", 101, 50)
+	for _, p := range []*conformance.Pod{a, b, c} {
+		p.Serve(t, 8080)
+	}
+	api.ExposeIn(t, e.Node)
+	kp := startKubeProxy(t, e, "ovs")
+	ns := newNamespace(t, cs)
+	ctx := context.Background()
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := svc.Spec.ClusterIP + ":80"
+	es, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, "web", a, b), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ClusterIP serves a and b", wantServers(client, vip, "a", "b"))
+
+	// Scale up, then down.
+	updateSlice(t, cs, es, a, b, c)
+	eventually(t, "after scale-up", wantServers(client, vip, "a", "b", "c"))
+	updateSlice(t, cs, es, c)
+	eventually(t, "after scale-down", wantServers(client, vip, "c"))
+
+	body, err := httpGetIn(e.Node, "http://127.0.0.1:10256/healthz")
+	if err != nil || !strings.Contains(body, `"lastUpdated"`) {
+		t.Fatalf("healthz: %q, %v", body, err)
+	}
+	metrics, err := httpGetIn(e.Node, "http://127.0.0.1:10249/metrics")
+	for _, m := range []string{"kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_network_programming_duration_seconds_count",
+		"kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_service_changes_total"} {
+		if err != nil || !strings.Contains(metrics, m) {
+			t.Fatalf("metrics lack %s (%v)", m, err)
+		}
+	}
+
+	// Restart with a connection open: it survives, new ones work.
+	conn, err := client.Dial(vip, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	kp.Stop()
+	if err := conn.Echo("proxy down", 2*time.Second); err != nil {
+		t.Fatalf("connection broke while nsx-kube-proxy was down: %v", err)
+	}
+	startKubeProxy(t, e, "ovs")
+	if err := conn.Echo("proxy back", 2*time.Second); err != nil {
+		t.Fatalf("connection broke across the restart: %v", err)
+	}
+	eventually(t, "after restart", wantServers(client, vip, "c"))
+
+	// Delete: the VIP stops answering.
+	if err := cs.CoreV1().Services(ns).Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deleted service stops answering", func() error {
+		if _, _, err := client.Get(vip, time.Second); err == nil {
+			return fmt.Errorf("still answers")
+		}
+		return nil
+	})
+}
+
+func updateSlice(t *testing.T, cs kubernetes.Interface, es *discoveryv1.EndpointSlice, pods ...*conformance.Pod) {
+	t.Helper()
+	cur, err := cs.DiscoveryV1().EndpointSlices(es.Namespace).Get(context.Background(), es.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := slice(es.Namespace, es.Labels[discoveryv1.LabelServiceName], pods...)
+	cur.Endpoints, cur.Annotations = next.Endpoints, next.Annotations
+	if _, err := cs.DiscoveryV1().EndpointSlices(es.Namespace).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
