@@ -13,6 +13,7 @@ packages=(
   iputils-ping         # connectivity checks between test netns
   util-linux           # nsenter
   clang llvm libbpf-dev bpftool  # eBPF programs (go generate) and inspection
+  iptables nftables    # benchmark baselines: kube-proxy-style rules
 )
 
 missing=()

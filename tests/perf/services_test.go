@@ -1,0 +1,262 @@
+package perf
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+const (
+	endpointsPerService = 10
+	changes             = 100
+)
+
+func vipOf(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}) }
+func epOf(i, j int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(64 + i>>12), byte(i >> 4), byte(i&15<<4 | j)})
+}
+
+func benchModel(n int) *dataplane.Model {
+	m := &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{}}
+	for i := 0; i < n; i++ {
+		f := &dataplane.Frontend{Key: dataplane.FrontendKey{IP: vipOf(i), Port: 80, Protocol: dataplane.TCP},
+			Name: dataplane.ServicePortName{Namespace: "bench", Name: fmt.Sprintf("svc-%d", i)}}
+		for j := 0; j < endpointsPerService; j++ {
+			f.Endpoints = append(f.Endpoints, dataplane.Endpoint{IP: epOf(i, j), Port: 8080, Ready: true, Serving: true, NodeName: "other"})
+		}
+		m.Frontends[f.Key] = f
+	}
+	return m
+}
+
+// changeOne replaces one endpoint of service i with a fresh address, as an
+// EndpointSlice update does (a new Frontend value).
+func changeOne(m *dataplane.Model, i, round int) {
+	k := dataplane.FrontendKey{IP: vipOf(i), Port: 80, Protocol: dataplane.TCP}
+	old := m.Frontends[k]
+	f := *old
+	f.Endpoints = append([]dataplane.Endpoint(nil), old.Endpoints...)
+	f.Endpoints[0].IP = netip.AddrFrom4([4]byte{10, 200 + byte(round>>8), byte(round), byte(i)})
+	m.Frontends[k] = &f
+}
+
+type progResult struct {
+	name                  string
+	n                     int
+	program               time.Duration
+	programTrips          int
+	change                []time.Duration
+	changeTrips           float64
+	flows, groups, chains int
+}
+
+// BenchmarkServiceProgramming programs N services x 10 endpoints from empty,
+// then applies 100 single-endpoint changes, with the OVS dataplane and, as
+// the baseline in the same run, kube-proxy-style iptables rules applied with
+// iptables-restore the way kube-proxy's iptables mode does a full sync.
+func BenchmarkServiceProgramming(b *testing.B) {
+	harness.RequireRoot(b)
+	var results []progResult
+	for _, n := range benchSizes(b, "NSX_BENCH_SERVICES", []int{1000, 10000}) {
+		results = append(results, benchOVS(b, n), benchIptables(b, n))
+	}
+	w := os.Stdout
+	fmt.Fprintf(w, "\nService programming: N services x %d endpoints from empty, then %d single-endpoint changes with N installed\n\n", endpointsPerService, changes)
+	fmt.Fprintln(w, "| dataplane | N | program all | round-trips | change p50 | change p99 | round-trips per change | rules |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		fmt.Fprintf(w, "| %s | %d | %s ms | %d | %s ms | %s ms | %.1f | %s |\n", r.name, r.n, ms(r.program), r.programTrips,
+			ms(pct(r.change, .5)), ms(pct(r.change, .99)), r.changeTrips, r.rules())
+	}
+	for i := 0; i+1 < len(results); i += 2 {
+		o, ipt := results[i], results[i+1]
+		fmt.Fprintf(w, "\nN=%d: ovs/iptables program %.2f, change p50 %.2f, change p99 %.2f\n", o.n,
+			ratio(o.program, ipt.program), ratio(pct(o.change, .5), pct(ipt.change, .5)), ratio(pct(o.change, .99), pct(ipt.change, .99)))
+		b.ReportMetric(float64(pct(o.change, .99).Microseconds())/1000, fmt.Sprintf("ovs-change-p99-ms-%d", o.n))
+		b.ReportMetric(float64(pct(ipt.change, .99).Microseconds())/1000, fmt.Sprintf("iptables-change-p99-ms-%d", o.n))
+	}
+	fmt.Fprintln(w)
+}
+
+// benchSizes reads a comma-separated list of sizes from env, or returns def.
+func benchSizes(b *testing.B, env string, def []int) []int {
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	var out []int
+	for _, f := range strings.Split(v, ",") {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n <= 0 {
+			b.Fatalf("%s=%q: not a list of positive integers", env, v)
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+func (r progResult) rules() string {
+	if r.chains > 0 {
+		return fmt.Sprintf("%d rules, %d chains", r.flows, r.chains)
+	}
+	return fmt.Sprintf("%d flows, %d groups", r.flows, r.groups)
+}
+
+func benchOVS(b *testing.B, n int) progResult {
+	o := harness.StartOVS(b, harness.OVSOptions{Bridges: []string{"br-int"}})
+	be, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: o.RunDir, NodeName: "bench", Timeout: 60 * time.Second, Log: zap.NewNop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	ctx := context.Background()
+	m := benchModel(n)
+	r := progResult{name: "nsx ovs", n: n}
+	start := time.Now()
+	if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	r.program = time.Since(start)
+	r.programTrips = be.Stats().Bundles
+	rng := rand.New(rand.NewSource(1))
+	before := be.Stats().Bundles
+	for c := 0; c < changes; c++ {
+		changeOne(m, rng.Intn(n), c)
+		start := time.Now()
+		if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		r.change = append(r.change, time.Since(start))
+	}
+	r.changeTrips = float64(be.Stats().Bundles-before) / changes
+	out := o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-aggregate")
+	fmt.Sscanf(out[strings.Index(out, "flow_count="):], "flow_count=%d", &r.flows)
+	r.groups = strings.Count(o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-groups"), "group_id=")
+	return r
+}
+
+// iptablesRules renders the nat table as kube-proxy's iptables mode does:
+// KUBE-SERVICES -> KUBE-SVC-* (statistic random) -> KUBE-SEP-* (DNAT).
+func iptablesRules(m *dataplane.Model) (string, int, int) {
+	var buf bytes.Buffer
+	buf.WriteString("*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n")
+	var rules bytes.Buffer
+	chains, nrules := 2, 0
+	rules.WriteString("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n")
+	for k, f := range m.Frontends {
+		svc := fmt.Sprintf("KUBE-SVC-%08X", v4key(k.IP))
+		fmt.Fprintf(&buf, ":%s - [0:0]\n", svc)
+		chains++
+		fmt.Fprintf(&rules, "-A KUBE-SERVICES -d %s/32 -p tcp -m tcp --dport %d -j %s\n", k.IP, k.Port, svc)
+		nrules++
+		for j, e := range f.Endpoints {
+			sep := fmt.Sprintf("KUBE-SEP-%08X%02d", v4key(k.IP), j)
+			fmt.Fprintf(&buf, ":%s - [0:0]\n", sep)
+			chains++
+			left := len(f.Endpoints) - j
+			if left > 1 {
+				fmt.Fprintf(&rules, "-A %s -m statistic --mode random --probability %.10f -j %s\n", svc, 1/float64(left), sep)
+			} else {
+				fmt.Fprintf(&rules, "-A %s -j %s\n", svc, sep)
+			}
+			fmt.Fprintf(&rules, "-A %s -s %s/32 -j KUBE-MARK-MASQ\n", sep, e.IP)
+			fmt.Fprintf(&rules, "-A %s -p tcp -m tcp -j DNAT --to-destination %s\n", sep, e.AddrPort())
+			nrules += 3
+		}
+	}
+	buf.Write(rules.Bytes())
+	buf.WriteString("COMMIT\n")
+	return buf.String(), nrules, chains
+}
+
+func v4key(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+// benchIptables loads the rules with one full iptables-restore, then
+// applies each endpoint change the way kube-proxy's iptables mode does a
+// partial sync (MinimizeIPTablesRestore, default since 1.27): only the
+// changed service's KUBE-SVC chain and its new KUBE-SEP chain are written,
+// the stale KUBE-SEP chain deleted, all with --noflush.
+func benchIptables(b *testing.B, n int) progResult {
+	node := harness.NewNetNS(b)
+	m := benchModel(n)
+	restore := func(text string) time.Duration {
+		start := time.Now()
+		cmd := node.Exec(context.Background(), "iptables-restore", "--noflush")
+		cmd.Stdin = strings.NewReader(text)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("iptables-restore: %v: %s", err, out)
+		}
+		return time.Since(start)
+	}
+	r := progResult{name: "iptables-restore (kube-proxy-style rules)", n: n}
+	var text string
+	text, r.flows, r.chains = iptablesRules(m)
+	r.program, r.programTrips = restore(text), 1
+	rng := rand.New(rand.NewSource(1))
+	gen := map[int]int{} // service -> generation of its endpoint-0 chain
+	for c := 0; c < changes; c++ {
+		i := rng.Intn(n)
+		changeOne(m, i, c)
+		r.change = append(r.change, restore(partialRestore(m, i, gen[i], c+1)))
+		gen[i] = c + 1
+	}
+	r.changeTrips = 1
+	return r
+}
+
+// partialRestore is the restore input of one endpoint change of service i:
+// endpoint 0 got a new address, so its KUBE-SEP chain (generation prev) is
+// replaced by generation next. As kube-proxy does, the stale chain is
+// declared (flushed) and then deleted.
+func partialRestore(m *dataplane.Model, i, prev, next int) string {
+	k := dataplane.FrontendKey{IP: vipOf(i), Port: 80, Protocol: dataplane.TCP}
+	f := m.Frontends[k]
+	svc := fmt.Sprintf("KUBE-SVC-%08X", v4key(k.IP))
+	sep := func(j int, gen int) string { return fmt.Sprintf("KUBE-SEP-%08X%02d%s", v4key(k.IP), j, genSuffix(gen)) }
+	var buf bytes.Buffer
+	buf.WriteString("*nat\n")
+	fmt.Fprintf(&buf, ":%s - [0:0]\n:%s - [0:0]\n:%s - [0:0]\n", svc, sep(0, next), sep(0, prev))
+	for j, e := range f.Endpoints {
+		name := sep(j, 0)
+		if j == 0 {
+			name = sep(0, next)
+		}
+		left := len(f.Endpoints) - j
+		if left > 1 {
+			fmt.Fprintf(&buf, "-A %s -m statistic --mode random --probability %.10f -j %s\n", svc, 1/float64(left), name)
+		} else {
+			fmt.Fprintf(&buf, "-A %s -j %s\n", svc, name)
+		}
+		if j == 0 {
+			fmt.Fprintf(&buf, "-A %s -s %s/32 -j KUBE-MARK-MASQ\n", name, e.IP)
+			fmt.Fprintf(&buf, "-A %s -p tcp -m tcp -j DNAT --to-destination %s\n", name, e.AddrPort())
+		}
+	}
+	fmt.Fprintf(&buf, "-X %s\n", sep(0, prev))
+	buf.WriteString("COMMIT\n")
+	return buf.String()
+}
+
+// genSuffix names generations of a replaced KUBE-SEP chain; a service
+// changed for the first time still has the generation-0 chain.
+func genSuffix(gen int) string {
+	if gen == 0 {
+		return ""
+	}
+	return fmt.Sprintf("G%d", gen)
+}
