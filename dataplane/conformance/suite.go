@@ -12,8 +12,56 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/proxy"
 )
+
+// Service is the test Service (VIP port 80 -> target port "http"), with
+// internalTrafficPolicy Local or Cluster.
+func Service(local bool) *corev1.Service {
+	policy := corev1.ServiceInternalTrafficPolicyCluster
+	if local {
+		policy = corev1.ServiceInternalTrafficPolicyLocal
+	}
+	return &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "svc"},
+		Spec: corev1.ServiceSpec{ClusterIP: vip, ClusterIPs: []string{vip}, InternalTrafficPolicy: &policy,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
+	}
+}
+
+// SliceEndpoint is one endpoint of Slice.
+type SliceEndpoint struct {
+	Pod                         *Pod
+	Ready, Serving, Terminating bool
+	Node                        string
+}
+
+// Slice is an EndpointSlice of the test Service with port "http" = 8080.
+func Slice(eps ...SliceEndpoint) *discoveryv1.EndpointSlice {
+	name, port, proto := "http", int32(8080), corev1.ProtocolTCP
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "svc-1", Labels: map[string]string{discoveryv1.LabelServiceName: "svc"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	for _, e := range eps {
+		r, sv, tm, node := e.Ready, e.Serving, e.Terminating, e.Node
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.Pod.IP.String()}, NodeName: &node,
+			Conditions: discoveryv1.EndpointConditions{Ready: &r, Serving: &sv, Terminating: &tm}})
+	}
+	return s
+}
+
+// FromAPI builds the model nsx-kube-proxy's core derives from the objects.
+func FromAPI(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *dataplane.Model {
+	return &dataplane.Model{Frontends: proxy.BuildFrontends(svc, slices, NodeName)}
+}
 
 // Instance is one backend under test.
 type Instance struct {
@@ -273,6 +321,45 @@ var Cases = []Case{
 		syncModel(t, inst, Model(fe))
 		if _, _, err := client.Get(addr(80), time.Second); err == nil || isRefused(err) || !isTimeout(err) {
 			t.Fatalf("Local without endpoints: %v, want a timeout (drop), not a reject", err)
+		}
+	}},
+	{Name: "terminating endpoints serve only when no endpoint is ready", Row: "6", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b, c := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)
+		client := e.AddPod("client", 101, 50)
+		for _, p := range []*Pod{a, b, c} {
+			p.Serve(t, 8080)
+		}
+		svc := Service(false)
+		// a: serving and terminating; b: terminating, not serving.
+		slices := []*discoveryv1.EndpointSlice{Slice(
+			SliceEndpoint{Pod: a, Ready: false, Serving: true, Terminating: true, Node: NodeName},
+			SliceEndpoint{Pod: b, Ready: false, Serving: false, Terminating: true, Node: NodeName})}
+		syncModel(t, inst, FromAPI(svc, slices))
+		if got := keys(servers(t, client, addr(80), 10, false)); got != "a" {
+			t.Fatalf("with no ready endpoint reached %s, want the serving terminating a", got)
+		}
+		slices = append(slices, Slice(SliceEndpoint{Pod: c, Ready: true, Serving: true, Node: NodeName}))
+		slices[1].Name = "svc-2"
+		syncModel(t, inst, FromAPI(svc, slices))
+		if got := keys(servers(t, client, addr(80), 10, false)); got != "c" {
+			t.Fatalf("with c ready reached %s, want only c", got)
+		}
+	}},
+	{Name: "internalTrafficPolicy Local uses only this node's endpoints", Row: "5", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		slices := []*discoveryv1.EndpointSlice{Slice(
+			SliceEndpoint{Pod: a, Ready: true, Serving: true, Node: NodeName},
+			SliceEndpoint{Pod: b, Ready: true, Serving: true, Node: "node2"})}
+		syncModel(t, inst, FromAPI(Service(true), slices))
+		if got := keys(servers(t, client, addr(80), 15, false)); got != "a" {
+			t.Fatalf("Local policy reached %s, want only the local a", got)
+		}
+		syncModel(t, inst, FromAPI(Service(false), slices))
+		if got := keys(servers(t, client, addr(80), 30, false)); got != "a,b" {
+			t.Fatalf("Cluster policy reached %s, want a,b", got)
 		}
 	}},
 	{Name: "hairpin: a pod reaches itself and sees another source", Row: "7", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {

@@ -14,7 +14,9 @@ import (
 
 // ofctl drives ovs-ofctl against the bridge's management socket. Every
 // write is one `bundle`: one process start and one atomic OpenFlow bundle
-// per Sync, whatever the number of flows and groups it changes.
+// per Sync, whatever the number of flows and groups it changes. (Not
+// go-openvswitch's ovs.OpenFlowService: it has no group mods, so flows and
+// the groups they point to could not change in one atomic bundle.)
 type ofctl struct {
 	target string // unix:<run dir>/<bridge>.mgmt
 }

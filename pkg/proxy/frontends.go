@@ -82,11 +82,12 @@ func affinityTimeout(svc *v1.Service) time.Duration {
 	return defaultAffinityTimeout
 }
 
-// buildFrontends computes the frontends of one Service from its
+// BuildFrontends computes the frontends of one Service from its
 // EndpointSlices: one per (cluster IP, service port), each with the
 // endpoints kube-proxy would use from nodeName. svc must not be skipped
-// (skipReason ""). slices may be in any order.
-func buildFrontends(svc *v1.Service, slices []*discovery.EndpointSlice, nodeName string) map[dataplane.FrontendKey]*dataplane.Frontend {
+// (skipReason ""). slices may be in any order. Exported for the dataplane
+// conformance suite, which checks the selection with real traffic.
+func BuildFrontends(svc *v1.Service, slices []*discovery.EndpointSlice, nodeName string) map[dataplane.FrontendKey]*dataplane.Frontend {
 	// Deterministic iteration, so duplicate endpoints resolve the same way
 	// every time.
 	sorted := append([]*discovery.EndpointSlice(nil), slices...)

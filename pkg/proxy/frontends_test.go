@@ -231,7 +231,7 @@ func TestBuildFrontends(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := buildFrontends(tc.svc, tc.slices, testNode)
+			got := BuildFrontends(tc.svc, tc.slices, testNode)
 			want := map[dataplane.FrontendKey]*dataplane.Frontend{}
 			for _, f := range tc.want {
 				want[f.Key] = f

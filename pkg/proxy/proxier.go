@@ -522,7 +522,7 @@ func (p *Proxier) updateService(lister corelisters.ServiceLister, key types.Name
 		if reason := skipReason(svc); reason != "" {
 			p.log.Debug("Service skipped", zap.Stringer("service", key), zap.String("reason", reason))
 		} else {
-			fresh = buildFrontends(svc, p.slicesOf(key), p.o.NodeName)
+			fresh = BuildFrontends(svc, p.slicesOf(key), p.o.NodeName)
 		}
 	}
 
