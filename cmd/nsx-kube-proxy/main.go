@@ -12,14 +12,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"go.uber.org/zap"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
-	"github.com/nsx-ujo/nsx-ujo/pkg/logging"
+	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 	"github.com/nsx-ujo/nsx-ujo/pkg/proxy"
 )
 
@@ -46,51 +44,38 @@ func newBackend(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane
 }
 
 func run() error {
-	var cf config.CommonFlags
 	var dp, healthz, metrics string
 	fs := flag.NewFlagSet("nsx-kube-proxy", flag.ExitOnError)
-	cf.Register(fs)
 	fs.StringVar(&dp, "dataplane", "", "ovs or ebpf; overrides ncp.ini [nsx_kube_proxy] dataplane")
 	fs.StringVar(&healthz, "healthz-bind-address", "", "host:port of /healthz and /livez, empty value disables; overrides [nsx_kube_proxy] healthz_bind_address")
 	fs.StringVar(&metrics, "metrics-bind-address", "", "host:port of /metrics, empty value disables; overrides [nsx_kube_proxy] metrics_bind_address")
-	_ = fs.Parse(os.Args[1:])
-
-	var warnings [][]any
-	cfg, err := config.Load(cf.ConfigFile, func(msg string, kv ...any) { warnings = append(warnings, append([]any{msg}, kv...)) })
+	env, err := daemon.Start(daemon.Options{Component: "nsx-kube-proxy", Flags: fs, Args: os.Args[1:],
+		Override: func(cfg *config.Config) {
+			// Only flags given on the command line override the file.
+			fs.Visit(func(f *flag.Flag) {
+				switch f.Name {
+				case "dataplane":
+					cfg.KubeProxy.Dataplane = dp
+				case "healthz-bind-address":
+					cfg.KubeProxy.HealthzBindAddr = healthz
+				case "metrics-bind-address":
+					cfg.KubeProxy.MetricsBindAddr = metrics
+				}
+			})
+		}})
 	if err != nil {
 		return err
 	}
-	cfg.ApplyKubeconfigFlag(cf.Kubeconfig)
-	// Only flags given on the command line override the file.
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "dataplane":
-			cfg.KubeProxy.Dataplane = dp
-		case "healthz-bind-address":
-			cfg.KubeProxy.HealthzBindAddr = healthz
-		case "metrics-bind-address":
-			cfg.KubeProxy.MetricsBindAddr = metrics
-		}
-	})
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("configuration (ncp.ini and flags): %w", err)
-	}
-	nodeName, err := cf.Resolve()
-	if err != nil {
-		return err
-	}
-	log, err := logging.New(cfg.Default, "nsx-kube-proxy", logging.Options{})
-	if err != nil {
-		return err
-	}
+	cfg, log := env.Config, env.Log
 	defer log.Sync()
-	for _, w := range warnings {
-		log.Sugar().Warnw(w[0].(string), w[1:]...)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 
-	backend, err := waitForBackend(ctx, cfg, nodeName, log)
+	var backend dataplane.ServiceBackend
+	err = daemon.WaitFor(ctx, log, "the dataplane", func() (err error) {
+		backend, err = newBackend(cfg, env.NodeName, log.Named(cfg.KubeProxy.Dataplane))
+		return err
+	}, func(err error) bool { return errors.Is(err, errNotInBuild) })
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -100,17 +85,9 @@ func run() error {
 	if c, ok := backend.(io.Closer); ok {
 		defer c.Close()
 	}
-	rc, err := cfg.RESTConfig()
-	if err != nil {
-		return err
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
 	kp := cfg.KubeProxy
-	p := proxy.New(client, backend, proxy.Options{
-		NodeName:         nodeName,
+	p := proxy.New(env.Client, backend, proxy.Options{
+		NodeName:         env.NodeName,
 		ServiceProxyName: kp.ServiceProxyName,
 		SyncPeriod:       kp.SyncPeriod,
 		MinSyncPeriod:    kp.MinSyncPeriod,
@@ -118,31 +95,10 @@ func run() error {
 		MetricsBindAddr:  kp.MetricsBindAddr,
 		Log:              log,
 	})
-	log.Info("nsx-kube-proxy starting", zap.String("node", nodeName), zap.String("dataplane", backend.Name()))
+	log.Info("nsx-kube-proxy starting", zap.String("node", env.NodeName), zap.String("dataplane", backend.Name()))
 	if err := p.Run(ctx); err != nil && ctx.Err() == nil {
 		log.Error("nsx-kube-proxy stopped", zap.Error(err))
 		return err
 	}
 	return nil
-}
-
-// waitForBackend retries newBackend while it fails for a reason that can
-// pass: in the DaemonSet nsx-ovs starts OVS next to us.
-func waitForBackend(ctx context.Context, cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.ServiceBackend, error) {
-	delay := 200 * time.Millisecond
-	for {
-		b, err := newBackend(cfg, nodeName, log.Named(cfg.KubeProxy.Dataplane))
-		if err == nil || errors.Is(err, errNotInBuild) {
-			return b, err
-		}
-		log.Info("waiting for the dataplane", zap.String("dataplane", cfg.KubeProxy.Dataplane), zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < 5*time.Second {
-			delay *= 2
-		}
-	}
 }

@@ -11,11 +11,9 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent"
-	"github.com/nsx-ujo/nsx-ujo/pkg/config"
-	"github.com/nsx-ujo/nsx-ujo/pkg/logging"
+	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 )
 
 func main() {
@@ -26,42 +24,17 @@ func main() {
 }
 
 func run() error {
-	var cf config.CommonFlags
-	fs := flag.NewFlagSet("nsx-node-agent", flag.ExitOnError)
-	cf.Register(fs)
-	_ = fs.Parse(os.Args[1:])
-
-	var warnings [][]any
-	cfg, err := config.Load(cf.ConfigFile, func(msg string, kv ...any) { warnings = append(warnings, append([]any{msg}, kv...)) })
+	env, err := daemon.Start(daemon.Options{Component: "nsx-node-agent",
+		Flags: flag.NewFlagSet("nsx-node-agent", flag.ExitOnError), Args: os.Args[1:]})
 	if err != nil {
 		return err
 	}
-	cfg.ApplyKubeconfigFlag(cf.Kubeconfig)
-	nodeName, err := cf.Resolve()
-	if err != nil {
-		return err
-	}
-	log, err := logging.New(cfg.Default, "nsx-node-agent", logging.Options{})
-	if err != nil {
-		return err
-	}
-	defer log.Sync()
-	for _, w := range warnings {
-		log.Sugar().Warnw(w[0].(string), w[1:]...)
-	}
-	rc, err := cfg.RESTConfig()
-	if err != nil {
-		return err
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
+	defer env.Log.Sync()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	err = agent.RunDaemon(ctx, agent.DaemonOptions{Config: cfg, NodeName: nodeName, Log: log, Client: client})
+	err = agent.RunDaemon(ctx, agent.DaemonOptions{Config: env.Config, NodeName: env.NodeName, Log: env.Log, Client: env.Client})
 	if err != nil && ctx.Err() == nil {
-		log.Error("nsx-node-agent stopped", zap.Error(err))
+		env.Log.Error("nsx-node-agent stopped", zap.Error(err))
 		return err
 	}
 	return nil

@@ -16,6 +16,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
+	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
 
@@ -100,22 +101,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 }
 
 // dialOVS waits for ovsdb-server: in the DaemonSet nsx-ovs starts it next
-// to us, so its absence at start is normal for a while.
+// to us.
 func dialOVS(ctx context.Context, log *zap.Logger, sock string, timeout time.Duration) (*ovs.Client, error) {
-	delay := 200 * time.Millisecond
-	for {
-		db, err := ovs.Dial(sock, timeout)
-		if err == nil {
-			return db, nil
-		}
-		log.Info("waiting for ovsdb-server", zap.String("socket", sock), zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < 5*time.Second {
-			delay *= 2
-		}
-	}
+	var db *ovs.Client
+	err := daemon.WaitFor(ctx, log, "ovsdb-server", func() (err error) {
+		db, err = ovs.Dial(sock, timeout)
+		return err
+	}, nil)
+	return db, err
 }
