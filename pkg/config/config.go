@@ -42,12 +42,16 @@ func Defaults() Config {
 			AuditInterval:       60 * time.Second,
 		},
 		KubeProxy: KubeProxy{
-			ConfigHandler:   "ovs",
-			Dataplane:       "ovs",
-			SyncPeriod:      30 * time.Second,
-			HealthzBindAddr: "0.0.0.0:10256",
-			MetricsBindAddr: "127.0.0.1:10249",
-			BPFPinDir:       "/sys/fs/bpf/nsx-ujo",
+			ConfigHandler:       "ovs",
+			Dataplane:           "ovs",
+			SyncPeriod:          30 * time.Second,
+			HealthzBindAddr:     "0.0.0.0:10256",
+			MetricsBindAddr:     "127.0.0.1:10249",
+			BPFPinDir:           "/sys/fs/bpf/nsx-ujo",
+			BPFServicesMapSize:  65536,
+			BPFBackendsMapSize:  1 << 20,
+			BPFConntrackMapSize: 1 << 19,
+			BPFAffinityMapSize:  1 << 17,
 		},
 	}
 }
@@ -163,6 +167,10 @@ func (c *Config) fields() []field {
 		{SectionKubeProxy, "healthz_bind_address", &kp.HealthzBindAddr, hostPort(&kp.HealthzBindAddr)},
 		{SectionKubeProxy, "metrics_bind_address", &kp.MetricsBindAddr, hostPort(&kp.MetricsBindAddr)},
 		{SectionKubeProxy, "bpf_pin_dir", &kp.BPFPinDir, absPath(&kp.BPFPinDir, false)},
+		{SectionKubeProxy, "bpf_services_map_size", &kp.BPFServicesMapSize, between(&kp.BPFServicesMapSize, 16, 1<<24)},
+		{SectionKubeProxy, "bpf_backends_map_size", &kp.BPFBackendsMapSize, between(&kp.BPFBackendsMapSize, 16, 1<<26)},
+		{SectionKubeProxy, "bpf_conntrack_map_size", &kp.BPFConntrackMapSize, between(&kp.BPFConntrackMapSize, 1024, 1<<26)},
+		{SectionKubeProxy, "bpf_affinity_map_size", &kp.BPFAffinityMapSize, between(&kp.BPFAffinityMapSize, 16, 1<<26)},
 	}
 }
 

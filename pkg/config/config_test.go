@@ -24,6 +24,7 @@ func TestDefaults(t *testing.T) {
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ovs", SyncPeriod: 30 * time.Second,
 			HealthzBindAddr: "0.0.0.0:10256", MetricsBindAddr: "127.0.0.1:10249", BPFPinDir: "/sys/fs/bpf/nsx-ujo",
+			BPFServicesMapSize: 65536, BPFBackendsMapSize: 1 << 20, BPFConntrackMapSize: 1 << 19, BPFAffinityMapSize: 1 << 17,
 		},
 	}
 	if got := Defaults(); !reflect.DeepEqual(got, want) {
@@ -86,6 +87,10 @@ min_sync_period = 1
 healthz_bind_address =
 metrics_bind_address = [::1]:9000
 bpf_pin_dir = /sys/fs/bpf/x
+bpf_services_map_size = 1000
+bpf_backends_map_size = 20000
+bpf_conntrack_map_size = 40000
+bpf_affinity_map_size = 3000
 `
 	want := Config{
 		Default: Default{Debug: true, LogDir: "/var/log/nsx-ujo", LogFile: "agent.log"},
@@ -102,6 +107,7 @@ bpf_pin_dir = /sys/fs/bpf/x
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ebpf", ServiceProxyName: "nsx", SyncPeriod: 15 * time.Second,
 			MinSyncPeriod: time.Second, HealthzBindAddr: "", MetricsBindAddr: "[::1]:9000", BPFPinDir: "/sys/fs/bpf/x",
+			BPFServicesMapSize: 1000, BPFBackendsMapSize: 20000, BPFConntrackMapSize: 40000, BPFAffinityMapSize: 3000,
 		},
 	}
 	c, err := Parse([]byte(text), func(msg string, kv ...any) { t.Errorf("unexpected %s %v", msg, kv) })
@@ -172,6 +178,8 @@ func TestInvalid(t *testing.T) {
 		{"nsx_kube_proxy", "healthz_bind_address", "10256", "host:port"},
 		{"nsx_kube_proxy", "metrics_bind_address", "127.0.0.1:http", "port"},
 		{"nsx_kube_proxy", "bpf_pin_dir", "bpf", "absolute"},
+		{"nsx_kube_proxy", "bpf_conntrack_map_size", "10", "1024"},
+		{"nsx_kube_proxy", "bpf_services_map_size", "many", "integer"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			c, err := Parse([]byte(fmt.Sprintf("[%s]\n%s = %s\n", tc.section, tc.key, tc.value)), nil)

@@ -68,4 +68,10 @@ type KubeProxy struct {
 	HealthzBindAddr  string        // healthz_bind_address (0.0.0.0:10256)
 	MetricsBindAddr  string        // metrics_bind_address (127.0.0.1:10249)
 	BPFPinDir        string        // bpf_pin_dir (/sys/fs/bpf/nsx-ujo)
+	// eBPF map sizes (entries); changing one needs `Cleanup` of the pinned
+	// maps (switching dataplane and back does it).
+	BPFServicesMapSize  int // bpf_services_map_size (65536): frontends
+	BPFBackendsMapSize  int // bpf_backends_map_size (1048576): endpoint slots of all frontends
+	BPFConntrackMapSize int // bpf_conntrack_map_size (524288): LRU, two entries a connection
+	BPFAffinityMapSize  int // bpf_affinity_map_size (131072): LRU, one per client and frontend
 }

@@ -1,0 +1,492 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+// ClusterIP NAT for nsx-ujo's eBPF dataplane. Attached with TCX to each
+// pod's interface inside the pod's network namespace:
+//   egress  (packets the pod sends): forward DNAT of service VIPs, new
+//           connections pick a backend, established ones follow conntrack;
+//           services without endpoints answer with a TCP RST / ICMP port
+//           unreachable (or drop, under internalTrafficPolicy Local);
+//           a pod reaching itself is SNATed to the hairpin address and
+//           turned around into its own ingress.
+//   ingress (packets to the pod): reverse NAT of replies.
+// Packets that are not ours return TCX_NEXT so other TC programs keep
+// working (under TCX, TCX_PASS would end the chain). IPv4 only.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+// TCX return codes (linux/bpf.h >= 6.6; the build host's headers may be
+// older, the running kernel is not).
+#define TCX_NEXT (-1)
+#define TCX_PASS 0
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+
+struct icmphdr {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 unused;
+};
+
+enum {
+	SVC_F_AFFINITY = 1,  // ClientIP session affinity
+	SVC_F_DROP = 2,      // no endpoints: drop (else reject)
+};
+
+enum { CT_FWD = 0, CT_REV = 1, CT_HAIRPIN_REPLY = 2 };
+enum { CT_F_HAIRPIN = 1 };
+
+enum {
+	STAT_CT_FULL = 0,   // a conntrack insert failed
+	STAT_AFF_FULL = 1,  // an affinity insert failed
+	STAT_REJECTED = 2,
+	STAT_DROPPED = 3,
+	STAT_NATED = 4,     // new connections NATed
+	STAT_MAX = 8,
+};
+
+struct svc_key {
+	__u32 vip;   // network order
+	__u16 port;  // network order
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_val {
+	__u32 id;
+	__u16 count;         // usable backends in slots 0..count-1
+	__u16 flags;
+	__u32 affinity_sec;  // ClientIP affinity inactivity timeout
+};
+
+struct be_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+
+struct be_val {
+	__u32 ip;    // network order
+	__u16 port;  // network order
+	__u16 pad;
+};
+
+struct ct_key {
+	__u32 src;
+	__u32 dst;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+struct ct_val {
+	__u32 ip;    // CT_FWD: backend; CT_REV, CT_HAIRPIN_REPLY: the VIP
+	__u16 port;
+	__u16 flags;
+	__u32 svc_id;
+	__u32 pad;
+};
+
+struct aff_key {
+	__u32 client;
+	__u32 svc_id;
+};
+
+struct aff_val {
+	__u32 ip;
+	__u16 port;
+	__u16 pad;
+	__u64 last_ns;
+};
+
+// Sizes are set by the loader from ncp.ini before the maps are created.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct be_key);
+	__type(value, struct be_val);
+	__uint(max_entries, 1048576);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+	__uint(max_entries, 524288);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct aff_key);
+	__type(value, struct aff_val);
+	__uint(max_entries, 131072);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_stats SEC(".maps");
+
+// The source a pod sees when it reaches itself through a service
+// (169.254.169.253, network order); the loader may rewrite it.
+volatile const __u32 hairpin_ip = bpf_htonl(0xa9fea9fd);
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&nsx_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+#define ETH_OFF 0
+#define IP_OFF ETH_HLEN
+#define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
+#define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
+#define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+
+struct pkt {
+	struct iphdr ip;
+	__u32 l4_off;
+	__u16 sport, dport;  // network order
+	__u32 csum_off;      // L4 checksum offset
+	__u8 tcp_flags;
+};
+
+// parse reads the IPv4 and L4 headers; 0 when the packet is one we handle.
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return -1;
+	if (bpf_skb_load_bytes(skb, IP_OFF, &p->ip, sizeof(p->ip)) < 0)
+		return -1;
+	if (p->ip.version != 4 || p->ip.ihl < 5)
+		return -1;
+	if (p->ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return -1;
+	p->l4_off = IP_OFF + p->ip.ihl * 4;
+	__u16 ports[2];
+	switch (p->ip.protocol) {
+	case IPPROTO_TCP: {
+		__u8 flags;
+		if (bpf_skb_load_bytes(skb, p->l4_off + 13, &flags, 1) < 0)
+			return -1;
+		p->tcp_flags = flags;
+		p->csum_off = p->l4_off + offsetof(struct tcphdr, check);
+		break;
+	}
+	case IPPROTO_UDP:
+		p->csum_off = p->l4_off + offsetof(struct udphdr, check);
+		break;
+	case IPPROTO_SCTP:
+		p->csum_off = 0;  // CRC32c covers no IP fields: ports only, no csum fixup here
+		break;
+	default:
+		return -1;
+	}
+	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
+		return -1;
+	p->sport = ports[0];
+	p->dport = ports[1];
+	return 0;
+}
+
+static __always_inline __u64 l4_flags(struct pkt *p)
+{
+	// A UDP checksum of 0 means "none": keep it so (BPF_F_MARK_MANGLED_0).
+	return p->ip.protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+}
+
+// set_addr rewrites the source (is_src) or destination address and port,
+// with incremental L3 and L4 (pseudo-header) checksum updates that are also
+// right for CHECKSUM_PARTIAL packets.
+static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int is_src, __u32 ip, __u16 port)
+{
+	__u32 old_ip = is_src ? p->ip.saddr : p->ip.daddr;
+	__u16 old_port = is_src ? p->sport : p->dport;
+	__u32 ip_off = is_src ? IP_SRC_OFF : IP_DST_OFF;
+	__u32 port_off = p->l4_off + (is_src ? 0 : 2);
+
+	if (old_ip != ip) {
+		if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old_ip, ip, BPF_F_PSEUDO_HDR | sizeof(ip) | l4_flags(p)) < 0)
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, ip, sizeof(ip)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, ip_off, &ip, sizeof(ip), 0) < 0)
+			return -1;
+	}
+	if (old_port != port) {
+		if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old_port, port, sizeof(port) | l4_flags(p)) < 0)
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
+			return -1;
+	}
+	if (is_src) {
+		p->ip.saddr = ip;
+		p->sport = port;
+	} else {
+		p->ip.daddr = ip;
+		p->dport = port;
+	}
+	return 0;
+}
+
+// turn_around swaps the Ethernet addresses and sends the packet into the
+// interface's own ingress: back to the pod, as if from its gateway.
+static __always_inline int turn_around(struct __sk_buff *skb)
+{
+	__u8 macs[12], swapped[12];
+	if (bpf_skb_load_bytes(skb, ETH_OFF, macs, sizeof(macs)) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(swapped, macs + 6, 6);
+	__builtin_memcpy(swapped + 6, macs, 6);
+	if (bpf_skb_store_bytes(skb, ETH_OFF, swapped, sizeof(swapped), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+static __always_inline __u16 fold(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+// reject_tcp turns the SYN (or any segment) into the RST that answers it,
+// from the VIP, and sends it back into the pod.
+static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p)
+{
+	struct tcphdr th;
+	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+		return TC_ACT_SHOT;
+	if (th.rst)
+		return TC_ACT_SHOT;
+	__u32 payload = bpf_ntohs(p->ip.tot_len) - p->ip.ihl * 4 - th.doff * 4;
+	struct tcphdr rst = {};
+	rst.source = th.dest;
+	rst.dest = th.source;
+	rst.doff = 5;
+	rst.rst = 1;
+	if (th.ack) {
+		rst.seq = th.ack_seq;
+	} else {
+		rst.ack = 1;
+		rst.ack_seq = bpf_htonl(bpf_ntohl(th.seq) + payload + th.syn + th.fin);
+	}
+	// New IPv4 header: 20 bytes, addresses swapped.
+	struct iphdr ip = {};
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_TCP;
+	ip.tot_len = bpf_htons(sizeof(ip) + sizeof(rst));
+	ip.saddr = p->ip.daddr;
+	ip.daddr = p->ip.saddr;
+	ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
+	// TCP checksum over the pseudo-header and the header.
+	__u32 pseudo[3] = {ip.saddr, ip.daddr, bpf_htonl((IPPROTO_TCP << 16) | sizeof(rst))};
+	__s64 s = bpf_csum_diff(0, 0, pseudo, sizeof(pseudo), 0);
+	s = bpf_csum_diff(0, 0, (__be32 *)&rst, sizeof(rst), s);
+	rst.check = fold(s);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(rst), 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, IP_OFF, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &rst, sizeof(rst), 0) < 0)
+		return TC_ACT_SHOT;
+	count(STAT_REJECTED);
+	return turn_around(skb);
+}
+
+// reject_icmp answers with an ICMP port unreachable quoting the packet's
+// IP header and 8 bytes of its payload.
+static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 hl = p->ip.ihl * 4;
+	if (hl != sizeof(struct iphdr))
+		return TC_ACT_SHOT;  // options: not worth quoting, drop
+	__u8 quote[28];
+	if (bpf_skb_load_bytes(skb, IP_OFF, quote, sizeof(quote)) < 0)
+		return TC_ACT_SHOT;
+	struct iphdr ip = {};
+	ip.version = 4;
+	ip.ihl = 5;
+	ip.ttl = 64;
+	ip.protocol = IPPROTO_ICMP;
+	ip.tot_len = bpf_htons(sizeof(ip) + 8 + sizeof(quote));
+	ip.saddr = p->ip.daddr;
+	ip.daddr = p->ip.saddr;
+	ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
+	struct icmphdr ic = {};
+	ic.type = ICMP_DEST_UNREACH;
+	ic.code = ICMP_PORT_UNREACH;
+	__s64 s = bpf_csum_diff(0, 0, (__be32 *)&ic, sizeof(ic), 0);
+	s = bpf_csum_diff(0, 0, (__be32 *)quote, sizeof(quote), s);
+	ic.checksum = fold(s);
+	__u32 want = ETH_HLEN + sizeof(ip) + sizeof(ic) + sizeof(quote);
+	if (skb->len < want) {
+		if (bpf_skb_change_tail(skb, want, 0) < 0)
+			return TC_ACT_SHOT;
+	} else if (skb->len > want) {
+		if (bpf_skb_change_tail(skb, want, 0) < 0)
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_store_bytes(skb, IP_OFF, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &ic, sizeof(ic), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip) + sizeof(ic), quote, sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
+	count(STAT_REJECTED);
+	return turn_around(skb);
+}
+
+// pick chooses the backend of a new connection (affinity first).
+static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_val *out)
+{
+	struct aff_key ak = {.client = p->ip.saddr, .svc_id = svc->id};
+	__u64 now = bpf_ktime_get_ns();
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct aff_val *av = bpf_map_lookup_elem(&nsx_affinity, &ak);
+		if (av && now - av->last_ns <= (__u64)svc->affinity_sec * 1000000000ULL) {
+			// Still a backend of the service? (slot order may have changed)
+			for (__u32 i = 0; i < 256 && i < svc->count; i++) {
+				struct be_key bk = {.svc_id = svc->id, .slot = i};
+				struct be_val *b = bpf_map_lookup_elem(&nsx_backends, &bk);
+				if (b && b->ip == av->ip && b->port == av->port) {
+					av->last_ns = now;
+					*out = *b;
+					return 0;
+				}
+			}
+		}
+	}
+	struct be_key bk = {.svc_id = svc->id, .slot = bpf_get_prandom_u32() % svc->count};
+	struct be_val *b = bpf_map_lookup_elem(&nsx_backends, &bk);
+	if (!b)
+		return -1;
+	*out = *b;
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct aff_val av = {.ip = b->ip, .port = b->port, .last_ns = now};
+		if (bpf_map_update_elem(&nsx_affinity, &ak, &av, BPF_ANY) < 0)
+			count(STAT_AFF_FULL);
+	}
+	return 0;
+}
+
+SEC("tcx/egress")
+int nsx_egress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) < 0)
+		return TCX_NEXT;
+
+	// A hairpinned connection's server answering the hairpin address.
+	if (p.ip.daddr == hairpin_ip) {
+		struct ct_key hk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+				    .proto = p.ip.protocol, .dir = CT_HAIRPIN_REPLY};
+		struct ct_val *hv = bpf_map_lookup_elem(&nsx_conntrack, &hk);
+		if (!hv)
+			return TCX_NEXT;
+		__u32 vip = hv->ip;
+		__u16 vport = hv->port;
+		__u32 self = p.ip.saddr;
+		if (set_addr(skb, &p, 0, self, p.dport) < 0 || set_addr(skb, &p, 1, vip, vport) < 0)
+			return TC_ACT_SHOT;
+		return turn_around(skb);
+	}
+
+	struct ct_key fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+			    .proto = p.ip.protocol, .dir = CT_FWD};
+	struct ct_val *cv = bpf_map_lookup_elem(&nsx_conntrack, &fk);
+	struct be_val be;
+	__u16 ctflags = 0;
+	__u32 svc_id = 0;
+	if (cv) {
+		be.ip = cv->ip;
+		be.port = cv->port;
+		ctflags = cv->flags;
+		svc_id = cv->svc_id;
+	} else {
+		struct svc_key sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
+		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
+		if (!svc)
+			return TCX_NEXT;
+		if (svc->count == 0) {
+			if (svc->flags & SVC_F_DROP) {
+				count(STAT_DROPPED);
+				return TC_ACT_SHOT;
+			}
+			if (p.ip.protocol == IPPROTO_TCP)
+				return reject_tcp(skb, &p);
+			return reject_icmp(skb, &p);
+		}
+		if (pick(&p, svc, &be) < 0)
+			return TC_ACT_SHOT;
+		svc_id = svc->id;
+		if (be.ip == p.ip.saddr)
+			ctflags = CT_F_HAIRPIN;
+		struct ct_val fv = {.ip = be.ip, .port = be.port, .flags = ctflags, .svc_id = svc_id};
+		// Replies: from the backend (or, hairpinned, from the pod to the
+		// hairpin address) back to the client.
+		struct ct_key rk = {.src = be.ip, .dst = p.ip.saddr, .sport = be.port, .dport = p.sport,
+				    .proto = p.ip.protocol, .dir = CT_REV};
+		if (ctflags & CT_F_HAIRPIN) {
+			rk.dst = hairpin_ip;
+			rk.dir = CT_HAIRPIN_REPLY;
+		}
+		struct ct_val rv = {.ip = p.ip.daddr, .port = p.dport, .svc_id = svc_id};
+		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
+		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
+			count(STAT_CT_FULL);
+			return TC_ACT_SHOT;
+		}
+		count(STAT_NATED);
+	}
+	if (set_addr(skb, &p, 0, be.ip, be.port) < 0)
+		return TC_ACT_SHOT;
+	if (ctflags & CT_F_HAIRPIN) {
+		if (set_addr(skb, &p, 1, hairpin_ip, p.sport) < 0)
+			return TC_ACT_SHOT;
+		return turn_around(skb);
+	}
+	return TCX_PASS;
+}
+
+SEC("tcx/ingress")
+int nsx_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) < 0)
+		return TCX_NEXT;
+	struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+			    .proto = p.ip.protocol, .dir = CT_REV};
+	struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+	if (!rv)
+		return TCX_NEXT;
+	if (set_addr(skb, &p, 1, rv->ip, rv->port) < 0)
+		return TC_ACT_SHOT;
+	return TCX_PASS;
+}
+
+char __license[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,126 @@
+package ebpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// MapSizes are the maps' max_entries ([nsx_kube_proxy] bpf_*_map_size);
+// 0 keeps the size compiled into the object.
+type MapSizes struct {
+	Services, Backends, Conntrack, Affinity uint32
+}
+
+// Objects are the loaded programs and the (pinned) maps. The maps are
+// shared through their pins by every loader on the node: nsx-kube-proxy
+// writes them, the programs that nsx-node-agent attaches read them.
+type Objects struct {
+	nsxObjects
+	PinDir string
+}
+
+// bpffsMagic is BPF_FS_MAGIC.
+const bpffsMagic = 0xcafe4a11
+
+// EnsureBPFFS makes dir a bpffs mount point, mounting one there when it is
+// not, as Cilium does (a container may see /sys/fs/bpf as plain sysfs).
+func EnsureBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("bpf pin dir %s: %w", dir, err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(d, &st); err != nil {
+			return fmt.Errorf("bpf pin dir %s: %w", d, err)
+		}
+		if st.Type == bpffsMagic {
+			return nil
+		}
+		if d == "/" || d == "." {
+			break
+		}
+		if d != dir {
+			break // only dir itself or its parent may be the mount
+		}
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Load loads the programs and creates or opens the maps pinned in pinDir
+// (mounting a bpffs there if needed). pinDir "" loads unpinned maps (unit
+// tests). A pinned map whose definition no longer matches (a changed size)
+// is an error naming it: Cleanup removes the old pins.
+func Load(pinDir string, sizes MapSizes) (*Objects, error) {
+	spec, err := loadNsx()
+	if err != nil {
+		return nil, fmt.Errorf("ebpf: load object: %w", err)
+	}
+	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
+		nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
+		if n > 0 {
+			spec.Maps[name].MaxEntries = n
+		}
+	}
+	opts := &ebpf.CollectionOptions{}
+	if pinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	} else {
+		if err := EnsureBPFFS(pinDir); err != nil {
+			return nil, err
+		}
+		opts.Maps.PinPath = pinDir
+	}
+	o := &Objects{PinDir: pinDir}
+	if err := spec.LoadAndAssign(&o.nsxObjects, opts); err != nil {
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("ebpf: a map pinned in %s has another definition (map size changed?): remove the old pins with the dataplane cleanup: %w", pinDir, err)
+		}
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("ebpf: verifier: %+v", ve)
+		}
+		return nil, fmt.Errorf("ebpf: load: %w", err)
+	}
+	return o, nil
+}
+
+// Close releases this process's references; pinned maps and links stay.
+func (o *Objects) Close() error { return o.nsxObjects.Close() }
+
+// be32 is an IPv4 address as the programs store it (network byte order
+// in a __u32).
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrOf(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// be16 is a port in network byte order in a __u16.
+func be16(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func portOf(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}

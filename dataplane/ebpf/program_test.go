@@ -1,0 +1,289 @@
+package ebpf
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+const (
+	tcxNext     = 0xffffffff // TCX_NEXT (-1)
+	tcxPass     = 0
+	tcActShot   = 2
+	tcRedirect  = 7
+	protoTCP    = 6
+	protoUDP    = 17
+	svcAffinity = 1
+	svcDrop     = 2
+)
+
+var (
+	clientIP = netip.MustParseAddr("10.0.1.50")
+	vip      = netip.MustParseAddr("10.96.0.10")
+	backend1 = netip.MustParseAddr("10.0.2.20")
+	backend2 = netip.MustParseAddr("10.0.2.21")
+)
+
+func csum(b []byte, initial uint32) uint16 {
+	s := initial
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// packet builds eth + IPv4 + TCP (SYN, with options) or UDP.
+func packet(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags uint8) []byte {
+	var l4 []byte
+	if proto == protoTCP {
+		l4 = make([]byte, 32) // 20 + 12 bytes of options, as a real SYN has
+		binary.BigEndian.PutUint16(l4[0:], sport)
+		binary.BigEndian.PutUint16(l4[2:], dport)
+		binary.BigEndian.PutUint32(l4[4:], 1000)
+		l4[12] = 8 << 4
+		l4[13] = tcpFlags
+		binary.BigEndian.PutUint16(l4[14:], 64240)
+		copy(l4[20:], []byte{2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7})
+	} else {
+		l4 = make([]byte, 12)
+		binary.BigEndian.PutUint16(l4[0:], sport)
+		binary.BigEndian.PutUint16(l4[2:], dport)
+		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
+		copy(l4[8:], "ping")
+	}
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, proto
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
+	ck := l4csum(ip, l4)
+	if proto == protoTCP {
+		binary.BigEndian.PutUint16(l4[16:], ck)
+	} else {
+		binary.BigEndian.PutUint16(l4[6:], ck)
+	}
+	eth := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0}
+	return append(append(eth, ip...), l4...)
+}
+
+func l4csum(ip, l4 []byte) uint16 {
+	pseudo := make([]byte, 12)
+	copy(pseudo, ip[12:20])
+	pseudo[9] = ip[9]
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(l4)))
+	var s uint32
+	for i := 0; i < 12; i += 2 {
+		s += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	}
+	return csum(l4, s)
+}
+
+type parsed struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+	tcpFlags     uint8
+	ack          uint32
+	ipOK, l4OK   bool
+	l4           []byte
+}
+
+func parse(t *testing.T, b []byte) parsed {
+	t.Helper()
+	ip := b[14:]
+	ihl := int(ip[0]&15) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	l4 := ip[ihl:total]
+	p := parsed{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: ip[9], l4: l4}
+	p.ipOK = csum(ip[:ihl], 0) == 0
+	if p.proto == protoTCP || p.proto == protoUDP {
+		p.sport, p.dport = binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
+	}
+	if p.proto == protoTCP {
+		p.tcpFlags = l4[13]
+		p.ack = binary.BigEndian.Uint32(l4[8:])
+	}
+	switch p.proto {
+	case protoTCP, protoUDP:
+		p.l4OK = l4csum(ip[:ihl], l4) == 0
+	case 1:
+		p.l4OK = csum(l4, 0) == 0
+	}
+	return p
+}
+
+func load(t *testing.T) *Objects {
+	t.Helper()
+	o, err := Load("", MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	return o
+}
+
+func addService(t *testing.T, o *Objects, proto uint8, port uint16, id uint32, flags uint16, backends ...netip.AddrPort) {
+	t.Helper()
+	for i, b := range backends {
+		if err := o.NsxBackends.Put(nsxBeKey{SvcId: id, Slot: uint32(i)}, nsxBeVal{Ip: be32(b.Addr()), Port: be16(b.Port())}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := nsxSvcVal{Id: id, Count: uint16(len(backends)), Flags: flags, AffinitySec: 60}
+	if err := o.NsxServices.Put(nsxSvcKey{Vip: be32(vip), Port: be16(port), Proto: proto}, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func runOut(t *testing.T, prog *ebpf.Program, pkt []byte) (uint32, []byte) {
+	t.Helper()
+	opts := &ebpf.RunOptions{Data: pkt, DataOut: make([]byte, 1500)}
+	ret, err := prog.Run(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ret, opts.DataOut
+}
+
+func TestDNATAndReverseNAT(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend1, 8080))
+	syn := packet(protoTCP, clientIP, vip, 40000, 80, 0x02)
+	ret, out := runOut(t, o.NsxEgress, syn)
+	if ret != tcxPass {
+		t.Fatalf("egress SYN: ret %d, want TCX_PASS", int32(ret))
+	}
+	p := parse(t, out)
+	if p.dst != backend1 || p.dport != 8080 || p.src != clientIP || p.sport != 40000 {
+		t.Fatalf("DNAT: %s:%d -> %s:%d", p.src, p.sport, p.dst, p.dport)
+	}
+	if !p.ipOK || !p.l4OK {
+		t.Fatalf("checksums after DNAT: ip %v, tcp %v", p.ipOK, p.l4OK)
+	}
+	// The SYN-ACK from the backend comes back with the VIP as source.
+	synack := packet(protoTCP, backend1, clientIP, 8080, 40000, 0x12)
+	ret, out = runOut(t, o.NsxIngress, synack)
+	p = parse(t, out)
+	if ret != tcxPass || p.src != vip || p.sport != 80 || !p.ipOK || !p.l4OK {
+		t.Fatalf("reverse NAT: ret %d, %s:%d -> %s:%d, ip %v tcp %v", int32(ret), p.src, p.sport, p.dst, p.dport, p.ipOK, p.l4OK)
+	}
+	// Established packets follow conntrack even after the service changes.
+	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend2, 8080))
+	ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40000, 80, 0x10))
+	if p := parse(t, out); ret != tcxPass || p.dst != backend1 {
+		t.Fatalf("established packet went to %s, want %s", p.dst, backend1)
+	}
+}
+
+func TestNotOursIsUntouched(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend1, 8080))
+	for _, pkt := range [][]byte{
+		packet(protoTCP, clientIP, backend2, 40000, 80, 0x02), // not a VIP
+		packet(protoTCP, clientIP, vip, 40000, 81, 0x02),      // VIP, other port
+		packet(protoUDP, clientIP, vip, 40000, 80, 0),         // VIP, other protocol
+	} {
+		ret, out := runOut(t, o.NsxEgress, pkt)
+		if ret != tcxNext || string(out[:len(pkt)]) != string(pkt) {
+			t.Fatalf("egress of a non-service packet: ret %d, changed %v", int32(ret), string(out[:len(pkt)]) != string(pkt))
+		}
+		ret, _ = runOut(t, o.NsxIngress, pkt)
+		if ret != tcxNext {
+			t.Fatalf("ingress of a non-service packet: ret %d", int32(ret))
+		}
+	}
+}
+
+func TestUDPChecksumAndAffinity(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoUDP, 53, 2, svcAffinity, netip.AddrPortFrom(backend1, 5353), netip.AddrPortFrom(backend2, 5353))
+	first := netip.Addr{}
+	for sport := uint16(30000); sport < 30020; sport++ {
+		ret, out := runOut(t, o.NsxEgress, packet(protoUDP, clientIP, vip, sport, 53, 0))
+		p := parse(t, out)
+		if ret != tcxPass || !p.ipOK || !p.l4OK || p.dport != 5353 {
+			t.Fatalf("UDP DNAT: ret %d, ip %v udp %v port %d", int32(ret), p.ipOK, p.l4OK, p.dport)
+		}
+		if !first.IsValid() {
+			first = p.dst
+		} else if p.dst != first {
+			t.Fatalf("affinity broken: %s then %s", first, p.dst)
+		}
+	}
+}
+
+func TestNoBackends(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 3, 0)
+	addService(t, o, protoUDP, 53, 4, 0)
+	addService(t, o, protoTCP, 443, 5, svcDrop)
+
+	ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40001, 80, 0x02))
+	p := parse(t, out)
+	if ret != tcRedirect || p.proto != protoTCP || p.tcpFlags != 0x14 || p.src != vip || p.sport != 80 || p.dst != clientIP ||
+		p.dport != 40001 || p.ack != 1001 || !p.ipOK || !p.l4OK {
+		t.Fatalf("TCP reject: ret %d, %+v", int32(ret), p)
+	}
+	ret, out = runOut(t, o.NsxEgress, packet(protoUDP, clientIP, vip, 40002, 53, 0))
+	p = parse(t, out)
+	if ret != tcRedirect || p.proto != 1 || p.l4[0] != 3 || p.l4[1] != 3 || p.src != vip || p.dst != clientIP || !p.ipOK || !p.l4OK {
+		t.Fatalf("UDP reject: ret %d, %+v", int32(ret), p)
+	}
+	if ret, _ := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40003, 443, 0x02)); ret != tcActShot {
+		t.Fatalf("Local policy without endpoints: ret %d, want drop", int32(ret))
+	}
+}
+
+func TestHairpin(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 6, 0, netip.AddrPortFrom(clientIP, 8080))
+	ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40004, 80, 0x02))
+	p := parse(t, out)
+	hairpin := netip.MustParseAddr("169.254.169.253")
+	if ret != tcRedirect || p.dst != clientIP || p.dport != 8080 || p.src != hairpin || !p.ipOK || !p.l4OK {
+		t.Fatalf("hairpin SYN: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+	}
+	// The pod, as server, answers the hairpin address.
+	ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, hairpin, 8080, 40004, 0x12))
+	p = parse(t, out)
+	if ret != tcRedirect || p.src != vip || p.sport != 80 || p.dst != clientIP || p.dport != 40004 || !p.ipOK || !p.l4OK {
+		t.Fatalf("hairpin reply: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+	}
+}
+
+func BenchmarkEgress(b *testing.B) {
+	o, err := Load("", MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer o.Close()
+	bk := nsxBeKey{SvcId: 1}
+	o.NsxBackends.Put(bk, nsxBeVal{Ip: be32(backend1), Port: be16(8080)})
+	o.NsxServices.Put(nsxSvcKey{Vip: be32(vip), Port: be16(80), Proto: protoTCP}, nsxSvcVal{Id: 1, Count: 1})
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"hit", packet(protoTCP, clientIP, vip, 40000, 80, 0x10)},
+		{"miss", packet(protoTCP, clientIP, backend2, 40000, 80, 0x10)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ret, d, err := o.NsxEgress.Benchmark(c.pkt, b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(d.Nanoseconds()), "ns/packet")
+			_ = ret
+		})
+	}
+}
