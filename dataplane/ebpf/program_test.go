@@ -13,10 +13,8 @@ const (
 	tcxPass     = 0
 	tcActShot   = 2
 	tcRedirect  = 7
-	protoTCP    = 6
-	protoUDP    = 17
-	svcAffinity = 1
-	svcDrop     = 2
+	svcAffinity = flagAffinity
+	svcDrop     = flagDrop
 )
 
 var (

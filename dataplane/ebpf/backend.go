@@ -1,0 +1,452 @@
+package ebpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
+	libovs "github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+)
+
+// Options configure the eBPF backend.
+type Options struct {
+	PinDir string // [nsx_kube_proxy] bpf_pin_dir
+	Sizes  MapSizes
+	// Bridge and OVSRunDir locate the OVS ports whose external_ids record
+	// the node's pods (netns, ifname): pods that existed before the proxy
+	// started get their programs attached at the first Sync.
+	Bridge    string
+	OVSRunDir string
+	Timeout   time.Duration
+	Log       *zap.Logger
+}
+
+const (
+	flagAffinity = 1
+	flagDrop     = 2
+	ctDirFwd     = 0
+	ctDirRev     = 1
+	protoTCP     = 6
+	protoUDP     = 17
+	protoSCTP    = 132
+)
+
+// installedSvc is what the maps hold for one frontend.
+type installedSvc struct {
+	src      *dataplane.Frontend
+	key      nsxSvcKey
+	val      nsxSvcVal
+	backends []nsxBeVal
+}
+
+// Backend implements dataplane.ServiceBackend with the TC programs and
+// their maps. Writes keep every packet consistent: a frontend's backend
+// slots are written before the service entry that counts them, stale
+// slots are deleted after it, and a removed frontend's entry goes before
+// its slots.
+type Backend struct {
+	opts Options
+	log  *zap.Logger
+	objs *Objects
+
+	ids  map[dataplane.FrontendKey]uint32
+	used map[uint32]bool
+	next uint32
+
+	installed map[dataplane.FrontendKey]*installedSvc
+	adopted   bool
+	stats     Stats
+}
+
+// Stats count what the backend wrote.
+type Stats struct {
+	MapWrites   int // element updates and deletes
+	LastChanges int // of the last Sync
+	Attached    int // pods attached at start
+}
+
+var _ dataplane.ServiceBackend = (*Backend)(nil)
+
+// New loads the programs and opens (or creates) the pinned maps.
+func New(o Options) (*Backend, error) {
+	if o.PinDir == "" {
+		return nil, errors.New("ebpf dataplane: a bpf_pin_dir is required")
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 5 * time.Second
+	}
+	b := &Backend{opts: o, log: o.Log}
+	if err := b.load(); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Backend) load() error {
+	objs, err := Load(b.opts.PinDir, b.opts.Sizes)
+	if err != nil {
+		return err
+	}
+	b.objs = objs
+	b.ids, b.used, b.next = map[dataplane.FrontendKey]uint32{}, map[uint32]bool{}, 0
+	b.installed = map[dataplane.FrontendKey]*installedSvc{}
+	b.adopted = false
+	return nil
+}
+
+// Name implements dataplane.ServiceBackend.
+func (b *Backend) Name() string { return "ebpf" }
+
+// Objects are the loaded programs and maps (nsx-node-agent attaches them).
+func (b *Backend) Objects() *Objects { return b.objs }
+
+// Stats returns the counters.
+func (b *Backend) Stats() Stats { return b.stats }
+
+// Close releases the process's references; pinned maps and links stay, so
+// the programs keep serving while the proxy restarts.
+func (b *Backend) Close() error {
+	if b.objs == nil {
+		return nil
+	}
+	return b.objs.Close()
+}
+
+func protoNum(p dataplane.Protocol) uint8 {
+	switch p {
+	case dataplane.UDP:
+		return protoUDP
+	case dataplane.SCTP:
+		return protoSCTP
+	}
+	return protoTCP
+}
+
+func svcKeyOf(k dataplane.FrontendKey) nsxSvcKey {
+	return nsxSvcKey{Vip: be32(k.IP), Port: be16(k.Port), Proto: protoNum(k.Protocol)}
+}
+
+func (b *Backend) idFor(k dataplane.FrontendKey) uint32 {
+	if id, ok := b.ids[k]; ok {
+		return id
+	}
+	for {
+		b.next++
+		if b.next == 0 {
+			b.next = 1
+		}
+		if !b.used[b.next] {
+			b.ids[k], b.used[b.next] = b.next, true
+			return b.next
+		}
+	}
+}
+
+func (b *Backend) desired(f *dataplane.Frontend) *installedSvc {
+	s := &installedSvc{src: f, key: svcKeyOf(f.Key)}
+	s.val = nsxSvcVal{Id: b.idFor(f.Key), Count: uint16(len(f.Endpoints))}
+	if f.AffinityTimeout > 0 {
+		s.val.Flags |= flagAffinity
+		s.val.AffinitySec = uint32(f.AffinityTimeout.Seconds())
+	}
+	if len(f.Endpoints) == 0 && f.IfEmpty == dataplane.Drop {
+		s.val.Flags |= flagDrop
+	}
+	for _, e := range f.Endpoints {
+		s.backends = append(s.backends, nsxBeVal{Ip: be32(e.IP), Port: be16(e.Port)})
+	}
+	return s
+}
+
+// Sync implements dataplane.ServiceBackend.
+func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.SyncOptions) error {
+	if b.objs == nil {
+		if err := b.load(); err != nil {
+			return err
+		}
+	}
+	b.stats.LastChanges = 0
+	if !b.adopted || opts.Full {
+		if err := b.adopt(); err != nil {
+			return err
+		}
+		b.attachExisting(ctx)
+	}
+	var errs []error
+	for k, f := range m.Frontends {
+		if !k.IP.Is4() {
+			continue // IPv6 frontends are not served by this dataplane yet
+		}
+		cur := b.installed[k]
+		if cur != nil && cur.src == f && !opts.Full {
+			continue
+		}
+		want := b.desired(f)
+		if err := b.write(cur, want); err != nil {
+			errs = append(errs, fmt.Errorf("frontend %s: %w", k, err))
+			continue
+		}
+		if cur != nil && k.Protocol == dataplane.UDP {
+			b.flushGoneUDP(cur, want)
+		}
+		b.installed[k] = want
+	}
+	for k, cur := range b.installed {
+		if _, ok := m.Frontends[k]; ok {
+			continue
+		}
+		if err := b.remove(cur); err != nil {
+			errs = append(errs, fmt.Errorf("frontend %s: %w", k, err))
+			continue
+		}
+		if k.Protocol == dataplane.UDP {
+			b.flushGoneUDP(cur, nil)
+		}
+		delete(b.installed, k)
+		delete(b.used, cur.val.Id)
+		delete(b.ids, k)
+	}
+	if err := errors.Join(errs...); err != nil {
+		// Map full or a kernel error: logged by the caller and counted in
+		// its failure metric; what was not written is retried next Sync.
+		return fmt.Errorf("ebpf dataplane: %w", err)
+	}
+	return nil
+}
+
+// write applies want over cur (nil: new) in the packet-safe order.
+func (b *Backend) write(cur, want *installedSvc) error {
+	m := b.objs
+	var old []nsxBeVal
+	if cur != nil && cur.val.Id == want.val.Id {
+		old = cur.backends
+	}
+	// 1. Slots, only those that differ.
+	var keys []nsxBeKey
+	var vals []nsxBeVal
+	for i, be := range want.backends {
+		if i < len(old) && old[i] == be {
+			continue
+		}
+		keys = append(keys, nsxBeKey{SvcId: want.val.Id, Slot: uint32(i)})
+		vals = append(vals, be)
+	}
+	if err := b.putBackends(keys, vals); err != nil {
+		return err
+	}
+	// 2. The service entry that makes them visible.
+	if cur == nil || cur.val != want.val || cur.key != want.key {
+		if err := m.NsxServices.Put(want.key, want.val); err != nil {
+			return fmt.Errorf("services map: %w", err)
+		}
+		b.count(1)
+	}
+	// 3. Stale slots, no longer counted.
+	for i := len(want.backends); i < len(old); i++ {
+		if err := m.NsxBackends.Delete(nsxBeKey{SvcId: want.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("backends map: %w", err)
+		}
+		b.count(1)
+	}
+	return nil
+}
+
+func (b *Backend) putBackends(keys []nsxBeKey, vals []nsxBeVal) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	if len(keys) > 1 {
+		if n, err := b.objs.NsxBackends.BatchUpdate(keys, vals, nil); err == nil {
+			b.count(n)
+			return nil
+		}
+	}
+	for i := range keys {
+		if err := b.objs.NsxBackends.Put(keys[i], vals[i]); err != nil {
+			return fmt.Errorf("backends map: %w", err)
+		}
+		b.count(1)
+	}
+	return nil
+}
+
+func (b *Backend) remove(cur *installedSvc) error {
+	if err := b.objs.NsxServices.Delete(cur.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("services map: %w", err)
+	}
+	b.count(1)
+	for i := range cur.backends {
+		if err := b.objs.NsxBackends.Delete(nsxBeKey{SvcId: cur.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("backends map: %w", err)
+		}
+		b.count(1)
+	}
+	return nil
+}
+
+func (b *Backend) count(n int) {
+	b.stats.MapWrites += n
+	b.stats.LastChanges += n
+}
+
+// adopt reads what the pinned maps hold (left by an earlier process), so
+// service ids stay and nothing still wanted is rewritten or removed.
+func (b *Backend) adopt() error {
+	b.installed = map[dataplane.FrontendKey]*installedSvc{}
+	b.ids, b.used = map[dataplane.FrontendKey]uint32{}, map[uint32]bool{}
+	var k nsxSvcKey
+	var v nsxSvcVal
+	it := b.objs.NsxServices.Iterate()
+	for it.Next(&k, &v) {
+		fk := dataplane.FrontendKey{IP: addrOf(k.Vip), Port: portOf(k.Port), Protocol: protoName(k.Proto)}
+		s := &installedSvc{key: k, val: v}
+		for i := 0; i < int(v.Count); i++ {
+			var be nsxBeVal
+			if err := b.objs.NsxBackends.Lookup(nsxBeKey{SvcId: v.Id, Slot: uint32(i)}, &be); err != nil {
+				be = nsxBeVal{} // a hole: rewritten by the diff
+			}
+			s.backends = append(s.backends, be)
+		}
+		b.installed[fk] = s
+		b.ids[fk], b.used[v.Id] = v.Id, true
+		if v.Id > b.next {
+			b.next = v.Id
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("ebpf dataplane: read services map: %w", err)
+	}
+	b.adopted = true
+	return nil
+}
+
+func protoName(p uint8) dataplane.Protocol {
+	switch p {
+	case protoUDP:
+		return dataplane.UDP
+	case protoSCTP:
+		return dataplane.SCTP
+	}
+	return dataplane.TCP
+}
+
+// flushGoneUDP deletes the conntrack entries of UDP endpoints that left
+// the frontend, so a client's next datagram picks a live backend.
+func (b *Backend) flushGoneUDP(cur, want *installedSvc) {
+	keep := map[nsxBeVal]bool{}
+	if want != nil {
+		for _, be := range want.backends {
+			keep[be] = true
+		}
+	}
+	gone := map[nsxBeVal]bool{}
+	for _, be := range cur.backends {
+		if !keep[be] {
+			gone[be] = true
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	var stale []nsxCtKey
+	var k nsxCtKey
+	var v nsxCtVal
+	it := b.objs.NsxConntrack.Iterate()
+	for it.Next(&k, &v) {
+		if k.Proto != protoUDP || v.SvcId != cur.val.Id {
+			continue
+		}
+		switch {
+		case k.Dir == ctDirFwd && gone[nsxBeVal{Ip: v.Ip, Port: v.Port}]:
+			stale = append(stale, k)
+		case k.Dir != ctDirFwd && gone[nsxBeVal{Ip: k.Src, Port: k.Sport}]:
+			stale = append(stale, k)
+		}
+	}
+	for _, k := range stale {
+		_ = b.objs.NsxConntrack.Delete(k)
+	}
+	if len(stale) > 0 {
+		b.log.Debug("flushed conntrack of removed UDP endpoints", zap.Int("entries", len(stale)))
+	}
+}
+
+// attachExisting attaches the programs to every pod the OVS ports record
+// (netns, ifname), for pods created before the proxy started or while it
+// was down. A pod that cannot be attached is logged, not fatal.
+func (b *Backend) attachExisting(ctx context.Context) {
+	if b.opts.OVSRunDir == "" || b.opts.Bridge == "" {
+		return
+	}
+	db, err := libovs.Dial(filepath.Join(b.opts.OVSRunDir, "db.sock"), b.opts.Timeout)
+	if err != nil {
+		b.log.Warn("cannot list the node's pods from OVS", zap.Error(err))
+		return
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(ctx, b.opts.Timeout)
+	defer cancel()
+	pods, err := ports.New(db, b.opts.Bridge).List(ctx)
+	if err != nil {
+		b.log.Warn("cannot list the node's pods from OVS", zap.Error(err))
+		return
+	}
+	live := map[string]bool{}
+	for _, p := range pods {
+		live[p.Name] = true
+		if err := b.objs.AttachPod(p.Netns, p.IfName, p.Name); err != nil {
+			b.log.Warn("attach programs to pod", zap.String("port", p.Name), zap.String("pod", p.PodNamespace+"/"+p.PodName), zap.Error(err))
+			continue
+		}
+		b.stats.Attached++
+	}
+	// Links of pods that are gone (DEL missed while the agent was down).
+	attached, _ := AttachedPods(b.opts.PinDir)
+	for _, name := range attached {
+		if !live[name] {
+			_ = DetachPod(b.opts.PinDir, name)
+		}
+	}
+}
+
+// Cleanup implements dataplane.ServiceBackend: detaches every program and
+// removes every pin (maps and links) this dataplane created.
+func (b *Backend) Cleanup(ctx context.Context) error {
+	if b.objs != nil {
+		b.objs.Close()
+		b.objs = nil
+	}
+	b.installed, b.adopted = map[dataplane.FrontendKey]*installedSvc{}, false
+	return CleanupPins(b.opts.PinDir)
+}
+
+// CleanupPins detaches every pinned link and removes every pin under
+// pinDir (used when a node switches to the OVS dataplane). Idempotent.
+func CleanupPins(pinDir string) error {
+	attached, err := AttachedPods(pinDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, name := range attached {
+		errs = append(errs, DetachPod(pinDir, name))
+	}
+	_ = os.Remove(filepath.Join(pinDir, "links"))
+	for _, m := range []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxStats} {
+		if err := os.Remove(filepath.Join(pinDir, m)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
