@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/dataplane/backends"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 	"github.com/nsx-ujo/nsx-ujo/pkg/proxy"
@@ -25,21 +26,6 @@ func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "nsx-kube-proxy:", err)
 		os.Exit(1)
-	}
-}
-
-// errNotInBuild is a configuration this binary can never serve: no retry.
-var errNotInBuild = errors.New("not in this build")
-
-// newBackend builds the dataplane named by [nsx_kube_proxy] dataplane.
-func newBackend(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.ServiceBackend, error) {
-	switch dp := cfg.KubeProxy.Dataplane; dp {
-	case "ovs":
-		return newOVSBackend(cfg, nodeName, log)
-	case "ebpf":
-		return nil, fmt.Errorf("ncp.ini [nsx_kube_proxy] dataplane = ebpf: the eBPF dataplane is %w yet; use ovs", errNotInBuild)
-	default:
-		return nil, fmt.Errorf("ncp.ini [nsx_kube_proxy] dataplane = %q: %w", dp, errNotInBuild)
 	}
 }
 
@@ -73,13 +59,17 @@ func run() error {
 
 	var backend dataplane.ServiceBackend
 	err = daemon.WaitFor(ctx, log, "the dataplane", func() (err error) {
-		backend, err = newBackend(cfg, env.NodeName, log.Named(cfg.KubeProxy.Dataplane))
+		backend, err = backends.New(cfg, env.NodeName, log.Named(cfg.KubeProxy.Dataplane))
 		return err
-	}, func(err error) bool { return errors.Is(err, errNotInBuild) })
+	}, func(err error) bool { return errors.Is(err, backends.ErrUnknown) })
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
+		return err
+	}
+	// A node that switched dataplane must not keep serving through the old one.
+	if err := backends.CleanupOthers(ctx, cfg, env.NodeName, log); err != nil {
 		return err
 	}
 	if c, ok := backend.(io.Closer); ok {

@@ -35,13 +35,22 @@ type Options struct {
 	ProcMountPathPrefix string        // prefix for /proc/<pid>/ns/net paths
 }
 
+// ProgramAttacher attaches the eBPF dataplane's programs to a pod's
+// interface, so the pod's very first packet to a Service is already NATed.
+// Both methods are idempotent. The OVS dataplane needs nothing per pod.
+type ProgramAttacher interface {
+	Attach(netnsPath, ifName, portName string) error
+	Detach(portName string) error
+}
+
 // Deps are the agent's collaborators.
 type Deps struct {
-	Log     *zap.Logger
-	Pods    podconfig.Source
-	Ports   *ports.Manager
-	PodNet  *podnet.Manager
-	Healthy func(ctx context.Context) error // OVS and API server reachable
+	Log      *zap.Logger
+	Pods     podconfig.Source
+	Ports    *ports.Manager
+	PodNet   *podnet.Manager
+	Programs ProgramAttacher                 // nil unless [nsx_kube_proxy] dataplane = ebpf
+	Healthy  func(ctx context.Context) error // OVS and API server reachable
 }
 
 // Agent serves CNI requests. Safe for concurrent use: requests for one
@@ -221,6 +230,9 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		return nil, err
 	} else if have != nil && samePort(have, want) && a.PodNet.Check(pod) == nil {
 		a.Log.Info("ADD repeated for an intact attachment", zap.String("port", host))
+		if err := a.attachPrograms(pod, host); err != nil {
+			return nil, err
+		}
 		return a.result(nc.CNIVersion, pod, host, nil), nil
 	} else if have != nil || a.hostLinkExists(host) {
 		// Leftovers of an earlier, different or broken attempt.
@@ -239,7 +251,22 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		}
 		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
+	if err := a.attachPrograms(pod, host); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.OVSOperationTimeout)
+		defer cancel()
+		if rerr := a.remove(rctx, host); rerr != nil {
+			err = fmt.Errorf("%w (rollback: %v)", err, rerr)
+		}
+		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+	}
 	return a.result(nc.CNIVersion, pod, host, link.HostMAC), nil
+}
+
+func (a *Agent) attachPrograms(pod podnet.Pod, host string) error {
+	if a.Programs == nil {
+		return nil
+	}
+	return a.Programs.Attach(pod.Netns, pod.IfName, host)
 }
 
 func (a *Agent) hostLinkExists(name string) bool {
@@ -275,11 +302,16 @@ func (a *Agent) result(cniVersion string, pod podnet.Pod, host string, hostMAC n
 	return res
 }
 
-// remove deletes the port and the veth of the attachment called host.
+// remove deletes the programs' links, the port and the veth of the
+// attachment called host.
 func (a *Agent) remove(ctx context.Context, host string) error {
+	var derr error
+	if a.Programs != nil {
+		derr = a.Programs.Detach(host)
+	}
 	perr := a.Ports.Delete(ctx, host)
 	lerr := a.PodNet.DeleteHostLink(host)
-	return errors.Join(perr, lerr)
+	return errors.Join(derr, perr, lerr)
 }
 
 // Del removes the attachment's port and veth. Idempotent; it needs neither

@@ -10,6 +10,8 @@ import (
 	"go.uber.org/zap"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/nsx-ujo/nsx-ujo/dataplane/backends"
+	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/audit"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/cniserver"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
@@ -53,16 +55,27 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 
 	pm := ports.New(db, na.OVSBridge)
+	var programs ProgramAttacher
+	if o.Config.KubeProxy.Dataplane == "ebpf" {
+		eo := backends.EBPFOptions(o.Config, log)
+		objs, err := ebpfdp.Load(eo.PinDir, eo.Sizes)
+		if err != nil {
+			return err
+		}
+		defer objs.Close()
+		programs = ebpfAttacher{objs}
+	}
 	a := New(Options{
 		MTU:                 na.MTU,
 		ConfigRetryTimeout:  na.ConfigRetryTimeout,
 		OVSOperationTimeout: na.OVSOperationTimeout,
 		ProcMountPathPrefix: na.ProcMountPathPrefix,
 	}, Deps{
-		Log:    log,
-		Pods:   src,
-		Ports:  pm,
-		PodNet: podnet.New(podnet.Options{}),
+		Log:      log,
+		Pods:     src,
+		Ports:    pm,
+		PodNet:   podnet.New(podnet.Options{}),
+		Programs: programs,
 		Healthy: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 			defer cancel()
@@ -99,6 +112,15 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		zap.String("node", o.NodeName))
 	return srv.Serve()
 }
+
+// ebpfAttacher attaches the eBPF dataplane's programs (loaded by this
+// process, sharing the pinned maps nsx-kube-proxy writes).
+type ebpfAttacher struct{ objs *ebpfdp.Objects }
+
+func (e ebpfAttacher) Attach(netns, ifName, port string) error {
+	return e.objs.AttachPod(netns, ifName, port)
+}
+func (e ebpfAttacher) Detach(port string) error { return ebpfdp.DetachPod(e.objs.PinDir, port) }
 
 // dialOVS waits for ovsdb-server: in the DaemonSet nsx-ovs starts it next
 // to us.
