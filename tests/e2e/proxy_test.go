@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,6 +23,27 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
+
+// bpfPinDirs gives each env one bpf_pin_dir (nsx-kube-proxy mounts a
+// bpffs there), unmounted at the end of the test.
+var bpfPinDirs = map[*conformance.Env]string{}
+
+func bpfPinDir(t *testing.T, e *conformance.Env) string {
+	if d, ok := bpfPinDirs[e]; ok {
+		return d
+	}
+	d, err := os.MkdirTemp("", "nsxt-bpf-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bpfPinDirs[e] = d
+	t.Cleanup(func() {
+		_ = unix.Unmount(d, unix.MNT_DETACH)
+		_ = os.RemoveAll(d)
+		delete(bpfPinDirs, e)
+	})
+	return d
+}
 
 // startKubeProxy runs the real nsx-kube-proxy in the env's node (where
 // the API server must be exposed already).
@@ -35,10 +57,11 @@ ovs_bridge = br-int
 ovs_run_dir = %s
 [nsx_kube_proxy]
 dataplane = %s
+bpf_pin_dir = %s
 sync_period = 5
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
-`, api.Kubeconfig, e.OVS.RunDir, dataplane)
+`, api.Kubeconfig, e.OVS.RunDir, dataplane, bpfPinDir(t, e))
 	iniPath := filepath.Join(dir, "ncp.ini")
 	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
@@ -133,7 +156,13 @@ func wantServers(client *conformance.Pod, addr string, want ...string) func() er
 	}
 }
 
-func TestKubeProxyOVSServesClusterIPFromTheAPI(t *testing.T) {
+func TestKubeProxyServesClusterIPFromTheAPI(t *testing.T) {
+	for _, dp := range []string{"ovs", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { testKubeProxy(t, dp) })
+	}
+}
+
+func testKubeProxy(t *testing.T, dataplane string) {
 	cs := api.Client(t)
 	e := conformance.NewEnv(t)
 	a, b, c := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)
@@ -142,7 +171,7 @@ func TestKubeProxyOVSServesClusterIPFromTheAPI(t *testing.T) {
 		p.Serve(t, 8080)
 	}
 	api.ExposeIn(t, e.Node)
-	kp := startKubeProxy(t, e, "ovs")
+	kp := startKubeProxy(t, e, dataplane)
 	ns := newNamespace(t, cs)
 	ctx := context.Background()
 	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -187,7 +216,7 @@ func TestKubeProxyOVSServesClusterIPFromTheAPI(t *testing.T) {
 	if err := conn.Echo("proxy down", 2*time.Second); err != nil {
 		t.Fatalf("connection broke while nsx-kube-proxy was down: %v", err)
 	}
-	startKubeProxy(t, e, "ovs")
+	startKubeProxy(t, e, dataplane)
 	if err := conn.Echo("proxy back", 2*time.Second); err != nil {
 		t.Fatalf("connection broke across the restart: %v", err)
 	}
@@ -203,6 +232,57 @@ func TestKubeProxyOVSServesClusterIPFromTheAPI(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestSwitchDataplane moves a node ovs -> ebpf -> ovs: each time the
+// Service keeps working and nothing of the other dataplane stays behind.
+func TestSwitchDataplane(t *testing.T) {
+	cs := api.Client(t)
+	e := conformance.NewEnv(t)
+	a := e.AddPod("a", 102, 20)
+	client := e.AddPod("client", 101, 50)
+	a.Serve(t, 8080)
+	api.ExposeIn(t, e.Node)
+	ns := newNamespace(t, cs)
+	ctx := context.Background()
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, "web", a), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	vip := svc.Spec.ClusterIP + ":80"
+	ourFlows := func() int {
+		out := e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "cookie=0x5a00000000000000/0xfe00000000000000")
+		return strings.Count(out, "cookie=")
+	}
+	pins := bpfPinDir(t, e)
+	for i, dp := range []string{"ovs", "ebpf", "ovs"} {
+		p := startKubeProxy(t, e, dp)
+		eventually(t, dp+": serves", wantServers(client, vip, "a"))
+		_, pinErr := os.Stat(filepath.Join(pins, "nsx_services"))
+		switch dp {
+		case "ovs":
+			if !os.IsNotExist(pinErr) {
+				t.Fatalf("round %d (ovs): eBPF maps still pinned", i)
+			}
+			if ourFlows() == 0 {
+				t.Fatalf("round %d (ovs): no flows", i)
+			}
+		case "ebpf":
+			if n := ourFlows(); n != 0 {
+				t.Fatalf("round %d (ebpf): %d OVS service flows left", i, n)
+			}
+			if pinErr != nil {
+				t.Fatalf("round %d (ebpf): maps not pinned: %v", i, pinErr)
+			}
+		}
+		p.Stop()
+	}
 }
 
 func updateSlice(t *testing.T, cs kubernetes.Interface, es *discoveryv1.EndpointSlice, pods ...*conformance.Pod) {
