@@ -8,7 +8,7 @@ BINARIES := nsx nsx-node-agent
 TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit lint fuzz tools deps bench clean help
+.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate
 
 all: build
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
 	@echo "make unit   tests that need no root"
 	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
+	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
 	@echo "make tools  build kube-apiserver $(KUBE_VERSION) into _output/tools (once per machine)"
 
 deps:
@@ -34,7 +35,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-test: deps lint build tools
+test: deps lint check-generate build tools
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
@@ -51,3 +52,14 @@ bench: build tools
 
 clean:
 	rm -rf $(BIN)
+
+# Regenerate the eBPF objects (needs clang); the output is committed.
+generate:
+	$(GO) generate ./dataplane/ebpf/
+
+# CI: the committed bpf2go output must match bpf/ (clang from Debian).
+check-generate:
+	@tmp=$$(mktemp -d); cp dataplane/ebpf/nsx_bpfel.o dataplane/ebpf/nsx_bpfel.go $$tmp/; \
+	$(GO) generate ./dataplane/ebpf/ && \
+	if cmp -s $$tmp/nsx_bpfel.o dataplane/ebpf/nsx_bpfel.o && cmp -s $$tmp/nsx_bpfel.go dataplane/ebpf/nsx_bpfel.go; then rm -rf $$tmp; \
+	else cp $$tmp/nsx_bpfel.* dataplane/ebpf/; rm -rf $$tmp; echo "dataplane/ebpf: committed bpf2go output differs from bpf/ sources: run make generate"; exit 1; fi
