@@ -40,7 +40,8 @@ test: deps lint check-generate build tools
 	$(MAKE) fuzz
 
 unit:
-	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/
+	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/
+	$(GO) test -count=1 -run "TestCompile|TestRemote|TestCookies|TestGroupSig|TestParseFront" ./dataplane/ovs/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/
