@@ -31,7 +31,7 @@ const NodeName = "node1"
 // pod subnet's gateway. The router routes between subnets; nothing else
 // does, as in NSX mode.
 type Env struct {
-	T      *testing.T
+	T      testing.TB
 	Node   *harness.NetNS
 	OVS    *harness.OVS
 	Router *harness.NetNS
@@ -46,7 +46,7 @@ type Env struct {
 var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2"}
 
 // NewEnv builds the node and the fabric stand-in.
-func NewEnv(t *testing.T) *Env {
+func NewEnv(t testing.TB) *Env {
 	t.Helper()
 	node := harness.NewNetNS(t)
 	o := harness.StartOVS(t, harness.OVSOptions{NetNS: node, Bridges: []string{"br-int", "br-fabric"}})
@@ -106,7 +106,7 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 // Serve runs TCP and UDP servers on port in the pod. The TCP server writes
 // "<pod> <remote ip>\n" on accept, then echoes lines; the UDP server answers
 // each datagram with "<pod> <remote ip>".
-func (p *Pod) Serve(t *testing.T, port uint16) {
+func (p *Pod) Serve(t testing.TB, port uint16) {
 	t.Helper()
 	addr := fmt.Sprintf("0.0.0.0:%d", port)
 	var ln net.Listener

@@ -12,8 +12,10 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
@@ -60,6 +62,7 @@ type progResult struct {
 	change                []time.Duration
 	changeTrips           float64
 	flows, groups, chains int
+	maps                  bool // flows/groups count map entries
 }
 
 // BenchmarkServiceProgramming programs N services x 10 endpoints from empty,
@@ -70,21 +73,27 @@ func BenchmarkServiceProgramming(b *testing.B) {
 	harness.RequireRoot(b)
 	var results []progResult
 	for _, n := range benchSizes(b, "NSX_BENCH_SERVICES", []int{1000, 10000}) {
-		results = append(results, benchOVS(b, n), benchIptables(b, n))
+		results = append(results, benchOVS(b, n), benchEBPF(b, n), benchIptables(b, n))
 	}
 	w := os.Stdout
 	fmt.Fprintf(w, "\nService programming: N services x %d endpoints from empty, then %d single-endpoint changes with N installed\n\n", endpointsPerService, changes)
+	fmt.Fprintln(w, "(round-trips: ovs-ofctl bundles for ovs, map element writes (bpf syscalls; batched where possible) for ebpf, iptables-restore runs for iptables)")
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| dataplane | N | program all | round-trips | change p50 | change p99 | round-trips per change | rules |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
 	for _, r := range results {
 		fmt.Fprintf(w, "| %s | %d | %s ms | %d | %s ms | %s ms | %.1f | %s |\n", r.name, r.n, ms(r.program), r.programTrips,
 			ms(pct(r.change, .5)), ms(pct(r.change, .99)), r.changeTrips, r.rules())
 	}
-	for i := 0; i+1 < len(results); i += 2 {
-		o, ipt := results[i], results[i+1]
-		fmt.Fprintf(w, "\nN=%d: ovs/iptables program %.2f, change p50 %.2f, change p99 %.2f\n", o.n,
-			ratio(o.program, ipt.program), ratio(pct(o.change, .5), pct(ipt.change, .5)), ratio(pct(o.change, .99), pct(ipt.change, .99)))
+	for i := 0; i+2 < len(results); i += 3 {
+		o, e, ipt := results[i], results[i+1], results[i+2]
+		for _, r := range []progResult{o, e} {
+			fmt.Fprintf(w, "\nN=%d: %s/iptables program %.3f, change p50 %.3f, change p99 %.3f", r.n, r.name,
+				ratio(r.program, ipt.program), ratio(pct(r.change, .5), pct(ipt.change, .5)), ratio(pct(r.change, .99), pct(ipt.change, .99)))
+		}
+		fmt.Fprintln(w)
 		b.ReportMetric(float64(pct(o.change, .99).Microseconds())/1000, fmt.Sprintf("ovs-change-p99-ms-%d", o.n))
+		b.ReportMetric(float64(pct(e.change, .99).Microseconds())/1000, fmt.Sprintf("ebpf-change-p99-ms-%d", o.n))
 		b.ReportMetric(float64(pct(ipt.change, .99).Microseconds())/1000, fmt.Sprintf("iptables-change-p99-ms-%d", o.n))
 	}
 	fmt.Fprintln(w)
@@ -110,6 +119,9 @@ func benchSizes(b *testing.B, env string, def []int) []int {
 func (r progResult) rules() string {
 	if r.chains > 0 {
 		return fmt.Sprintf("%d rules, %d chains", r.flows, r.chains)
+	}
+	if r.maps {
+		return fmt.Sprintf("%d service + %d backend entries", r.flows, r.groups)
 	}
 	return fmt.Sprintf("%d flows, %d groups", r.flows, r.groups)
 }
@@ -144,6 +156,43 @@ func benchOVS(b *testing.B, n int) progResult {
 	out := o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-aggregate")
 	fmt.Sscanf(out[strings.Index(out, "flow_count="):], "flow_count=%d", &r.flows)
 	r.groups = strings.Count(o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-groups"), "group_id=")
+	return r
+}
+
+func benchEBPF(b *testing.B, n int) progResult {
+	dir, err := os.MkdirTemp("", "nsxt-bpf-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = unix.Unmount(dir, unix.MNT_DETACH); _ = os.RemoveAll(dir) }()
+	be, err := ebpfdp.New(ebpfdp.Options{PinDir: dir, Log: zap.NewNop(),
+		Sizes: ebpfdp.MapSizes{Services: uint32(2 * n), Backends: uint32(2 * n * endpointsPerService)}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Cleanup(context.Background())
+	ctx := context.Background()
+	m := benchModel(n)
+	r := progResult{name: "nsx ebpf", n: n}
+	start := time.Now()
+	if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	r.program = time.Since(start)
+	r.programTrips = be.Stats().MapWrites
+	rng := rand.New(rand.NewSource(1))
+	before := be.Stats().MapWrites
+	for c := 0; c < changes; c++ {
+		changeOne(m, rng.Intn(n), c)
+		start := time.Now()
+		if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		r.change = append(r.change, time.Since(start))
+	}
+	r.changeTrips = float64(be.Stats().MapWrites-before) / changes
+	r.flows, r.groups = n, n*endpointsPerService
+	r.maps = true
 	return r
 }
 
