@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 KUBE_VERSION := v1.37.2
-BINARIES := nsx nsx-node-agent
+BINARIES := nsx nsx-node-agent nsx-kube-proxy nsx-ncp-bootstrap
 # Privileged tests start OVS, etcd and kube-apiserver: give them room.
 TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 10s
@@ -40,7 +40,7 @@ test: deps lint check-generate build tools
 	$(MAKE) fuzz
 
 unit:
-	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/
+	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/ ./pkg/bootstrap/
 	$(GO) test -count=1 -run "TestCompile|TestRemote|TestCookies|TestGroupSig|TestParseFront" ./dataplane/ovs/
 
 fuzz:
