@@ -18,8 +18,9 @@ import (
 )
 
 const (
-	rrRounds  = 3000 // request/response exchanges on one connection
-	crrRounds = 300  // new connections
+	rrRounds      = 6000 // request/response exchanges on one connection
+	crrRounds     = 300  // new connections
+	rrRoundsSplit = 6    // interleaved rounds per path
 )
 
 type pathResult struct {
@@ -97,39 +98,46 @@ func benchPath(b *testing.B, dp string, n int) []pathResult {
 	if err := be.Sync(context.Background(), m, dataplane.SyncOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	var out []pathResult
-	for _, target := range []struct{ path, addr string }{
+	targets := []struct{ path, addr string }{
 		{"direct pod IP", netip.AddrPortFrom(server.IP, 8080).String()},
 		{"ClusterIP", netip.AddrPortFrom(vip, 80).String()},
-	} {
-		r := pathResult{dataplane: dp, path: target.path, services: n}
-		conn, err := client.Dial(target.addr, 5*time.Second)
+	}
+	out := make([]pathResult, len(targets))
+	conns := make([]*conformance.Conn, len(targets))
+	for i, target := range targets {
+		out[i] = pathResult{dataplane: dp, path: target.path, services: n}
+		c, err := client.Dial(target.addr, 5*time.Second)
 		if err != nil {
 			b.Fatalf("%s %s: %v", dp, target.path, err)
 		}
-		for i := 0; i < 100; i++ { // warm up
-			if err := conn.Echo("warm", 5*time.Second); err != nil {
+		defer c.Close()
+		conns[i] = c
+		for j := 0; j < 200; j++ { // warm up
+			if err := c.Echo("warm", 5*time.Second); err != nil {
 				b.Fatal(err)
 			}
 		}
-		start := time.Now()
-		for i := 0; i < rrRounds; i++ {
-			t0 := time.Now()
-			if err := conn.Echo("x", 5*time.Second); err != nil {
-				b.Fatal(err)
+	}
+	// Interleave the paths in rounds so a noisy moment hits both alike.
+	for round := 0; round < rrRoundsSplit; round++ {
+		for i := range targets {
+			start := time.Now()
+			for j := 0; j < rrRounds/rrRoundsSplit; j++ {
+				t0 := time.Now()
+				if err := conns[i].Echo("x", 5*time.Second); err != nil {
+					b.Fatal(err)
+				}
+				out[i].rr = append(out[i].rr, time.Since(t0))
 			}
-			r.rr = append(r.rr, time.Since(t0))
-		}
-		r.rrWall = time.Since(start)
-		conn.Close()
-		start = time.Now()
-		for i := 0; i < crrRounds; i++ {
-			if _, _, err := client.Get(target.addr, 5*time.Second); err != nil {
-				b.Fatalf("%s %s connection %d: %v", dp, target.path, i, err)
+			out[i].rrWall += time.Since(start)
+			start = time.Now()
+			for j := 0; j < crrRounds/rrRoundsSplit; j++ {
+				if _, _, err := client.Get(targets[i].addr, 5*time.Second); err != nil {
+					b.Fatalf("%s %s connection %d: %v", dp, targets[i].path, j, err)
+				}
 			}
+			out[i].crrWall += time.Since(start)
 		}
-		r.crrWall = time.Since(start)
-		out = append(out, r)
 	}
 	return out
 }
