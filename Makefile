@@ -50,6 +50,7 @@ fuzz:
 
 bench: build tools
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/
+	$(GO) test -run='^$$' -bench=BenchmarkEgress ./dataplane/ebpf/
 
 clean:
 	rm -rf $(BIN)
