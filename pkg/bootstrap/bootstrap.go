@@ -11,6 +11,8 @@
 package bootstrap
 
 import (
+	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
+
 	"bytes"
 	"context"
 	"errors"
@@ -321,7 +323,7 @@ func (o *Options) apply(ctx context.Context, changes []Change) error {
 		case ActionWrite:
 			t := c.write
 			if t.data != nil {
-				err = writeAtomic(o.host(t.path), bytes.NewReader(t.data), t.mode)
+				err = atomicfile.WriteFile(o.host(t.path), t.data, t.mode)
 			} else {
 				err = copyFileAtomic(o.host(t.path), t.source, t.mode)
 			}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -487,27 +485,6 @@ func TestAppArmor(t *testing.T) {
 		equal(t, "changes", summary(h.install(t, o)), []string{"load-apparmor-profile " + ProfilePath})
 		equal(t, "apparmor_parser", h.runner.Calls(), []string{"apparmor_parser -r " + h.path(ProfilePath), "apparmor_parser -r " + h.path(ProfilePath)})
 	})
-}
-
-func TestWriteAtomic(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "sub", "f.conflist")
-	if err := writeAtomic(path, strings.NewReader("new"), 0o640); err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode() != 0o640 {
-		t.Fatalf("stat = %v, %v", fi, err)
-	}
-	// A write that fails half way leaves the old file and no temp file.
-	failing := io.MultiReader(strings.NewReader("half of the new"), iotest.ErrReader(errors.New("disk on fire")))
-	err := writeAtomic(path, failing, 0o644)
-	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "disk on fire") {
-		t.Fatalf("failed write returned %v", err)
-	}
-	if data, _ := os.ReadFile(path); string(data) != "new" {
-		t.Errorf("old file damaged: %q", data)
-	}
-	noTempFiles(t, dir)
 }
 
 func TestInstallFailureKeepsOldFiles(t *testing.T) {

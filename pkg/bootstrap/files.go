@@ -1,69 +1,15 @@
 package bootstrap
 
 import (
+	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
+
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 )
-
-// writeAtomic replaces path with everything read from r, with mode: a temp
-// file in the same directory, fsynced, renamed over path, then the directory
-// fsynced. A reader (kubelet, containerd, apparmor) therefore sees the old
-// file or the new one, never half of one, and a crash leaves one of the two.
-// Renaming also gives the file a new inode, so replacing /opt/cni/bin/nsx
-// while a runtime executes it is safe (writing in place fails with ETXTBSY).
-// On failure the temp file is removed and path is untouched.
-//
-// The temp name starts with a dot and ends in ".tmp-<random>": libcni loads
-// only *.conf, *.conflist and *.json, so a runtime never parses it.
-func writeAtomic(path string, r io.Reader, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create directory for %s: %w", path, err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := fillAndClose(tmp, r, mode); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	// The rename is durable only once the directory entry is on disk.
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
-// fillAndClose copies r into f, sets mode (CreateTemp makes 0600), fsyncs
-// and closes f; f is closed whatever happens.
-func fillAndClose(f *os.File, r io.Reader, mode fs.FileMode) error {
-	_, err := io.Copy(f, r)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
-}
 
 // copyFileAtomic installs a copy of src at dst with mode.
 func copyFileAtomic(dst, src string, mode fs.FileMode) error {
@@ -72,7 +18,7 @@ func copyFileAtomic(dst, src string, mode fs.FileMode) error {
 		return fmt.Errorf("install %s: source: %w", dst, err)
 	}
 	defer f.Close()
-	return writeAtomic(dst, f, mode)
+	return atomicfile.Write(dst, f, mode)
 }
 
 // sameBytes reports whether path exists with exactly want as content and

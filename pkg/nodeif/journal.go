@@ -1,6 +1,8 @@
 package nodeif
 
 import (
+	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
+
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -126,7 +128,7 @@ func (j *Journal) save(stateDir string) error {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return fmt.Errorf("journal: %w", err)
 	}
-	if err := writeFileAtomic(journalPath(stateDir), data); err != nil {
+	if err := atomicfile.WriteFile(journalPath(stateDir), data, 0o644); err != nil {
 		return fmt.Errorf("journal %s: %w", journalPath(stateDir), err)
 	}
 	return nil
@@ -136,39 +138,5 @@ func removeJournal(stateDir string) error {
 	if err := os.Remove(journalPath(stateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("journal: %w", err)
 	}
-	return syncDir(stateDir)
-}
-
-// writeFileAtomic replaces path with data: temp file, fsync, rename,
-// fsync of the directory (so the rename itself survives a power cut).
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(stateDir)
 }

@@ -1,6 +1,8 @@
 package ovsrun
 
 import (
+	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -150,7 +152,7 @@ func (o *OVS) saveFlows(ctx context.Context) error {
 		if err == nil {
 			var data []byte
 			if data, err = json.Marshal(s); err == nil {
-				err = writeFileAtomic(path, data)
+				err = atomicfile.WriteFile(path, data, 0o644)
 			}
 		}
 		if err != nil {
@@ -260,34 +262,4 @@ func EnsureNormalFlow(ctx context.Context, runDir, bridge string) (bool, error) 
 		return false, err
 	}
 	return true, nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either
-// the old or the new content: temp file, fsync, rename, fsync the dir.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name()) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
