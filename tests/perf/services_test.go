@@ -126,24 +126,20 @@ func (r progResult) rules() string {
 	return fmt.Sprintf("%d flows, %d groups", r.flows, r.groups)
 }
 
-func benchOVS(b *testing.B, n int) progResult {
-	o := harness.StartOVS(b, harness.OVSOptions{Bridges: []string{"br-int"}})
-	be, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: o.RunDir, NodeName: "bench", Timeout: 60 * time.Second, Log: zap.NewNop()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer be.Close()
+// measureProgramming syncs N services into be from empty, then times
+// single-endpoint changes; trips counts the backend's OVS round-trips.
+func measureProgramming(b *testing.B, be dataplane.ServiceBackend, name string, n int, trips func() int) progResult {
 	ctx := context.Background()
 	m := benchModel(n)
-	r := progResult{name: "nsx ovs", n: n}
+	r := progResult{name: name, n: n}
 	start := time.Now()
 	if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
 		b.Fatal(err)
 	}
 	r.program = time.Since(start)
-	r.programTrips = be.Stats().Bundles
+	r.programTrips = trips()
 	rng := rand.New(rand.NewSource(1))
-	before := be.Stats().Bundles
+	before := trips()
 	for c := 0; c < changes; c++ {
 		changeOne(m, rng.Intn(n), c)
 		start := time.Now()
@@ -152,7 +148,18 @@ func benchOVS(b *testing.B, n int) progResult {
 		}
 		r.change = append(r.change, time.Since(start))
 	}
-	r.changeTrips = float64(be.Stats().Bundles-before) / changes
+	r.changeTrips = float64(trips()-before) / changes
+	return r
+}
+
+func benchOVS(b *testing.B, n int) progResult {
+	o := harness.StartOVS(b, harness.OVSOptions{Bridges: []string{"br-int"}})
+	be, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: o.RunDir, NodeName: "bench", Timeout: 60 * time.Second, Log: zap.NewNop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	r := measureProgramming(b, be, "nsx ovs", n, func() int { return be.Stats().Bundles })
 	out := o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-aggregate")
 	fmt.Sscanf(out[strings.Index(out, "flow_count="):], "flow_count=%d", &r.flows)
 	r.groups = strings.Count(o.Ofctl(b, "br-int", "-O", "OpenFlow15", "dump-groups"), "group_id=")
@@ -171,26 +178,7 @@ func benchEBPF(b *testing.B, n int) progResult {
 		b.Fatal(err)
 	}
 	defer be.Cleanup(context.Background())
-	ctx := context.Background()
-	m := benchModel(n)
-	r := progResult{name: "nsx ebpf", n: n}
-	start := time.Now()
-	if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	r.program = time.Since(start)
-	r.programTrips = be.Stats().MapWrites
-	rng := rand.New(rand.NewSource(1))
-	before := be.Stats().MapWrites
-	for c := 0; c < changes; c++ {
-		changeOne(m, rng.Intn(n), c)
-		start := time.Now()
-		if err := be.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		r.change = append(r.change, time.Since(start))
-	}
-	r.changeTrips = float64(be.Stats().MapWrites-before) / changes
+	r := measureProgramming(b, be, "nsx ebpf", n, func() int { return be.Stats().MapWrites })
 	r.flows, r.groups = n, n*endpointsPerService
 	r.maps = true
 	return r
