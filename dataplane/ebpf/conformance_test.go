@@ -2,31 +2,23 @@ package ebpf_test
 
 import (
 	"io/fs"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 // pinDir gives each test node its own bpffs mount, removed at the end.
 func pinDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "nsxt-bpf-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := harness.TempDir(t)
 	if err := ebpf.EnsureBPFFS(dir); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = unix.Unmount(dir, unix.MNT_DETACH)
-		_ = os.RemoveAll(dir)
-	})
 	return dir
 }
 

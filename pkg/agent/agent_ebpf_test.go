@@ -3,18 +3,17 @@ package agent_test
 import (
 	"errors"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	ciliumebpf "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 type realAttacher struct{ objs *ebpfdp.Objects }
@@ -30,11 +29,7 @@ func (failingAttacher) Attach(string, string, string) error { return errors.New(
 func (failingAttacher) Detach(string) error                 { return nil }
 
 func TestADDAttachesProgramsAndDELDetaches(t *testing.T) {
-	dir, err := os.MkdirTemp("", "nsxt-bpf-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH); _ = os.RemoveAll(dir) })
+	dir := harness.TempDir(t)
 	objs, err := ebpfdp.Load(dir, ebpfdp.MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
 	if err != nil {
 		t.Fatal(err)

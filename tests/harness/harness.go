@@ -9,6 +9,8 @@
 package harness
 
 import (
+	"golang.org/x/sys/unix"
+
 	"bufio"
 	"bytes"
 	"errors"
@@ -66,6 +68,25 @@ func newTempDir() (string, error) {
 	return os.MkdirTemp("", fmt.Sprintf("%s%d-", namePrefix, os.Getpid()))
 }
 
+// TempDir makes a short temp dir that the cleanup removes (unmounting a
+// bpffs mounted on it first) and that the next run's sweep removes if this
+// process dies first. Use it for OVS run dirs and bpf pin dirs.
+func TempDir(t testing.TB) string {
+	t.Helper()
+	sweepLeftovers(t.Logf)
+	d, err := newTempDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeDir(d) })
+	return d
+}
+
+func removeDir(d string) error {
+	_ = unix.Unmount(d, unix.MNT_DETACH) // a bpffs pin dir; EINVAL when nothing is mounted
+	return os.RemoveAll(d)
+}
+
 var (
 	sweepOnce  sync.Once
 	leftoverRE = regexp.MustCompile(`^` + namePrefix + `(\d+)-`)
@@ -95,7 +116,7 @@ func sweep(logf func(format string, args ...any)) {
 		if ownerAlive(filepath.Base(d)) {
 			continue
 		}
-		if err := os.RemoveAll(d); err != nil {
+		if err := removeDir(d); err != nil {
 			logf("harness: removing leftover dir %s: %v", d, err)
 			continue
 		}
