@@ -8,11 +8,13 @@ BINARIES := nsx nsx-node-agent nsx-kube-proxy nsx-ovs nsx-ncp-bootstrap
 TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate
+.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down
 
 all: build
 
 help:
+	@echo "make demo   the main job: a 2-node cluster, a ClusterIP served by the OVS then the eBPF dataplane (root)"
+	@echo "make demo-down  remove what a killed demo or test run left (netns, OVS, temp dirs)"
 	@echo "make deps   install the Debian packages the tests need (root)"
 	@echo "make build  build $(BINARIES) into $(BIN)/"
 	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
@@ -34,6 +36,7 @@ tools:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags demo ./tests/demo/
 
 test: deps lint check-generate build tools
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
@@ -65,3 +68,12 @@ check-generate:
 	$(GO) generate ./dataplane/ebpf/ && \
 	if cmp -s $$tmp/nsx_bpfel.o dataplane/ebpf/nsx_bpfel.o && cmp -s $$tmp/nsx_bpfel.go dataplane/ebpf/nsx_bpfel.go; then rm -rf $$tmp; \
 	else cp $$tmp/nsx_bpfel.* dataplane/ebpf/; rm -rf $$tmp; echo "dataplane/ebpf: committed bpf2go output differs from bpf/ sources: run make generate"; exit 1; fi
+
+# The main job (README): installs what is missing, builds, runs the demo.
+demo: deps build tools
+	@$(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
+
+# Leftovers of a demo or test run that was killed (Ctrl-C, timeout): the
+# harness removes netns and temp dirs whose owning process is gone.
+demo-down:
+	$(GO) test -count=1 -run 'TestSweep$$' ./tests/harness/

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,12 +29,15 @@ func BuildBinaries(dir string) error {
 		return err
 	}
 	pkgs := map[string]string{
-		"nsx":            "./cmd/nsx",
-		"nsx-node-agent": "./cmd/nsx-node-agent",
-		"nsx-kube-proxy": "./cmd/nsx-kube-proxy",
-		"loopback":       "github.com/containernetworking/plugins/plugins/main/loopback",
-		"bridge":         "github.com/containernetworking/plugins/plugins/main/bridge",
-		"host-local":     "github.com/containernetworking/plugins/plugins/ipam/host-local",
+		"nsx":               "./cmd/nsx",
+		"nsx-node-agent":    "./cmd/nsx-node-agent",
+		"nsx-kube-proxy":    "./cmd/nsx-kube-proxy",
+		"nsx-ovs":           "./cmd/nsx-ovs",
+		"nsx-ncp-bootstrap": "./cmd/nsx-ncp-bootstrap",
+		"workload":          "./tests/workload",
+		"loopback":          "github.com/containernetworking/plugins/plugins/main/loopback",
+		"bridge":            "github.com/containernetworking/plugins/plugins/main/bridge",
+		"host-local":        "github.com/containernetworking/plugins/plugins/ipam/host-local",
 	}
 	for name, pkg := range pkgs {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
@@ -184,3 +188,5 @@ func RuntimeConf(p *corev1.Pod, podNS *harness.NetNS, containerID string) *libcn
 func (nd *AgentNode) Ports(t testing.TB) []string {
 	return strings.Fields(nd.OVS.Vsctl(t, "list-ports", "br-int"))
 }
+
+func asExitError(err error, target **exec.ExitError) bool { return errors.As(err, target) }

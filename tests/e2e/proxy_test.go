@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,16 +31,9 @@ func bpfPinDir(t *testing.T, e *conformance.Env) string {
 	if d, ok := bpfPinDirs[e]; ok {
 		return d
 	}
-	d, err := os.MkdirTemp("", "nsxt-bpf-")
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := harness.TempDir(t)
 	bpfPinDirs[e] = d
-	t.Cleanup(func() {
-		_ = unix.Unmount(d, unix.MNT_DETACH)
-		_ = os.RemoveAll(d)
-		delete(bpfPinDirs, e)
-	})
+	t.Cleanup(func() { delete(bpfPinDirs, e) })
 	return d
 }
 

@@ -9,12 +9,12 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 const (
@@ -77,11 +77,7 @@ func benchPath(b *testing.B, dp string, n int) []pathResult {
 		defer o.Close()
 		be = o
 	case "ebpf":
-		dir, err := os.MkdirTemp("", "nsxt-bpf-")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer func() { _ = unix.Unmount(dir, unix.MNT_DETACH); _ = os.RemoveAll(dir) }()
+		dir := harness.TempDir(b)
 		eb, err := ebpfdp.New(ebpfdp.Options{PinDir: dir, Bridge: "br-int", OVSRunDir: e.OVS.RunDir, Log: zap.NewNop(),
 			Sizes: ebpfdp.MapSizes{Services: uint32(2*n + 16), Backends: uint32(2*n*endpointsPerService + 16)}})
 		if err != nil {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
@@ -167,11 +166,7 @@ func benchOVS(b *testing.B, n int) progResult {
 }
 
 func benchEBPF(b *testing.B, n int) progResult {
-	dir, err := os.MkdirTemp("", "nsxt-bpf-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = unix.Unmount(dir, unix.MNT_DETACH); _ = os.RemoveAll(dir) }()
+	dir := harness.TempDir(b)
 	be, err := ebpfdp.New(ebpfdp.Options{PinDir: dir, Log: zap.NewNop(),
 		Sizes: ebpfdp.MapSizes{Services: uint32(2 * n), Backends: uint32(2 * n * endpointsPerService)}})
 	if err != nil {

@@ -1,0 +1,364 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/nsx-ujo/nsx-ujo/tests/fabric"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+)
+
+// ReadyAnnotation marks a pod whose workload runs: the fabric simulator's
+// NCP stand-in puts only such pods into EndpointSlices (there is no
+// kubelet to report readiness).
+const ReadyAnnotation = fabric.ReadyAnnotation
+
+// Options shape a cluster.
+type Options struct {
+	Nodes     int                // default 2
+	Dataplane string             // ovs (default) or ebpf
+	BinDir    string             // from BuildBinaries
+	API       *harness.APIServer // nil: start one
+	// Progress, when set, receives one line per step (make demo prints them).
+	Progress func(format string, args ...any)
+}
+
+// Cluster is a real kube-apiserver, the fabric simulator and N nodes, each
+// a network namespace running the real nsx-ovs, nsx-node-agent and
+// nsx-kube-proxy binaries with its own OVS and ncp.ini; the CNI is
+// installed per node by the real nsx-ncp-bootstrap.
+type Cluster struct {
+	API    *harness.APIServer
+	Client kubernetes.Interface
+	Fabric *fabric.Fabric
+	Nodes  []*Node
+	opts   Options
+}
+
+// Node is one cluster node.
+type Node struct {
+	Name     string
+	Index    int
+	NS       *harness.NetNS
+	Dir      string // ncp.ini, logs, host root, state
+	RunDir   string // OVS run dir, CNI socket
+	PinDir   string // bpf_pin_dir
+	INI      string
+	HostRoot string // where nsx-ncp-bootstrap installed the CNI
+	CNI      *libcni.CNIConfig
+	List     *libcni.NetworkConfigList
+
+	OVS, Agent, Proxy *Process
+	dataplane         string
+	c                 *Cluster
+}
+
+func (c *Cluster) progress(format string, args ...any) {
+	if c.opts.Progress != nil {
+		c.opts.Progress(format, args...)
+	}
+}
+
+// Start brings a cluster up; everything is torn down in t's cleanups.
+func Start(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.Dataplane == "" {
+		o.Dataplane = "ovs"
+	}
+	c := &Cluster{opts: o}
+	if c.API = o.API; c.API == nil {
+		c.progress("starting etcd and kube-apiserver %s", harness.KubeVersion)
+		c.API = harness.StartAPIServer(t)
+	}
+	c.Client = c.API.Client(t)
+	c.progress("starting the NSX fabric simulator (hypervisor bridge, router, NCP stand-in)")
+	c.Fabric = fabric.Start(t, fabric.Options{Client: c.Client})
+	for i := 0; i < o.Nodes; i++ {
+		c.Nodes = append(c.Nodes, c.startNode(t, i))
+	}
+	return c
+}
+
+func (c *Cluster) startNode(t testing.TB, i int) *Node {
+	t.Helper()
+	n := &Node{Name: fmt.Sprintf("node-%d", i+1), Index: i, NS: harness.NewNetNS(t), Dir: t.TempDir(), dataplane: c.opts.Dataplane, c: c}
+	c.progress("%s: network namespace, uplink eth0 to the fabric", n.Name)
+	c.Fabric.ConnectNode(t, n.NS, "eth0", i)
+	c.API.ExposeIn(t, n.NS)
+	// Short paths (unix sockets), swept after a crash.
+	n.RunDir, n.PinDir, n.HostRoot = harness.TempDir(t), harness.TempDir(t), filepath.Join(n.Dir, "host")
+	n.writeINI(t, c.opts.Dataplane)
+
+	c.progress("%s: nsx-ncp-bootstrap installs the CNI plugin and conflist", n.Name)
+	n.run(t, filepath.Join(c.opts.BinDir, "nsx-ncp-bootstrap"), "install", "--config-file", n.INI, "--host-root", n.HostRoot,
+		"--cni-bin-source", filepath.Join(c.opts.BinDir, "nsx"), "--loopback-bin-source", filepath.Join(c.opts.BinDir, "loopback"))
+	list, err := libcni.ConfListFromFile(filepath.Join(n.HostRoot, "etc/cni/net.d/10-nsx.conflist"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.List = list
+	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{filepath.Join(n.HostRoot, "opt/cni/bin")}, filepath.Join(n.Dir, "cni-cache"), nil)
+
+	c.progress("%s: nsx-ovs starts OVS, creates br-int, moves eth0's addresses and routes onto it", n.Name)
+	n.OVS = StartProcess(t, n.NS, filepath.Join(n.Dir, "nsx-ovs.log"), filepath.Join(c.opts.BinDir, "nsx-ovs"), "--config-file", n.INI)
+	n.OVS.WaitReady(t, 60*time.Second, func() error {
+		_, err := n.NS.Exec(context.Background(), filepath.Join(c.opts.BinDir, "nsx-ovs"), "health", "--config-file", n.INI).Output()
+		return err
+	})
+	if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	n.StartAgent(t)
+	n.StartProxy(t, c.opts.Dataplane)
+	return n
+}
+
+func (n *Node) writeINI(t testing.TB, dataplane string) {
+	n.dataplane = dataplane
+	n.INI = filepath.Join(n.Dir, "ncp.ini")
+	ini := fmt.Sprintf(`[DEFAULT]
+debug = False
+[k8s]
+kubeconfig = %s
+[nsx_node_agent]
+ovs_bridge = br-int
+ovs_uplink_port = eth0
+ovs_datapath_type = netdev
+ovs_run_dir = %s
+ovs_db_dir = %s
+state_dir = %s
+cni_socket = %s
+proc_mount_path_prefix =
+config_retry_timeout = 30
+audit_interval = 2
+[nsx_kube_proxy]
+dataplane = %s
+bpf_pin_dir = %s
+healthz_bind_address = 127.0.0.1:10256
+metrics_bind_address = 127.0.0.1:10249
+`, n.c.API.Kubeconfig, n.RunDir, filepath.Join(n.Dir, "ovsdb"), filepath.Join(n.Dir, "state"), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
+	if err := os.WriteFile(n.INI, []byte(ini), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *Node) run(t testing.TB, bin string, args ...string) string {
+	t.Helper()
+	out, err := n.NS.Exec(context.Background(), bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %s %s: %v\n%s", n.Name, filepath.Base(bin), strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// StartAgent starts (or restarts) nsx-node-agent and waits for CNI STATUS.
+func (n *Node) StartAgent(t testing.TB) {
+	t.Helper()
+	if n.Agent != nil {
+		n.Agent.Stop()
+	}
+	n.c.progress("%s: nsx-node-agent serves the CNI socket", n.Name)
+	n.Agent = StartProcess(t, n.NS, filepath.Join(n.Dir, fmt.Sprintf("nsx-node-agent-%d.log", time.Now().UnixNano())),
+		filepath.Join(n.c.opts.BinDir, "nsx-node-agent"), "--config-file", n.INI, "--node-name", n.Name)
+	n.Agent.WaitReady(t, 60*time.Second, func() error { return n.CNI.GetStatusNetworkList(context.Background(), n.List) })
+}
+
+// StartProxy starts (or restarts) nsx-kube-proxy with a dataplane.
+func (n *Node) StartProxy(t testing.TB, dataplane string) {
+	t.Helper()
+	if n.Proxy != nil {
+		n.Proxy.Stop()
+	}
+	if dataplane != n.dataplane {
+		n.writeINI(t, dataplane)
+		// The agent attaches eBPF programs to new pods: it must know.
+		n.StartAgent(t)
+	}
+	n.c.progress("%s: nsx-kube-proxy with the %s dataplane", n.Name, dataplane)
+	n.Proxy = StartProcess(t, n.NS, filepath.Join(n.Dir, fmt.Sprintf("nsx-kube-proxy-%d.log", time.Now().UnixNano())),
+		filepath.Join(n.c.opts.BinDir, "nsx-kube-proxy"), "--config-file", n.INI, "--node-name", n.Name)
+	n.Proxy.WaitReady(t, 60*time.Second, func() error {
+		return n.NS.Do(func() error {
+			conn, err := net.DialTimeout("tcp", "127.0.0.1:10256", time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+	})
+}
+
+// Pod is a pod of the cluster: an API object, a network namespace wired by
+// the real CNI, and optionally a workload process.
+type Pod struct {
+	Name, Namespace string
+	Node            *Node
+	NS              *harness.NetNS
+	ContainerID     string
+	Obj             *corev1.Pod
+	IP              netip.Addr
+	workload        *Process
+}
+
+// PodOptions shape a pod.
+type PodOptions struct {
+	Labels map[string]string
+	Serve  uint16 // run `workload serve` on this port (0: no server)
+}
+
+// RunPod creates the pod object on node, wires it through libcni with the
+// node's installed conflist (as a container runtime would), starts its
+// workload and marks it ready.
+func (c *Cluster) RunPod(t testing.TB, namespace, name string, node *Node, o PodOptions) *Pod {
+	t.Helper()
+	ctx := context.Background()
+	obj := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: o.Labels},
+		Spec: corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "workload", Image: "nsx-ujo/workload:test",
+			Ports: []corev1.ContainerPort{{Name: "serve", ContainerPort: int32(o.Serve)}}}}},
+	}
+	if o.Serve == 0 {
+		obj.Spec.Containers[0].Ports = nil
+	}
+	obj, err := c.Client.CoreV1().Pods(namespace).Create(ctx, obj, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Pod{Name: name, Namespace: namespace, Node: node, NS: harness.NewNetNS(t), Obj: obj,
+		ContainerID: fmt.Sprintf("%s-%s-%d", namespace, name, time.Now().UnixNano())}
+	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	r, err := node.CNI.AddNetworkList(actx, node.List, p.runtimeConf())
+	if err != nil {
+		t.Fatalf("CNI ADD of %s/%s on %s: %v", namespace, name, node.Name, err)
+	}
+	res, err := types100.GetResult(r)
+	if err != nil || len(res.IPs) == 0 {
+		t.Fatalf("CNI ADD of %s/%s: result %v, %v", namespace, name, r, err)
+	}
+	p.IP, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	if o.Serve != 0 {
+		p.workload = StartProcess(t, p.NS, filepath.Join(node.Dir, fmt.Sprintf("pod-%s-%s.log", namespace, name)),
+			filepath.Join(c.opts.BinDir, "workload"), "serve", "--name", name, "--port", fmt.Sprint(o.Serve))
+		p.workload.WaitReady(t, 10*time.Second, func() error {
+			b, _ := os.ReadFile(p.workload.LogFile)
+			if !strings.Contains(string(b), "ready") {
+				return fmt.Errorf("workload of %s not listening yet", name)
+			}
+			return nil
+		})
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{ReadyAnnotation: "true"}}})
+	if p.Obj, err = c.Client.CoreV1().Pods(namespace).Patch(ctx, name, "application/merge-patch+json", patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *Pod) runtimeConf() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path, IfName: "eth0", Args: [][2]string{
+		{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", p.Namespace}, {"K8S_POD_NAME", p.Name},
+		{"K8S_POD_INFRA_CONTAINER_ID", p.ContainerID}, {"K8S_POD_UID", string(p.Obj.UID)},
+	}}
+}
+
+// Delete tears the pod down as kubelet would: workload stopped, CNI DEL,
+// sandbox netns removed, object deleted.
+func (c *Cluster) DeletePod(t testing.TB, p *Pod) {
+	t.Helper()
+	if p.workload != nil {
+		p.workload.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Node.CNI.DelNetworkList(ctx, p.Node.List, p.runtimeConf()); err != nil {
+		t.Fatalf("CNI DEL of %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	if out, err := exec.Command("ip", "netns", "del", p.NS.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", p.NS.Name, err, out)
+	}
+	if err := c.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Get runs `workload get` in the pod: count requests to addr, the names
+// of the servers that answered.
+func (p *Pod) Get(t testing.TB, addr string, count int) ([]string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(count)*3*time.Second+5*time.Second)
+	defer cancel()
+	out, err := p.NS.Exec(ctx, filepath.Join(p.Node.c.opts.BinDir, "workload"), "get", "--addr", addr, "--count", fmt.Sprint(count)).Output()
+	names := strings.Fields(string(out))
+	if err != nil {
+		var ee *exec.ExitError
+		if ok := asExitError(err, &ee); ok {
+			return names, fmt.Errorf("workload get %s from %s: %v: %s", addr, p.Name, err, ee.Stderr)
+		}
+		return names, err
+	}
+	return names, nil
+}
+
+// Hold starts `workload hold` from the pod: a long-lived connection that
+// exits as soon as an echo fails. Stop it with StopHold.
+func (p *Pod) Hold(t testing.TB, addr string) *Process {
+	t.Helper()
+	h := StartProcess(t, p.NS, filepath.Join(p.Node.Dir, fmt.Sprintf("hold-%s-%d.log", p.Name, time.Now().UnixNano())),
+		filepath.Join(p.Node.c.opts.BinDir, "workload"), "hold", "--addr", addr, "--interval", "200ms")
+	h.WaitReady(t, 10*time.Second, func() error {
+		b, _ := os.ReadFile(h.LogFile)
+		if len(strings.TrimSpace(string(b))) == 0 {
+			return fmt.Errorf("no greeting yet")
+		}
+		return nil
+	})
+	return h
+}
+
+// Alive says whether the process still runs.
+func (p *Process) Alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Dump prints what an operator would look at: the OVS service flows and
+// groups, or the eBPF service and backend maps.
+func (n *Node) Dump(t testing.TB) string {
+	t.Helper()
+	if n.dataplane == "ebpf" {
+		var b strings.Builder
+		for _, m := range []string{"nsx_services", "nsx_backends"} {
+			out, _ := exec.Command("bpftool", "map", "dump", "pinned", filepath.Join(n.PinDir, m)).CombinedOutput()
+			fmt.Fprintf(&b, "$ bpftool map dump pinned %s\n%s\n", filepath.Join(n.PinDir, m), out)
+		}
+		return b.String()
+	}
+	mgmt := "unix:" + filepath.Join(n.RunDir, "br-int.mgmt")
+	flows, _ := exec.Command("ovs-ofctl", "-O", "OpenFlow15", "dump-flows", "--names", "--no-stats", mgmt, "cookie=0x5a00000000000000/0xff00000000000000").CombinedOutput()
+	groups, _ := exec.Command("ovs-ofctl", "-O", "OpenFlow15", "dump-groups", mgmt).CombinedOutput()
+	return fmt.Sprintf("$ ovs-ofctl dump-flows --names br-int (nsx-kube-proxy's)\n%s\n$ ovs-ofctl dump-groups br-int\n%s", flows, groups)
+}

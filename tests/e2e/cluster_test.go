@@ -1,0 +1,172 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+)
+
+func createNS(t *testing.T, c *cluster.Cluster, name string) {
+	t.Helper()
+	if _, err := c.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func webService(t *testing.T, c *cluster.Cluster, ns string) string {
+	t.Helper()
+	svc, err := c.Client.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("serve")}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc.Spec.ClusterIP + ":80"
+}
+
+// servedBy waits until count requests from client to addr are answered by
+// exactly the pods named.
+func servedBy(t *testing.T, client *cluster.Pod, addr string, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	eventually(t, fmt.Sprintf("%s -> %s served by %v", client.Name, addr, want), func() error {
+		names, err := client.Get(t, addr, 8*len(want))
+		if err != nil {
+			return err
+		}
+		slices.Sort(names)
+		names = slices.Compact(names)
+		if !slices.Equal(names, want) {
+			return fmt.Errorf("served by %v", names)
+		}
+		return nil
+	})
+}
+
+func TestClusterPodsAndServicesAcrossNodes(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, API: api})
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	createNS(t, c, "x")
+	createNS(t, c, "y")
+	web := map[string]string{"app": "web"}
+	b := c.RunPod(t, "x", "b", n2, cluster.PodOptions{Labels: web, Serve: 8080})
+	client := c.RunPod(t, "x", "client", n1, cluster.PodOptions{})
+	other := c.RunPod(t, "y", "other", n2, cluster.PodOptions{Serve: 8080})
+
+	// Cross-node pod to pod, same subnet (L2 over the trunks) and across
+	// subnets (routed by the fabric).
+	servedBy(t, client, fmt.Sprintf("%s:8080", b.IP), "b")
+	servedBy(t, client, fmt.Sprintf("%s:8080", other.IP), "other")
+
+	vip := webService(t, c, "x")
+	for _, dp := range []string{"ovs", "ebpf"} {
+		if dp == "ebpf" {
+			for _, n := range c.Nodes {
+				n.StartProxy(t, dp)
+			}
+		}
+		// Backend on the other node only.
+		servedBy(t, client, vip, "b")
+		// Scale up and down.
+		cpod := c.RunPod(t, "x", "c-"+dp, n2, cluster.PodOptions{Labels: web, Serve: 8080})
+		servedBy(t, client, vip, "b", "c-"+dp)
+		c.DeletePod(t, cpod)
+		servedBy(t, client, vip, "b")
+		// A pod created after the switch is served (eBPF: attached by the agent in ADD).
+		late := c.RunPod(t, "x", "late-"+dp, n1, cluster.PodOptions{})
+		servedBy(t, late, vip, "b")
+	}
+	if err := c.Client.CoreV1().Services("x").Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "deleted service stops answering", func() error {
+		if _, err := client.Get(t, vip, 1); err == nil {
+			return fmt.Errorf("still answers")
+		}
+		return nil
+	})
+}
+
+func TestClusterPodLifecycleAndRestarts(t *testing.T) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, API: api})
+	n1, n2 := c.Nodes[0], c.Nodes[1]
+	createNS(t, c, "life")
+	web := map[string]string{"app": "web"}
+	c.RunPod(t, "life", "b", n2, cluster.PodOptions{Labels: web, Serve: 8080})
+	client := c.RunPod(t, "life", "client", n1, cluster.PodOptions{})
+	vip := webService(t, c, "life")
+	servedBy(t, client, vip, "b")
+
+	// nsx-kube-proxy restart with a long-lived connection open.
+	hold := client.Hold(t, vip)
+	n1.StartProxy(t, "ovs")
+	time.Sleep(time.Second)
+	if !hold.Alive() {
+		t.Fatal("the long-lived connection broke across the nsx-kube-proxy restart")
+	}
+	// nsx-node-agent restart: existing pods keep working, new ADDs work.
+	n1.StartAgent(t)
+	if !hold.Alive() {
+		t.Fatal("the long-lived connection broke across the nsx-node-agent restart")
+	}
+	hold.Stop()
+	newcomer := c.RunPod(t, "life", "newcomer", n1, cluster.PodOptions{})
+	servedBy(t, newcomer, vip, "b")
+
+	// Pod delete -> DEL -> port gone.
+	port := podnet.HostIfName(newcomer.ContainerID, "eth0")
+	c.DeletePod(t, newcomer)
+	if out := ovsVsctl(t, n1, "list-ports", "br-int"); strings.Contains(out, port) {
+		t.Fatalf("port %s still on br-int after DEL:\n%s", port, out)
+	}
+
+	// Recreated with the same name: a new UID, and the agent uses the new
+	// config, never the old pod's.
+	again := c.RunPod(t, "life", "newcomer", n1, cluster.PodOptions{})
+	cfg, err := podconfig.Parse(again.Obj.Annotations[podconfig.AnnotationKey], string(again.Obj.UID))
+	if err != nil || again.Obj.UID == newcomer.Obj.UID || cfg.IP.IP.String() != again.IP.String() {
+		t.Fatalf("recreated pod: uid %s (old %s), config %+v, %v, wired %s", again.Obj.UID, newcomer.Obj.UID, cfg, err, again.IP)
+	}
+	servedBy(t, again, vip, "b")
+
+	// The audit removes the port of a pod that vanished while the agent
+	// was down (no DEL ever came).
+	n1.Agent.Stop()
+	gone := podnet.HostIfName(again.ContainerID, "eth0")
+	if out, err := exec.Command("ip", "netns", "del", again.NS.Name).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if err := c.Client.CoreV1().Pods("life").Delete(context.Background(), "newcomer", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+		t.Fatal(err)
+	}
+	n1.StartAgent(t)
+	eventually(t, "audit removes the stale port", func() error {
+		if out := ovsVsctl(t, n1, "list-ports", "br-int"); strings.Contains(out, gone) {
+			return fmt.Errorf("port %s still there", gone)
+		}
+		return nil
+	})
+}
+
+func ovsVsctl(t *testing.T, n *cluster.Node, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ovs-vsctl", append([]string{"--db=unix:" + n.RunDir + "/db.sock"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ovs-vsctl %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
