@@ -13,7 +13,7 @@ FUZZTIME ?= 10s
 all: build
 
 help:
-	@echo "make demo   the main job: a 2-node cluster, a ClusterIP served by the OVS then the eBPF dataplane (root)"
+	@echo "make demo [NODES=n]  the main job: an n-node (default 2) cluster, a ClusterIP served by the OVS then the eBPF dataplane (root)"
 	@echo "make demo-down  remove what a killed demo or test run left (netns, OVS, temp dirs)"
 	@echo "make deps   install the Debian packages the tests need (root)"
 	@echo "make build  build $(BINARIES) into $(BIN)/"
@@ -70,8 +70,9 @@ check-generate:
 	else cp $$tmp/nsx_bpfel.* dataplane/ebpf/; rm -rf $$tmp; echo "dataplane/ebpf: committed bpf2go output differs from bpf/ sources: run make generate"; exit 1; fi
 
 # The main job (README): installs what is missing, builds, runs the demo.
+NODES ?= 2
 demo: deps build tools
-	@$(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
+	@NSX_DEMO_NODES=$(NODES) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
 
 # Leftovers of a demo or test run that was killed (Ctrl-C, timeout): the
 # harness removes netns and temp dirs whose owning process is gone.

@@ -9,6 +9,7 @@ package demo
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"testing"
@@ -32,7 +33,13 @@ func TestDemo(t *testing.T) {
 	if err := cluster.BuildBinaries(bin); err != nil {
 		t.Fatal(err)
 	}
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: bin, Progress: say})
+	nodes := 2
+	if v := os.Getenv("NSX_DEMO_NODES"); v != "" {
+		if _, err := fmt.Sscan(v, &nodes); err != nil || nodes < 2 {
+			t.Fatalf("NSX_DEMO_NODES=%q: want a number >= 2", v)
+		}
+	}
+	c := cluster.Start(t, cluster.Options{Nodes: nodes, Dataplane: "ovs", BinDir: bin, Progress: say})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	ctx := context.Background()
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
