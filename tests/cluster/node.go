@@ -115,6 +115,7 @@ func (nd *AgentNode) startAgent(t testing.TB, bin, iniPath string) {
 type Process struct {
 	Name    string
 	LogFile string
+	pid     int
 	cancel  context.CancelFunc
 	done    chan struct{}
 }
@@ -135,7 +136,8 @@ func StartProcess(t testing.TB, n *harness.NetNS, logFile, bin string, args ...s
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &Process{Name: filepath.Base(bin), LogFile: logFile, cancel: cancel, done: make(chan struct{})}
+	// nsenter enters the namespace and execs bin in place: same pid.
+	p := &Process{Name: filepath.Base(bin), LogFile: logFile, pid: cmd.Process.Pid, cancel: cancel, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); f.Close(); close(p.done) }()
 	t.Cleanup(func() {
 		p.Stop()
@@ -146,6 +148,9 @@ func StartProcess(t testing.TB, n *harness.NetNS, logFile, bin string, args ...s
 	})
 	return p
 }
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.pid }
 
 // Stop sends SIGTERM and waits for the process to exit. Idempotent.
 func (p *Process) Stop() {

@@ -52,11 +52,20 @@ func KubeAPIServerBinary() (string, error) {
 	if p := os.Getenv("NSX_UJO_KUBE_APISERVER"); p != "" {
 		return p, nil
 	}
+	return toolBinary("kube-apiserver")
+}
+
+// KubeProxyBinary returns <repo root>/_output/tools/kube-proxy-<KubeVersion>
+// (the benchmarks' baseline), building it with hack/build-tools.sh when it
+// is missing.
+func KubeProxyBinary() (string, error) { return toolBinary("kube-proxy") }
+
+func toolBinary(name string) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(root, "_output", "tools", "kube-apiserver-"+KubeVersion)
+	bin := filepath.Join(root, "_output", "tools", name+"-"+KubeVersion)
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
