@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -77,26 +76,9 @@ state_dir = %s
 // proc is nsx-ovs running in the node namespace.
 type proc struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *harness.SyncBuffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs `nsx-ovs <args> --config-file <ncp.ini>` in the node
@@ -105,7 +87,7 @@ func (n *node) start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
 	cmd := n.Node.Exec(context.Background(), binary, append(args, "--config-file", n.config)...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &proc{cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{cmd: cmd, out: &harness.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

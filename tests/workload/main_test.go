@@ -1,34 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
-
-// syncBuffer is a bytes.Buffer safe to write from the command and read from
-// the test at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // freePort returns a port that was free on 127.0.0.1 for TCP and UDP.
 func freePort(t *testing.T) int {
@@ -51,7 +32,7 @@ func freePort(t *testing.T) int {
 }
 
 type proc struct {
-	out, errOut syncBuffer
+	out, errOut harness.SyncBuffer
 	cancel      context.CancelFunc
 	done        chan int
 }
@@ -87,7 +68,7 @@ func serveOn(t *testing.T, name string, args ...string) (*proc, string) {
 }
 
 func runSync(args ...string) (code int, stdout, stderr string) {
-	var out, errOut syncBuffer
+	var out, errOut harness.SyncBuffer
 	code = run(context.Background(), args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
