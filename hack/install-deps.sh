@@ -14,6 +14,8 @@ packages=(
   util-linux           # nsenter
   clang llvm libbpf-dev bpftool  # eBPF programs (go generate) and inspection
   iptables nftables    # benchmark baselines: kube-proxy-style rules
+  vagrant vagrant-libvirt  # tests/vagrant: vagrant validate of the Vagrantfile (libvirt's settings need the plugin)
+  shellcheck               # tests/vagrant lints hack/vagrant/*.sh
 )
 
 missing=()
