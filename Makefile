@@ -8,7 +8,7 @@ BINARIES := nsx nsx-node-agent nsx-kube-proxy nsx-ovs nsx-ncp-bootstrap
 TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 10s
 
-.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster
+.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare
 
 all: build
 
@@ -21,6 +21,7 @@ help:
 	@echo "make unit   tests that need no root"
 	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
 	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
+	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"
 	@echo "make tools  build kube-apiserver $(KUBE_VERSION) into _output/tools (once per machine)"
 
@@ -79,6 +80,12 @@ demo: deps build tools
 # harness removes netns and temp dirs whose owning process is gone.
 demo-down:
 	$(GO) test -count=1 -run 'TestSweep$$' ./tests/harness/
+
+bench-compare:
+	@if [ -z "$(OLD)" ] || [ -z "$(NEW)" ]; then echo "usage: make bench-compare OLD=tests/perf/results/<a>.json NEW=tests/perf/results/<b>.json"; exit 2; fi
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/benchcompare ./tests/perf/benchcompare
+	$(BIN)/benchcompare $(OLD) $(NEW)
 
 # The Vagrant cluster's benchmarks: run on its control VM (README, Vagrantfile).
 bench-cluster:

@@ -416,9 +416,13 @@ int nsx_egress(struct __sk_buff *skb)
 		return turn_around(skb);
 	}
 
+	// A SYN opens a new connection: it never follows the conntrack entry
+	// of an earlier connection that happened to use the same ports (the
+	// LRU keeps entries of closed connections), it picks afresh.
+	int syn = p.ip.protocol == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
 	struct ct_key fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
 			    .proto = p.ip.protocol, .dir = CT_FWD};
-	struct ct_val *cv = bpf_map_lookup_elem(&nsx_conntrack, &fk);
+	struct ct_val *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
 	struct be_val be;
 	__u16 ctflags = 0;
 	__u32 svc_id = 0;
@@ -430,8 +434,17 @@ int nsx_egress(struct __sk_buff *skb)
 	} else {
 		struct svc_key sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
 		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
-		if (!svc)
+		if (!svc) {
+			// A direct connection reusing the ports of a closed service
+			// connection to the same backend: its replies must not be
+			// un-NATed by the old reverse entry.
+			if (syn) {
+				struct ct_key stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
+						       .proto = IPPROTO_TCP, .dir = CT_REV};
+				bpf_map_delete_elem(&nsx_conntrack, &stale);
+			}
 			return TCX_NEXT;
+		}
 		if (svc->count == 0) {
 			if (svc->flags & SVC_F_DROP) {
 				count(STAT_DROPPED);

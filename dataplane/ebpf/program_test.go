@@ -183,6 +183,31 @@ func TestDNATAndReverseNAT(t *testing.T) {
 	}
 }
 
+func TestPortReuseAfterServiceConnection(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend1, 8080))
+	// A connection through the VIP from port 40000 ...
+	if ret, _ := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40000, 80, 0x02)); ret != tcxPass {
+		t.Fatal(ret)
+	}
+	// ... later a direct one to the backend from the same port: its
+	// SYN-ACK must reach the pod as from the backend, not the VIP.
+	if ret, _ := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, backend1, 40000, 8080, 0x02)); ret != tcxNext {
+		t.Fatalf("direct SYN: ret %d", int32(ret))
+	}
+	ret, out := runOut(t, o.NsxIngress, packet(protoTCP, backend1, clientIP, 8080, 40000, 0x12))
+	if p := parse(t, out); ret != tcxNext || p.src != backend1 {
+		t.Fatalf("direct SYN-ACK: ret %d, source %s", int32(ret), p.src)
+	}
+	// And a new SYN to the VIP from a reused port picks afresh (here the
+	// only backend changed).
+	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend2, 8080))
+	ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40000, 80, 0x02))
+	if p := parse(t, out); ret != tcxPass || p.dst != backend2 {
+		t.Fatalf("new SYN with reused port went to %s", p.dst)
+	}
+}
+
 func TestNotOursIsUntouched(t *testing.T) {
 	o := load(t)
 	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend1, 8080))

@@ -1,5 +1,3 @@
-// Package perf holds nsx-ujo's benchmarks. Every figure is printed beside a
-// baseline measured in the same run, because these machines are noisy.
 package perf
 
 import (
@@ -84,7 +82,7 @@ func BenchmarkCNIAdd(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	baseRT := &cniRuntime{name: "bridge + host-local (baseline)", cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, b.TempDir(), nil),
+	baseRT := &cniRuntime{name: "bridge + host-local", cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, b.TempDir(), nil),
 		list: baseList, node: nd.NS}
 
 	ns := "perf"
@@ -93,15 +91,20 @@ func BenchmarkCNIAdd(b *testing.B) {
 	}
 	podObjs := createAnnotatedPods(b, cs, ns, nd.Name, 2*pods)
 
-	results := map[string]*sample{}
-	for i := 0; i < b.N; i++ {
-		for _, r := range []*cniRuntime{baseRT, nsxRT} {
+	// Each repetition runs both plugins, the first one alternating.
+	runs := map[string][]*sample{}
+	for i, reps := 0, repeats(b); i < reps; i++ {
+		order := []*cniRuntime{baseRT, nsxRT}
+		if i%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		for _, r := range order {
 			s := &sample{}
-			results[r.name] = s
 			run(b, r, podObjs, fmt.Sprintf("%s-%d", r.list.Name, i), s)
+			runs[r.name] = append(runs[r.name], s)
 		}
 	}
-	report(b, results, []string{baseRT.name, nsxRT.name})
+	recordCNI(b, runs[nsxRT.name], runs[baseRT.name], nsxRT.name, baseRT.name)
 }
 
 func createAnnotatedPods(b *testing.B, cs kubernetes.Interface, ns, node string, n int) []*corev1.Pod {
@@ -128,9 +131,11 @@ func createAnnotatedPods(b *testing.B, cs kubernetes.Interface, ns, node string,
 
 func run(b *testing.B, r *cniRuntime, podObjs []*corev1.Pod, idPrefix string, s *sample) {
 	ctx := context.Background()
+	sc := newScope(b) // the pods' netns live for this run only
+	defer sc.close()
 	rts := make([]*libcni.RuntimeConf, len(podObjs))
 	for i, p := range podObjs {
-		rts[i] = cluster.RuntimeConf(p, harness.NewNetNS(b), fmt.Sprintf("%s-%03d", idPrefix, i))
+		rts[i] = cluster.RuntimeConf(p, harness.NewNetNS(sc), fmt.Sprintf("%s-%03d", idPrefix, i))
 	}
 	b.ResetTimer()
 	for i := 0; i < pods; i++ { // sequential
@@ -181,25 +186,45 @@ func pct(ds []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d.Microseconds())/1000) }
 
-func report(b *testing.B, res map[string]*sample, order []string) {
-	base := res[order[0]]
-	w := os.Stdout
-	fmt.Fprintf(w, "\nCNI ADD/DEL latency, %d pods sequential + %d in parallel, one node (ms)\n\n", pods, pods)
-	fmt.Fprintln(w, "| plugin | ADD p50 | ADD p99 | parallel ADD p50 | parallel ADD p99 | pods/s (parallel) | DEL p50 | DEL p99 |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
-	for _, name := range order {
-		s := res[name]
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %.0f | %s | %s |\n", name, ms(pct(s.seqAdd, .5)), ms(pct(s.seqAdd, .99)),
-			ms(pct(s.parAdd, .5)), ms(pct(s.parAdd, .99)), float64(pods)/s.parWall.Seconds(), ms(pct(s.del, .5)), ms(pct(s.del, .99)))
+// recordCNI adds the CNI figures, one value per repetition, nsx beside the
+// baseline plugins.
+func recordCNI(b *testing.B, nsx, base []*sample, nsxName, baseName string) {
+	fig := func(c, unit string, higher bool, v func(*sample) float64) Figure {
+		f := Figure{Bench: "cni", Case: c, Subject: nsxName, Baseline: baseName, Unit: unit, HigherIsBetter: higher}
+		for _, s := range nsx {
+			f.Values = append(f.Values, v(s))
+		}
+		for _, s := range base {
+			f.BaselineValues = append(f.BaselineValues, v(s))
+		}
+		record.Add(f)
+		return f
 	}
-	nsx := res[order[1]]
-	fmt.Fprintf(w, "\nratio nsx/baseline: ADD p50 %.2f, ADD p99 %.2f, parallel ADD p99 %.2f\n\n",
-		ratio(pct(nsx.seqAdd, .5), pct(base.seqAdd, .5)), ratio(pct(nsx.seqAdd, .99), pct(base.seqAdd, .99)),
-		ratio(pct(nsx.parAdd, .99), pct(base.parAdd, .99)))
-	b.ReportMetric(float64(pct(nsx.seqAdd, .5).Microseconds())/1000, "nsx-add-p50-ms")
-	b.ReportMetric(float64(pct(nsx.seqAdd, .99).Microseconds())/1000, "nsx-add-p99-ms")
-	b.ReportMetric(float64(pct(nsx.parAdd, .99).Microseconds())/1000, "nsx-par-add-p99-ms")
-	b.ReportMetric(float64(pct(base.seqAdd, .5).Microseconds())/1000, "base-add-p50-ms")
+	p := func(ds func(*sample) []time.Duration, q float64) func(*sample) float64 {
+		return func(s *sample) float64 { return millis(pct(ds(s), q)) }
+	}
+	seq := func(s *sample) []time.Duration { return s.seqAdd }
+	par := func(s *sample) []time.Duration { return s.parAdd }
+	del := func(s *sample) []time.Duration { return s.del }
+	metric := func(f Figure, base bool, unit string) {
+		v := f.Values
+		if base {
+			v = f.BaselineValues
+		}
+		b.ReportMetric(Summarize(v).Median, unit)
+	}
+	f := fig(fmt.Sprintf("ADD p50, %d sequential", pods), "ms", false, p(seq, .5))
+	metric(f, false, "nsx-add-p50-ms")
+	metric(f, true, "base-add-p50-ms")
+	metric(fig(fmt.Sprintf("ADD p99, %d sequential", pods), "ms", false, p(seq, .99)), false, "nsx-add-p99-ms")
+	fig(fmt.Sprintf("ADD p50, %d in parallel", pods), "ms", false, p(par, .5))
+	metric(fig(fmt.Sprintf("ADD p99, %d in parallel", pods), "ms", false, p(par, .99)), false, "nsx-par-add-p99-ms")
+	fig(fmt.Sprintf("pods/s, %d ADDs in parallel", pods), "pods/s", true, func(s *sample) float64 { return float64(pods) / s.parWall.Seconds() })
+	fig(fmt.Sprintf("DEL p50, %d pods", 2*pods), "ms", false, p(del, .5))
+	fig(fmt.Sprintf("DEL p99, %d pods", 2*pods), "ms", false, p(del, .99))
+	record.Note("cni: one node, real plugin binaries; nsx = nsx plugin -> agent socket -> veth + OVSDB port, config from a kube-apiserver; "+
+		"baseline = bridge + host-local + loopback. p99 of %d samples is their maximum.", pods)
+	record.Table(os.Stdout, "cni")
 }
 
 func ratio(a, b time.Duration) float64 {

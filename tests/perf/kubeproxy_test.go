@@ -81,6 +81,16 @@ func BenchmarkEndpointChangeLatency(b *testing.B) {
 		fmt.Fprintf(w, "| %s | %d | %s ms | %s ms | %s ms | %s ms | %d MiB |\n", r.name, r.n, ms(r.program),
 			ms(pct(r.change, .5)), ms(pct(r.change, .9)), ms(pct(r.change, 1)), r.rssKB/1024)
 	}
+	// Into the run's report: each nsx dataplane against each kube-proxy
+	// mode, one value per change (the repetitions of this benchmark).
+	for i := 0; i+3 < len(res); i += 4 {
+		for _, base := range res[i+2 : i+4] {
+			for _, r := range res[i : i+2] {
+				record.Add(Figure{Bench: "API write -> dataplane", Case: fmt.Sprintf("N=%d one endpoint change", r.n),
+					Subject: r.name, Baseline: base.name, Unit: "ms", N: r.n, Values: msValues(r.change), BaselineValues: msValues(base.change)})
+			}
+		}
+	}
 	for i := 0; i+3 < len(res); i += 4 {
 		ipt := res[i+2]
 		for _, r := range res[i : i+2] {
@@ -303,4 +313,12 @@ func rss(p *cluster.Process) int {
 		}
 	}
 	return 0
+}
+
+func msValues(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = float64(d.Microseconds()) / 1000
+	}
+	return out
 }
