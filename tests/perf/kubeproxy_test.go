@@ -57,7 +57,10 @@ func BenchmarkEndpointChangeLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	var res []proxyResult
-	for _, n := range benchSizes(b, "NSX_BENCH_E2E_SERVICES", []int{1000, 10000}) {
+	// 1k by default: the real kube-proxy in iptables mode uses iptables-nft
+	// on this distribution, whose restore of a 10k-service ruleset runs for
+	// over 20 minutes on 2 cores (NSX_BENCH_E2E_SERVICES=1000,10000 to try).
+	for _, n := range benchSizes(b, "NSX_BENCH_E2E_SERVICES", []int{1000}) {
 		api := harness.StartAPIServer(b)
 		rc, err := api.RESTConfig()
 		if err != nil {
