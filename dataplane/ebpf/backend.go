@@ -108,9 +108,6 @@ func (b *Backend) load() error {
 // Name implements dataplane.ServiceBackend.
 func (b *Backend) Name() string { return "ebpf" }
 
-// Objects are the loaded programs and maps (nsx-node-agent attaches them).
-func (b *Backend) Objects() *Objects { return b.objs }
-
 // Stats returns the counters.
 func (b *Backend) Stats() Stats { return b.stats }
 

@@ -66,9 +66,6 @@ type Stats struct {
 // Stats returns the counters.
 func (b *Backend) Stats() Stats { return b.stats }
 
-// RejectsSent is how many TCP RST / ICMP unreachable answers were sent.
-func (b *Backend) RejectsSent() int { return b.reject.Sent() }
-
 var _ dataplane.ServiceBackend = (*Backend)(nil)
 
 // New returns a backend; it touches the bridge only on the first Sync.

@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net/netip"
-	"sort"
 	"strings"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
@@ -321,33 +320,4 @@ func staticFlows(o compileOptions) []Flow {
 			Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tHairpinReply, HairpinZone)})
 	}
 	return fl
-}
-
-// Compile renders a whole model as text, sorted, for tests and nsxctl:
-// ids gives each frontend's group number.
-func Compile(m *dataplane.Model, ids map[dataplane.FrontendKey]uint32, nodeName string) (flows []string, groups []string) {
-	o := compileOptions{NodeName: nodeName, HairpinIP: DefaultHairpinIP}
-	seen := map[uint64]bool{}
-	add := func(f Flow) {
-		if c := f.Cookie(); !seen[c] {
-			seen[c] = true
-			flows = append(flows, f.text())
-		}
-	}
-	for _, f := range staticFlows(o) {
-		add(f)
-	}
-	for k, fe := range m.Frontends {
-		c := compileFrontend(fe, ids[k], o)
-		for _, f := range c.flows {
-			add(f)
-		}
-		for _, f := range c.shared {
-			add(f)
-		}
-		groups = append(groups, c.group.text())
-	}
-	sort.Strings(flows)
-	sort.Strings(groups)
-	return flows, groups
 }

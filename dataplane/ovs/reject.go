@@ -27,9 +27,6 @@ type rejecter struct {
 	once   sync.Once
 	cancel context.CancelFunc
 	done   chan struct{}
-
-	mu   sync.Mutex
-	sent int
 }
 
 func newRejecter(sock string, log *zap.Logger) *rejecter {
@@ -50,13 +47,6 @@ func (r *rejecter) stop() {
 		r.cancel()
 		<-r.done
 	}
-}
-
-// Sent is how many rejects were sent.
-func (r *rejecter) Sent() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.sent
 }
 
 func (r *rejecter) run(ctx context.Context) {
@@ -165,9 +155,6 @@ func (r *rejecter) handlePacketIn(b []byte) []byte {
 		r.log.Debug("no reject for packet", zap.Error(err))
 		return nil
 	}
-	r.mu.Lock()
-	r.sent++
-	r.mu.Unlock()
 	// buffer_id, in_port, actions_len, pad(6), OUTPUT(IN_PORT), data
 	out := make([]byte, 16+16, 32+len(reply))
 	binary.BigEndian.PutUint32(out[0:], 0xffffffff)

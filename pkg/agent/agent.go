@@ -196,8 +196,7 @@ func (a *Agent) desiredPod(req *cniwire.Request, cfg *podconfig.Config, txOff bo
 // idempotent (a repeated ADD whose attachment is intact returns the same
 // result) and atomic (on error nothing of this attempt remains).
 func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result, error) {
-	nc, err := cniwire.ParseNetConf(req.Config)
-	if err != nil {
+	if _, err := cniwire.ParseNetConf(req.Config); err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
 	}
 	host := podnet.HostIfName(req.ContainerID, req.IfName)
@@ -233,7 +232,7 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		if err := a.attachPrograms(pod, host); err != nil {
 			return nil, err
 		}
-		return a.result(nc.CNIVersion, pod, host, nil), nil
+		return a.result(pod, host, nil), nil
 	} else if have != nil || a.hostLinkExists(host) {
 		// Leftovers of an earlier, different or broken attempt.
 		if err := a.remove(octx, host); err != nil {
@@ -259,7 +258,7 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		}
 		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
-	return a.result(nc.CNIVersion, pod, host, link.HostMAC), nil
+	return a.result(pod, host, link.HostMAC), nil
 }
 
 func (a *Agent) attachPrograms(pod podnet.Pod, host string) error {
@@ -280,7 +279,9 @@ func samePort(a, b *ports.PodPort) bool {
 		a.MTU == b.MTU && a.Netns == b.Netns
 }
 
-func (a *Agent) result(cniVersion string, pod podnet.Pod, host string, hostMAC net.HardwareAddr) *types100.Result {
+// result is a CNI 1.1 result; the plugin converts it to the netconf's
+// cniVersion.
+func (a *Agent) result(pod podnet.Pod, host string, hostMAC net.HardwareAddr) *types100.Result {
 	hostIf := &types100.Interface{Name: host}
 	if hostMAC != nil {
 		hostIf.Mac = hostMAC.String()
@@ -298,7 +299,6 @@ func (a *Agent) result(cniVersion string, pod podnet.Pod, host string, hostMAC n
 		}
 		res.Routes = []*types.Route{{Dst: dst, GW: pod.Gateway}}
 	}
-	_ = cniVersion // the plugin converts to the netconf's version
 	return res
 }
 

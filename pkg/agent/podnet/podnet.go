@@ -180,12 +180,6 @@ func configurePod(p Pod) error {
 	return nil
 }
 
-// Teardown removes the host end of the attachment's veth (the kernel
-// removes the pod end with it). Idempotent: a missing link is not an error.
-func (m *Manager) Teardown(containerID, ifName string) error {
-	return m.deleteHost(HostIfName(containerID, ifName))
-}
-
 // DeleteHostLink removes a host end by name (audit and GC know names only).
 func (m *Manager) DeleteHostLink(name string) error { return m.deleteHost(name) }
 
