@@ -212,8 +212,11 @@ func TestAuditRemovesPortOfVanishedPod(t *testing.T) {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	b, _ := os.ReadFile(nd.LogFile)
-	if !strings.Contains(string(b), "audit: removed stale pod port") {
-		t.Fatal("the agent did not log the removal")
-	}
+	// The port goes before the line is logged: wait for it too.
+	eventually(t, "the agent logs the removal", func() error {
+		if b, _ := os.ReadFile(nd.LogFile); !strings.Contains(string(b), "audit: removed stale pod port") {
+			return fmt.Errorf("no removal logged")
+		}
+		return nil
+	})
 }

@@ -83,7 +83,19 @@ func TempDir(t testing.TB) string {
 }
 
 func removeDir(d string) error {
-	_ = unix.Unmount(d, unix.MNT_DETACH) // a bpffs pin dir; EINVAL when nothing is mounted
+	// bpffs pin dirs may be mounted on d or below it: unmount them first,
+	// deepest first, or RemoveAll would unpin maps and fail on the mount.
+	if data, err := os.ReadFile("/proc/self/mounts"); err == nil {
+		var under []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && (f[1] == d || strings.HasPrefix(f[1], d+"/")) {
+				under = append(under, f[1])
+			}
+		}
+		for i := len(under) - 1; i >= 0; i-- {
+			_ = unix.Unmount(under[i], unix.MNT_DETACH)
+		}
+	}
 	return os.RemoveAll(d)
 }
 
