@@ -39,13 +39,14 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags demo ./tests/demo/
+	cd tools/cnidriver && $(GO) vet . && $(GO) vet -modfile=libcni-v1.1.2.mod -tags libcni_v1_1 .
 
 test: deps lint check-generate build tools
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 	$(MAKE) fuzz
 
 unit:
-	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/ ./pkg/bootstrap/
+	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/ ./pkg/bootstrap/ ./pkg/cniplugin/
 	$(GO) test -count=1 -run "TestCompile|TestRemote|TestCookies|TestGroupSig|TestParseFront" ./dataplane/ovs/
 
 fuzz:

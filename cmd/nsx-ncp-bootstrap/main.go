@@ -47,7 +47,7 @@ func run(args []string) error {
 	interval := time.Minute
 	switch cmd {
 	case "install", "monitor":
-		fs.StringVar(&configFile, "config-file", configFile, "ncp.ini (for [nsx_node_agent] cni_socket and mtu, and logging)")
+		fs.StringVar(&configFile, "config-file", configFile, "ncp.ini (for [nsx_node_agent] cni_socket, mtu and cni_version, and logging)")
 		fs.StringVar(&o.PluginSource, "cni-bin-source", "/usr/local/bin/nsx", "the nsx CNI plugin binary to install")
 		fs.StringVar(&o.LoopbackSource, "loopback-bin-source", "/usr/local/bin/loopback", "the loopback CNI plugin binary to install where the host has none")
 		if cmd == "monitor" {
@@ -86,7 +86,7 @@ func run(args []string) error {
 	for _, w := range warnings {
 		log.Sugar().Warnw(w[0].(string), w[1:]...)
 	}
-	o.Socket, o.MTU, o.ReloadProfile, o.Log = cfg.NodeAgent.CNISocket, cfg.NodeAgent.MTU, true, log
+	o.Socket, o.MTU, o.CNIVersion, o.ReloadProfile, o.Log = cfg.NodeAgent.CNISocket, cfg.NodeAgent.MTU, cfg.NodeAgent.CNIVersion, true, log
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()

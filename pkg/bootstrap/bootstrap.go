@@ -12,6 +12,7 @@ package bootstrap
 
 import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
+	"slices"
 
 	"bytes"
 	"context"
@@ -57,6 +58,7 @@ type Options struct {
 	LoopbackSource string // the loopback binary to install where absent (/usr/local/bin/loopback)
 	Socket         string // the agent socket written into the conflist (ncp.ini cni_socket default)
 	MTU            int    // the mtu written into the conflist (ncp.ini mtu default)
+	CNIVersion     string // ncp.ini cni_version: config.CNIVersionAuto (default) or a pinned version
 	BuildVersion   string // this build's semver (Version)
 	DryRun         bool   // compute and report the changes, make none
 	// ReloadProfile loads the AppArmor profile even when its file is already
@@ -87,6 +89,12 @@ func (o Options) complete() (Options, *version.Version, error) {
 	}
 	if o.BuildVersion == "" {
 		o.BuildVersion = Version
+	}
+	if o.CNIVersion == "" {
+		o.CNIVersion = d.CNIVersion
+	}
+	if o.CNIVersion != config.CNIVersionAuto && !slices.Contains(config.CNIVersions, o.CNIVersion) {
+		return o, nil, fmt.Errorf("cni_version %q: must be %s or one of %v", o.CNIVersion, config.CNIVersionAuto, config.CNIVersions)
 	}
 	if o.Runner == nil {
 		o.Runner = ExecRunner{}
@@ -143,7 +151,7 @@ type target struct {
 // network once the conflist appears, so everything it needs is in place
 // first; and as the conflist carries the version, an install interrupted
 // before it is simply retried as an upgrade next time.
-func (o *Options) targets(withProfile bool) []*target {
+func (o *Options) targets(withProfile, chain11 bool) []*target {
 	ts := []*target{
 		{path: PluginPath, mode: 0o755, source: o.PluginSource},
 		{path: LoopbackPath, mode: 0o755, source: o.LoopbackSource, keepExisting: true},
@@ -153,7 +161,8 @@ func (o *Options) targets(withProfile bool) []*target {
 	}
 	return append(ts,
 		&target{path: LoopbackConfPath, mode: 0o644, data: []byte(loopbackConf), keepExisting: true},
-		&target{path: ConflistPath, mode: 0o644, data: Conflist(o.BuildVersion, o.Socket, o.MTU)},
+		&target{path: ConflistPath, mode: 0o644, data: Conflist(ConflistOptions{
+			BuildVersion: o.BuildVersion, Socket: o.Socket, MTU: o.MTU, CNIVersion: o.CNIVersion, ChainSupports11: chain11})},
 	)
 }
 
@@ -222,7 +231,7 @@ func Install(ctx context.Context, opts Options) ([]Change, error) {
 	}
 	newM := manifest{Version: o.BuildVersion, Files: append([]string(nil), m.Files...)}
 	profileWritten := false
-	for _, t := range o.targets(withProfile) {
+	for _, t := range o.targets(withProfile, o.chainSupports11(ctx)) {
 		c, err := o.plan(t, state, m)
 		if err != nil {
 			return nil, err
@@ -281,6 +290,27 @@ func (o *Options) plan(t *target, state installedState, m *manifest) (*Change, e
 	}
 	change.Reason = "missing or differs from this build's"
 	return change, nil
+}
+
+// chainSupports11 tells whether every plugin of the chain answers CNI
+// 1.1.0 (see ConflistOptions.ChainSupports11): ours does; the loopback that
+// runs is the node's own where it has one (never replaced), else ours.
+func (o *Options) chainSupports11(ctx context.Context) bool {
+	if o.CNIVersion != config.CNIVersionAuto {
+		return false // pinned: the conflist does not offer a choice
+	}
+	bin := o.host(LoopbackPath)
+	if ok, err := exists(bin); err != nil || !ok {
+		bin = o.LoopbackSource
+	}
+	ok, err := supportsCNI11(ctx, bin)
+	switch {
+	case err != nil:
+		o.Log.Warn("cannot ask the loopback CNI plugin its versions; the conflist offers CNI "+baseCNIVersion+" only (no STATUS/GC)", zap.Error(err))
+	case !ok:
+		o.Log.Info("the loopback CNI plugin does not answer CNI 1.1.0; the conflist offers CNI "+baseCNIVersion+" only (no STATUS/GC)", zap.String("binary", bin))
+	}
+	return ok
 }
 
 // appArmorPlan decides whether the profile file is installed (Ubuntu) and

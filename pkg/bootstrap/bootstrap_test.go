@@ -516,40 +516,160 @@ func TestBadBuildVersion(t *testing.T) {
 }
 
 func TestConflistParses(t *testing.T) {
-	data := Conflist(build, testSocket, 1450)
-	list, err := libcni.ConfListFromBytes(data)
-	if err != nil {
-		t.Fatalf("libcni: %v\n%s", err, data)
-	}
-	if list.Name != NetworkName || list.CNIVersion != "1.1.0" || len(list.Plugins) != 2 ||
-		list.Plugins[0].Network.Type != "nsx" || list.Plugins[1].Network.Type != "loopback" {
-		t.Fatalf("conflist = %+v", list)
-	}
-	var top struct {
-		CNIVersions     []string
-		NSXBuildVersion string
-	}
-	if err := json.Unmarshal(data, &top); err != nil || top.NSXBuildVersion != build || !slices.Equal(top.CNIVersions, []string{"1.0.0", "1.1.0"}) {
-		t.Fatalf("top level = %+v, %v", top, err)
-	}
-	// What the runtime hands the plugin: its entry with name and cniVersion injected.
-	pc, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := cniwire.ParseNetConf(pc.Bytes)
-	if err != nil {
-		t.Fatalf("cniwire: %v", err)
-	}
-	if nc.SocketPath() != testSocket {
-		t.Errorf("socket = %q", nc.SocketPath())
-	}
-	var mtu struct{ MTU int }
-	if err := json.Unmarshal(pc.Bytes, &mtu); err != nil || mtu.MTU != 1450 {
-		t.Errorf("mtu = %d, %v", mtu.MTU, err)
+	for _, tc := range []struct {
+		name string
+		o    ConflistOptions
+		// cniVersion and cniVersions in the file; what libcni v1.2+ picks.
+		version  string
+		versions []string
+		picked   string
+	}{
+		{"auto, chain answers 1.1.0", ConflistOptions{CNIVersion: "auto", ChainSupports11: true}, "1.0.0", []string{"1.0.0", "1.1.0"}, "1.1.0"},
+		{"auto, old loopback", ConflistOptions{CNIVersion: "auto"}, "1.0.0", nil, "1.0.0"},
+		{"zero value is auto", ConflistOptions{ChainSupports11: true}, "1.0.0", []string{"1.0.0", "1.1.0"}, "1.1.0"},
+		{"pinned 0.3.1", ConflistOptions{CNIVersion: "0.3.1", ChainSupports11: true}, "0.3.1", nil, "0.3.1"},
+		{"pinned 1.1.0", ConflistOptions{CNIVersion: "1.1.0"}, "1.1.0", nil, "1.1.0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.o
+			o.BuildVersion, o.Socket, o.MTU = build, testSocket, 1450
+			data := Conflist(o)
+			list, err := libcni.ConfListFromBytes(data)
+			if err != nil {
+				t.Fatalf("libcni: %v\n%s", err, data)
+			}
+			if list.Name != NetworkName || list.CNIVersion != tc.picked || len(list.Plugins) != 2 ||
+				list.Plugins[0].Network.Type != "nsx" || list.Plugins[1].Network.Type != "loopback" {
+				t.Fatalf("conflist = %+v", list)
+			}
+			var top struct {
+				CNIVersion      string
+				CNIVersions     []string
+				NSXBuildVersion string
+			}
+			if err := json.Unmarshal(data, &top); err != nil || top.NSXBuildVersion != build ||
+				top.CNIVersion != tc.version || !slices.Equal(top.CNIVersions, tc.versions) {
+				t.Fatalf("top level = %+v, %v", top, err)
+			}
+			// What the runtime hands the plugin: its entry with name and cniVersion injected.
+			pc, err := libcni.InjectConf(list.Plugins[0], map[string]any{"name": list.Name, "cniVersion": list.CNIVersion})
+			if err != nil {
+				t.Fatal(err)
+			}
+			nc, err := cniwire.ParseNetConf(pc.Bytes)
+			if err != nil {
+				t.Fatalf("cniwire: %v", err)
+			}
+			if nc.SocketPath() != testSocket {
+				t.Errorf("socket = %q", nc.SocketPath())
+			}
+			var mtu struct{ MTU int }
+			if err := json.Unmarshal(pc.Bytes, &mtu); err != nil || mtu.MTU != 1450 {
+				t.Errorf("mtu = %d, %v", mtu.MTU, err)
+			}
+		})
 	}
 	if _, err := libcni.ConfFromBytes([]byte(loopbackConf)); err != nil {
 		t.Errorf("99-loopback.conf: %v", err)
+	}
+}
+
+// fakeCNIPlugin is an executable that answers CNI VERSION with versions.
+func fakeCNIPlugin(versions string) string {
+	return "#!/bin/sh\ncat >/dev/null\necho '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[" + versions + "]}'\n"
+}
+
+// conflistVersions is the cniVersion and cniVersions of the host's conflist.
+func (h *host) conflistVersions(t *testing.T) (string, []string) {
+	t.Helper()
+	var c struct {
+		CNIVersion  string
+		CNIVersions []string
+	}
+	if err := json.Unmarshal([]byte(h.read(t, ConflistPath)), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.CNIVersion, c.CNIVersions
+}
+
+// The conflist offers CNI 1.1.0 only when the loopback that will run in
+// the chain answers it: the node's own (kept) where it has one, else ours.
+func TestInstallOffersCNI11OnlyWhenTheChainAnswersIt(t *testing.T) {
+	const v11, v10 = `"0.3.1","0.4.0","1.0.0","1.1.0"`, `"0.3.1","0.4.0","1.0.0"`
+	for _, tc := range []struct {
+		name           string
+		hostLoopback   string // "" = none on the node
+		imageLoopback  string
+		cniVersion     string
+		wantVersion    string
+		wantVersions   []string
+		wantLogMessage string
+	}{
+		{"node loopback answers 1.1.0", fakeCNIPlugin(v11), loopBin, "", "1.0.0", []string{"1.0.0", "1.1.0"}, ""},
+		{"node loopback older (plugins < 1.5)", fakeCNIPlugin(v10), fakeCNIPlugin(v11), "", "1.0.0", nil, "does not answer CNI 1.1.0"},
+		{"ours installed, answers 1.1.0", "", fakeCNIPlugin(v11), "", "1.0.0", []string{"1.0.0", "1.1.0"}, ""},
+		{"loopback cannot run", "", loopBin, "", "1.0.0", nil, "cannot ask the loopback CNI plugin"},
+		{"pinned, not asked", "", loopBin, "0.4.0", "0.4.0", nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHost(t, ubuntu, true)
+			if tc.hostLoopback != "" {
+				h.write(t, LoopbackPath, tc.hostLoopback, 0o755)
+			}
+			if err := os.WriteFile(filepath.Join(h.src, "loopback"), []byte(tc.imageLoopback), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			o := h.opts()
+			o.CNIVersion = tc.cniVersion
+			h.install(t, o)
+			v, vs := h.conflistVersions(t)
+			if v != tc.wantVersion || !slices.Equal(vs, tc.wantVersions) {
+				t.Errorf("conflist cniVersion %q cniVersions %v, want %q %v", v, vs, tc.wantVersion, tc.wantVersions)
+			}
+			if tc.wantLogMessage != "" && h.logs.FilterMessageSnippet(tc.wantLogMessage).Len() == 0 {
+				t.Errorf("no log saying %q: %v", tc.wantLogMessage, h.logs.All())
+			}
+		})
+	}
+}
+
+// A node set up by a build that wrote "cniVersion": "1.1.0" (unreadable by
+// containerd 1.6/1.7) gets the new file, whether the build version went up
+// or stayed the same.
+func TestUpgradeReplacesCNI11Conflist(t *testing.T) {
+	old := func(buildVersion string) string {
+		return `{"cniVersion":"1.1.0","cniVersions":["1.0.0","1.1.0"],"name":"nsx","nsxBuildVersion":"` + buildVersion +
+			`","plugins":[{"type":"nsx","socket":"` + testSocket + `","mtu":1450},{"type":"loopback"}]}`
+	}
+	for _, installed := range []string{"1.1.9", build} {
+		t.Run("installed "+installed, func(t *testing.T) {
+			h := newHost(t, ubuntu, true)
+			h.install(t, h.opts())
+			h.write(t, ConflistPath, old(installed), 0o644)
+			cs := h.install(t, h.opts())
+			if !slices.Contains(summary(cs), "write "+ConflistPath) {
+				t.Errorf("changes %v do not rewrite the conflist", summary(cs))
+			}
+			if v, _ := h.conflistVersions(t); v != "1.0.0" || h.installedVersion(t) != build {
+				t.Errorf("conflist after upgrade: %s", h.read(t, ConflistPath))
+			}
+			// And a second run leaves it alone.
+			if cs := h.install(t, h.opts()); len(cs) != 0 {
+				t.Errorf("second install changed %v", summary(cs))
+			}
+		})
+	}
+}
+
+func TestBadCNIVersion(t *testing.T) {
+	h := newHost(t, ubuntu, true)
+	o := h.opts()
+	o.CNIVersion = "1.2.0"
+	if _, err := Install(context.Background(), o); err == nil || !strings.Contains(err.Error(), `cni_version "1.2.0"`) {
+		t.Errorf("Install with cni_version 1.2.0 = %v", err)
+	}
+	if _, err := os.Stat(h.path(ConflistPath)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a conflist was written: %v", err)
 	}
 }
 

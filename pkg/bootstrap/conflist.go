@@ -1,13 +1,19 @@
 package bootstrap
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
+	"time"
 
+	"github.com/containernetworking/cni/pkg/invoke"
 	"k8s.io/apimachinery/pkg/util/version"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 )
 
 // NetworkName is the CNI network name of the conflist.
@@ -16,9 +22,9 @@ const NetworkName = "nsx"
 // conflist is /etc/cni/net.d/10-nsx.conflist. Field order is the file's.
 type conflist struct {
 	CNIVersion string `json:"cniVersion"`
-	// CNIVersions lets a CNI 1.1 runtime pick the highest version it and
-	// the plugins share; older runtimes read cniVersion.
-	CNIVersions     []string `json:"cniVersions"`
+	// CNIVersions lets a runtime with libcni v1.2 or later pick the highest
+	// version it and the plugins share; older runtimes read only cniVersion.
+	CNIVersions     []string `json:"cniVersions,omitempty"`
 	Name            string   `json:"name"`
 	NSXBuildVersion string   `json:"nsxBuildVersion"`
 	Plugins         []any    `json:"plugins"`
@@ -34,18 +40,52 @@ type plainPlugin struct {
 	Type string `json:"type"`
 }
 
+// ConflistOptions are the values written into 10-nsx.conflist.
+type ConflistOptions struct {
+	BuildVersion string // nsxBuildVersion, the install's version gate
+	Socket       string // the agent socket
+	MTU          int
+	// CNIVersion is what the runtime reads first: config.CNIVersionAuto
+	// writes baseCNIVersion, anything else is written as given (pinned).
+	CNIVersion string
+	// ChainSupports11 says every plugin of the chain on the node (ours and
+	// the node's loopback) answers CNI 1.1.0: only then does auto mode
+	// offer 1.1.0 (STATUS, GC) to the runtimes that can choose.
+	ChainSupports11 bool
+}
+
+// baseCNIVersion is the conflist's cniVersion in auto mode: the highest
+// version libcni v1.0.x and v1.1.x know. containerd 1.6 and 1.7 (Debian 12,
+// Ubuntu 22.04/24.04) and CRI-O before 1.30 embed those and fail every ADD
+// of a 1.1.0 list with "unsupported CNI result version".
+const baseCNIVersion = "1.0.0"
+
+// versions returns the conflist's cniVersion and cniVersions.
+func (c ConflistOptions) versions() (string, []string) {
+	if c.CNIVersion != "" && c.CNIVersion != config.CNIVersionAuto {
+		return c.CNIVersion, nil // pinned: every runtime reads exactly this
+	}
+	if c.ChainSupports11 {
+		// libcni v1.2+ (containerd 2.x, CRI-O 1.30+) takes the highest of
+		// these it knows; older libcni ignores the key.
+		return baseCNIVersion, []string{baseCNIVersion, "1.1.0"}
+	}
+	return baseCNIVersion, nil
+}
+
 // Conflist returns the content of 10-nsx.conflist: the nsx plugin, which
 // sets up the pod's interface through the agent on socket, then loopback,
 // chained so that one ADD also brings up the pod's lo (the loopback plugin
 // passes the nsx result through).
-func Conflist(buildVersion, socket string, mtu int) []byte {
+func Conflist(o ConflistOptions) []byte {
+	v, vs := o.versions()
 	c := conflist{
-		CNIVersion:      "1.1.0",
-		CNIVersions:     []string{"1.0.0", "1.1.0"},
+		CNIVersion:      v,
+		CNIVersions:     vs,
 		Name:            NetworkName,
-		NSXBuildVersion: buildVersion,
+		NSXBuildVersion: o.BuildVersion,
 		Plugins: []any{
-			nsxPlugin{Type: "nsx", Socket: socket, MTU: mtu},
+			nsxPlugin{Type: "nsx", Socket: o.Socket, MTU: o.MTU},
 			plainPlugin{Type: "loopback"},
 		},
 	}
@@ -54,6 +94,18 @@ func Conflist(buildVersion, socket string, mtu int) []byte {
 		panic(err) // plain structs of strings and ints always marshal
 	}
 	return append(data, '\n')
+}
+
+// supportsCNI11 asks a CNI plugin binary (CNI_COMMAND=VERSION) whether it
+// answers CNI 1.1.0. Runs at install time only, never on a pod's path.
+func supportsCNI11(ctx context.Context, binary string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	info, err := invoke.GetVersionInfo(ctx, binary, nil)
+	if err != nil {
+		return false, fmt.Errorf("CNI VERSION of %s: %w", binary, err)
+	}
+	return slices.Contains(info.SupportedVersions(), "1.1.0"), nil
 }
 
 // loopbackConf is 99-loopback.conf, the single-plugin fallback network some

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -15,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 )
 
 // Funcs returns the CNI 1.1 entry points for skel.PluginMainFuncs.
@@ -28,8 +30,10 @@ func Funcs() skel.CNIFuncs {
 	}
 }
 
-// VersionInfo is what the plugin answers to VERSION.
-func VersionInfo() version.PluginInfo { return version.All }
+// VersionInfo is what the plugin answers to VERSION: every version whose
+// result can carry interfaces and a chained list (0.3.0 on), the ones
+// ncp.ini cni_version may pin.
+func VersionInfo() version.PluginInfo { return version.PluginSupports(config.CNIVersions...) }
 
 func run(cmd cniwire.Command, a *skel.CmdArgs) error {
 	nc, err := cniwire.ParseNetConf(a.StdinData)
@@ -77,12 +81,23 @@ func run(cmd cniwire.Command, a *skel.CmdArgs) error {
 	if len(resp.Result) == 0 {
 		return types.NewError(types.ErrInternal, "nsx-node-agent returned no result for ADD", "")
 	}
-	res, err := types100.NewResult(resp.Result)
+	return printResult(os.Stdout, resp.Result, nc.CNIVersion)
+}
+
+// printResult writes the agent's result (CNI 1.x) to w in cniVersion, the
+// version the runtime's netconf asked for: 0.3.x/0.4.0 results carry the
+// "version" of each IP, 1.x ones do not.
+func printResult(w io.Writer, agentResult []byte, cniVersion string) error {
+	res, err := types100.NewResult(agentResult)
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "decoding the agent's ADD result", err.Error())
 	}
-	if err := types.PrintResult(res, nc.CNIVersion); err != nil {
-		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result in cniVersion %s", nc.CNIVersion), err.Error())
+	out, err := res.GetAsVersion(cniVersion)
+	if err == nil {
+		err = out.PrintTo(w)
+	}
+	if err != nil {
+		return types.NewError(types.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result in cniVersion %s", cniVersion), err.Error())
 	}
 	return nil
 }

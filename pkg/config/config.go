@@ -40,6 +40,7 @@ func Defaults() Config {
 			StateDir:            "/var/lib/nsx-ujo",
 			CNISocket:           "/var/run/nsx-ujo/cni.sock",
 			AuditInterval:       60 * time.Second,
+			CNIVersion:          CNIVersionAuto,
 		},
 		KubeProxy: KubeProxy{
 			ConfigHandler:       "ovs",
@@ -158,6 +159,7 @@ func (c *Config) fields() []field {
 		{SectionNodeAgent, "state_dir", &na.StateDir, absPath(&na.StateDir, false)},
 		{SectionNodeAgent, "cni_socket", &na.CNISocket, absPath(&na.CNISocket, false)},
 		{SectionNodeAgent, "audit_interval", &na.AuditInterval, positive(&na.AuditInterval)},
+		{SectionNodeAgent, "cni_version", &na.CNIVersion, oneOf(&na.CNIVersion, false, append([]string{CNIVersionAuto}, CNIVersions...)...)},
 
 		{SectionKubeProxy, "config_handler", &kp.ConfigHandler, oneOf(&kp.ConfigHandler, false, "ovs")},
 		{SectionKubeProxy, "dataplane", &kp.Dataplane, oneOf(&kp.Dataplane, false, "ovs", "ebpf")},

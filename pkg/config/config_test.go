@@ -20,6 +20,7 @@ func TestDefaults(t *testing.T) {
 			ProcMountPathPrefix: "/host", ConfigRetryTimeout: 300 * time.Second, OVSOperationTimeout: 5 * time.Second,
 			OVSRunDir: "/var/run/openvswitch", OVSDBDir: "/etc/openvswitch", OVSDatapathType: "system",
 			StateDir: "/var/lib/nsx-ujo", CNISocket: "/var/run/nsx-ujo/cni.sock", AuditInterval: 60 * time.Second,
+			CNIVersion: "auto",
 		},
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ovs", SyncPeriod: 30 * time.Second,
@@ -77,6 +78,7 @@ ovs_datapath_type = netdev
 state_dir = /var/lib/x
 cni_socket = /run/x/cni.sock
 audit_interval = 120
+cni_version = 0.4.0
 
 [nsx_kube_proxy]
 config_handler = ovs
@@ -102,7 +104,7 @@ bpf_affinity_map_size = 3000
 			NSXRPCVLAN: 100, EnableHyperbus: true, ProcMountPathPrefix: "", ConfigRetryTimeout: time.Minute,
 			OVSOperationTimeout: 10 * time.Second, IsDHCPConfiguredOnOVSUplinkPort: true, OVSRunDir: "/run/ovs",
 			OVSDBDir: "/etc/ovs", OVSDatapathType: "netdev", StateDir: "/var/lib/x", CNISocket: "/run/x/cni.sock",
-			AuditInterval: 2 * time.Minute,
+			AuditInterval: 2 * time.Minute, CNIVersion: "0.4.0",
 		},
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ebpf", ServiceProxyName: "nsx", SyncPeriod: 15 * time.Second,
@@ -171,6 +173,9 @@ func TestInvalid(t *testing.T) {
 		{"nsx_node_agent", "ovs_db_dir", "", "absolute"},
 		{"nsx_node_agent", "state_dir", "", "absolute"},
 		{"nsx_node_agent", "cni_socket", "cni.sock", "absolute"},
+		{"nsx_node_agent", "cni_version", "1.2.0", "one of auto, 0.3.0"},
+		{"nsx_node_agent", "cni_version", "v1.0.0", "one of"},
+		{"nsx_node_agent", "cni_version", "", "one of"},
 		{"nsx_kube_proxy", "config_handler", "nsx", "one of"},
 		{"nsx_kube_proxy", "dataplane", "iptables", "one of"},
 		{"nsx_kube_proxy", "sync_period", "0", "positive"},

@@ -56,7 +56,18 @@ type NodeAgent struct {
 	StateDir        string        // state_dir (/var/lib/nsx-ujo)
 	CNISocket       string        // cni_socket (/var/run/nsx-ujo/cni.sock)
 	AuditInterval   time.Duration // audit_interval, seconds (60)
+	// CNIVersion is what nsx-ncp-bootstrap writes into the conflist:
+	// CNIVersionAuto, or one of CNIVersions to pin it.
+	CNIVersion string // cni_version (auto)
 }
+
+// CNIVersionAuto lets nsx-ncp-bootstrap choose the conflist's CNI version
+// (see pkg/bootstrap.Conflist).
+const CNIVersionAuto = "auto"
+
+// CNIVersions are the CNI spec versions the nsx plugin answers, oldest
+// first; cni_version may pin any of them.
+var CNIVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
 // KubeProxy is [nsx_kube_proxy].
 type KubeProxy struct {

@@ -50,17 +50,27 @@ func BuildBinaries(dir string) error {
 }
 
 // AgentNode is one node: a netns with its own OVS (br-int, netdev) and the
-// real nsx-node-agent binary running inside it, plus a libcni runtime that
-// invokes the real nsx plugin.
+// real nsx-node-agent binary running inside it, the CNI plugin and conflist
+// installed by the real nsx-ncp-bootstrap, and a libcni runtime that invokes
+// them.
 type AgentNode struct {
-	Name    string
-	NS      *harness.NetNS
-	OVS     *harness.OVS
-	Socket  string
-	CNI     *libcni.CNIConfig
-	List    *libcni.NetworkConfigList // [nsx, loopback]
-	LogFile string
+	Name     string
+	NS       *harness.NetNS
+	OVS      *harness.OVS
+	Socket   string
+	HostRoot string // where nsx-ncp-bootstrap installed the CNI
+	CNI      *libcni.CNIConfig
+	List     *libcni.NetworkConfigList // [nsx, loopback], as installed
+	LogFile  string
 }
+
+// ConflistPath is the conflist as nsx-ncp-bootstrap installed it.
+func (nd *AgentNode) ConflistPath() string {
+	return filepath.Join(nd.HostRoot, "etc/cni/net.d/10-nsx.conflist")
+}
+
+// CNIBinDir is where the installed plugins are (the runtime's CNI_PATH).
+func (nd *AgentNode) CNIBinDir() string { return filepath.Join(nd.HostRoot, "opt/cni/bin") }
 
 // AgentOptions tune StartAgentNode.
 type AgentOptions struct {
@@ -93,14 +103,18 @@ config_retry_timeout = 20
 	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nsx","nsxBuildVersion":"test","plugins":[
-		{"type":"nsx","socket":%q},{"type":"loopback"}]}`, nd.Socket)
-	list, err := libcni.ConfListFromBytes([]byte(conflist))
+	nd.HostRoot = filepath.Join(dir, "host")
+	if out, err := exec.Command(filepath.Join(o.BinDir, "nsx-ncp-bootstrap"), "install", "--config-file", iniPath,
+		"--host-root", nd.HostRoot, "--cni-bin-source", filepath.Join(o.BinDir, "nsx"),
+		"--loopback-bin-source", filepath.Join(o.BinDir, "loopback")).CombinedOutput(); err != nil {
+		t.Fatalf("nsx-ncp-bootstrap install: %v\n%s", err, out)
+	}
+	list, err := libcni.ConfListFromFile(nd.ConflistPath())
 	if err != nil {
 		t.Fatal(err)
 	}
 	nd.List = list
-	nd.CNI = libcni.NewCNIConfigWithCacheDir([]string{o.BinDir}, filepath.Join(dir, "cni-cache"), nil)
+	nd.CNI = libcni.NewCNIConfigWithCacheDir([]string{nd.CNIBinDir()}, filepath.Join(dir, "cni-cache"), nil)
 	nd.startAgent(t, filepath.Join(o.BinDir, "nsx-node-agent"), iniPath)
 	return nd
 }
