@@ -99,6 +99,33 @@ type Model struct {
 	Frontends map[FrontendKey]*Frontend
 }
 
+// FrontendErrors is what Sync returns when the dataplane refused some
+// frontends while every other one converged in the same Sync. The refused
+// ones keep what they had before (or nothing) and are retried by the next
+// Sync.
+type FrontendErrors struct {
+	Failed []FrontendError
+}
+
+// FrontendError is one refused frontend.
+type FrontendError struct {
+	Key  FrontendKey
+	Name ServicePortName
+	Err  error
+}
+
+func (e *FrontendErrors) Error() string {
+	s := fmt.Sprintf("%d frontend(s) refused", len(e.Failed))
+	for i, f := range e.Failed {
+		if i == 3 {
+			s += fmt.Sprintf("; and %d more", len(e.Failed)-3)
+			break
+		}
+		s += fmt.Sprintf("; %s (%s): %v", f.Key, f.Name, f.Err)
+	}
+	return s
+}
+
 // SyncOptions tune one Sync.
 type SyncOptions struct {
 	// Full re-reads what the dataplane actually holds before diffing,

@@ -21,6 +21,7 @@ type metrics struct {
 	endpointPending     prometheus.Gauge
 	servicePending      prometheus.Gauge
 	syncFailures        prometheus.Counter
+	frontendRefused     *prometheus.CounterVec
 	healthzTotal        *prometheus.CounterVec
 	livezTotal          *prometheus.CounterVec
 }
@@ -84,6 +85,10 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "sync_proxy_rules_backend_failures_total",
 			Help: "Cumulative failed dataplane syncs (nsx-kube-proxy only)",
 		}),
+		frontendRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sync_proxy_rules_frontend_refused_total",
+			Help: "Cumulative Service frontends the dataplane refused while the others were applied (nsx-kube-proxy only)",
+		}, []string{"namespace", "service"}),
 		healthzTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "proxy_healthz_total",
 			Help: "Cumulative proxy healthz HTTP status",
@@ -95,7 +100,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.networkProgramming,
 		m.lastSyncTimestamp, m.endpointChanges, m.serviceChanges, m.endpointPending, m.servicePending,
-		m.syncFailures, m.healthzTotal, m.livezTotal,
+		m.syncFailures, m.frontendRefused, m.healthzTotal, m.livezTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -7,12 +7,14 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -24,8 +26,11 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
@@ -93,9 +98,18 @@ type Proxier struct {
 	svcSel, sliceSel labels.Selector
 	sliceIndexer     cache.Indexer
 
+	// recorder writes Events on Services (set by Run).
+	recorder record.EventRecorder
+
 	// Owned by the sync loop goroutine.
 	frontends map[dataplane.FrontendKey]*dataplane.Frontend
 	svcKeys   map[types.NamespacedName][]dataplane.FrontendKey // the frontends each Service contributes
+}
+
+// MetricsCollector is implemented by a backend with metrics of its own,
+// served on /metrics beside kube-proxy's.
+type MetricsCollector interface {
+	Collectors() []prometheus.Collector
 }
 
 // New returns a Proxier that programs backend from the cluster client
@@ -110,12 +124,16 @@ func New(client kubernetes.Interface, backend dataplane.ServiceBackend, o Option
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
+	m := newMetrics()
+	if c, ok := backend.(MetricsCollector); ok {
+		m.reg.MustRegister(c.Collectors()...)
+	}
 	return &Proxier{
 		client:       client,
 		backend:      backend,
 		o:            o,
 		log:          o.Log,
-		m:            newMetrics(),
+		m:            m,
 		kick:         make(chan struct{}, 1),
 		dirty:        map[types.NamespacedName]struct{}{},
 		triggerTimes: map[types.NamespacedName][]time.Time{},
@@ -190,6 +208,11 @@ func (p *Proxier) Run(ctx context.Context) error {
 		sliceFactory.Shutdown()
 		nodeFactory.Shutdown()
 	}()
+
+	bc := record.NewBroadcaster(record.WithContext(ctx))
+	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: p.client.CoreV1().Events("")})
+	defer bc.Shutdown()
+	p.recorder = bc.NewRecorder(scheme.Scheme, v1.EventSource{Component: "nsx-kube-proxy", Host: p.o.NodeName})
 
 	svcInf := svcFactory.Core().V1().Services()
 	sliceInf := sliceFactory.Discovery().V1().EndpointSlices()
@@ -466,6 +489,7 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	p.inflightSince = time.Time{}
 	if err != nil {
 		p.m.syncFailures.Inc()
+		p.reportRefused(err, lister)
 		for key := range dirty {
 			p.dirty[key] = struct{}{}
 		}
@@ -501,6 +525,27 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	p.log.Check(lvl, "dataplane synced").Write(zap.Bool("full", full), zap.Int("services", len(recompute)),
 		zap.Int("frontendsChanged", changed), zap.Int("frontends", len(p.frontends)), zap.Duration("took", took))
 	return nil
+}
+
+// reportRefused counts each frontend the dataplane refused against its
+// Service and records a Warning Event on it, so `kubectl describe svc`
+// tells the operator; the whole sync is still retried with backoff.
+func (p *Proxier) reportRefused(err error, lister corelisters.ServiceLister) {
+	var fe *dataplane.FrontendErrors
+	if !errors.As(err, &fe) {
+		return
+	}
+	for _, f := range fe.Failed {
+		p.m.frontendRefused.WithLabelValues(f.Name.Namespace, f.Name.Name).Inc()
+		p.log.Warn("dataplane refused a Service frontend", zap.Stringer("frontend", f.Key), zap.Stringer("service", f.Name), zap.Error(f.Err))
+		if p.recorder == nil || lister == nil {
+			continue
+		}
+		if svc, gerr := lister.Services(f.Name.Namespace).Get(f.Name.Name); gerr == nil {
+			p.recorder.Eventf(svc, v1.EventTypeWarning, "DataplaneRefused",
+				"%s dataplane on node %s refused frontend %s: %v", p.backend.Name(), p.o.NodeName, f.Key, f.Err)
+		}
+	}
 }
 
 // updateService recomputes the frontends of one Service into p.frontends

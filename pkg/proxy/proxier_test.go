@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
@@ -333,4 +336,41 @@ func TestProxierMinSyncPeriod(t *testing.T) {
 			t.Errorf("Sync %d started %v after the previous one, want >= %v", i, gap, minGap)
 		}
 	}
+}
+
+// A frontend the dataplane refuses is counted against its Service and
+// reported as a Warning Event on it; the sync is retried.
+func TestProxierReportsRefusedFrontend(t *testing.T) {
+	fb := &fakeBackend{}
+	key := fk("10.96.0.10", 80, dataplane.TCP)
+	fb.setHook(func(_ context.Context, n int) error {
+		if n == 1 {
+			return &dataplane.FrontendErrors{Failed: []dataplane.FrontendError{{Key: key,
+				Name: dataplane.ServicePortName{Namespace: "ns", Name: "web", Port: "http"}, Err: errors.New("switch said no")}}}
+		}
+		return nil
+	})
+	p, client := start(t, fb, Options{SyncPeriod: time.Hour})
+	waitFor(t, "initial sync", func() bool { return len(fb.snapshot()) == 1 })
+	if _, err := client.CoreV1().Services("ns").Create(bg, mkService("ns", "web"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitModel(t, fb, "the retry after the refusal", hasKeys(key))
+	var got dto.Metric
+	if err := p.m.frontendRefused.WithLabelValues("ns", "web").Write(&got); err != nil || got.GetCounter().GetValue() != 1 {
+		t.Errorf("frontend refused counter = %v (%v), want 1", got.GetCounter().GetValue(), err)
+	}
+	waitFor(t, "the Warning event on the Service", func() bool {
+		evs, err := client.CoreV1().Events("ns").List(bg, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "DataplaneRefused" && e.InvolvedObject.Kind == "Service" && e.InvolvedObject.Name == "web" &&
+				e.Type == v1.EventTypeWarning && strings.Contains(e.Message, "switch said no") {
+				return true
+			}
+		}
+		return false
+	})
 }
