@@ -6,15 +6,19 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"sort"
-	"strconv"
-	"strings"
+	"sync"
 	"time"
 
+	"antrea.io/libOpenflow/openflow15"
+	"antrea.io/libOpenflow/util"
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
 	libovs "github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsrun"
 )
 
 // Options configure the OVS backend.
@@ -27,48 +31,92 @@ type Options struct {
 	HairpinIP netip.Addr
 	Timeout   time.Duration // per OVS operation
 	Log       *zap.Logger
+	// Conn replaces the OpenFlow connection (tests inject refusals
+	// through it); nil dials the bridge's management socket.
+	Conn func(onReconnect func()) SwitchConn
+}
+
+// SwitchConn is the OpenFlow connection the backend writes through:
+// *openflow.Client, or a wrapper of it in tests. See openflow.Client for
+// the semantics of each method.
+type SwitchConn interface {
+	Bundle(ctx context.Context, msgs []util.Message) error
+	DumpFlows(ctx context.Context, table uint8, cookie, cookieMask uint64) ([]*openflow15.FlowDesc, error)
+	DumpGroups(ctx context.Context) ([]*openflow15.GroupDesc, error)
+	RoundTrips() uint64
+	Close() error
 }
 
 // Backend implements dataplane.ServiceBackend with OpenFlow on the
-// integration bridge. See the package comment for the pipeline.
+// integration bridge, over one persistent connection. See the package
+// comment for the pipeline.
+//
+// Flows are identified by (table, priority, match); a flow shared by
+// several frontends (an endpoint's DNAT) is reference-counted by that key.
+// Sync and Cleanup are serialized with the replay that follows a
+// reconnection (mu).
 type Backend struct {
 	opts Options
 	log  *zap.Logger
-	of   *ofctl
+	of   SwitchConn
 	db   *libovs.Client
 	co   compileOptions
+
+	mu sync.Mutex // everything below, and every write to the switch
 
 	ids  map[dataplane.FrontendKey]uint32
 	used map[uint32]bool
 	next uint32
 
-	fronts map[dataplane.FrontendKey]*compiled
-	refs   map[uint64]int  // desired flow cookie -> frontends using it
-	flows  map[uint64]Flow // desired flows
-	groups map[uint32]*Group
+	fronts  map[dataplane.FrontendKey]*compiled
+	desired map[flowKey]*desiredFlow
+	groups  map[uint32]Group // desired groups by id
 
-	installed       map[uint64]bool   // flow cookies on the bridge
-	installedGroups map[uint32]string // group id -> signature
+	installed       map[flowKey]installedFlow
+	installedGroups map[uint32]Group
 	adopted         bool
+	serial          uint32
+	last            *dataplane.Model // for the replay after a reconnection
 
 	reject *rejecter
 	stats  Stats
 }
 
+type desiredFlow struct {
+	flow Flow
+	refs int
+}
+
+type installedFlow struct {
+	cookie  uint64
+	actions []Action
+}
+
 // Stats count what the backend sent to OVS.
 type Stats struct {
-	Bundles      int // ovs-ofctl bundle executions (OVS round-trips that write)
+	Bundles      int // bundles committed (OpenFlow round trips that write)
 	FlowChanges  int
 	GroupChanges int
 	LastChanges  int // flow + group changes of the last Sync
+	Refused      int // frontends the switch refused
+	Replays      int // reinstalls after a reconnection to ovs-vswitchd
+	LastReplay   time.Duration
 }
 
 // Stats returns the counters.
-func (b *Backend) Stats() Stats { return b.stats }
+func (b *Backend) Stats() Stats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.stats
+}
+
+// RoundTrips is the number of OpenFlow requests that waited for a reply.
+func (b *Backend) RoundTrips() uint64 { return b.of.RoundTrips() }
 
 var _ dataplane.ServiceBackend = (*Backend)(nil)
 
-// New returns a backend; it touches the bridge only on the first Sync.
+// New returns a backend; it connects to the bridge in the background and
+// writes to it only on the first Sync.
 func New(o Options) (*Backend, error) {
 	if o.Bridge == "" || o.OVSRunDir == "" {
 		return nil, errors.New("ovs dataplane: bridge and OVS run dir are required")
@@ -86,32 +134,33 @@ func New(o Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovs dataplane: %w", err)
 	}
-	b := &Backend{
-		opts: o, log: o.Log, db: db,
-		of: &ofctl{target: "unix:" + filepath.Join(o.OVSRunDir, o.Bridge+".mgmt")},
-		co: compileOptions{NodeName: o.NodeName, HairpinIP: o.HairpinIP},
+	b := &Backend{opts: o, log: o.Log, db: db, co: compileOptions{NodeName: o.NodeName, HairpinIP: o.HairpinIP}}
+	if o.Conn != nil {
+		b.of = o.Conn(b.replay)
+	} else {
+		b.of = openflow.New(openflow.Options{Socket: ovsrun.MgmtSocket(o.OVSRunDir, o.Bridge), Timeout: o.Timeout,
+			Log: o.Log.Named("openflow"), OnReconnect: b.replay})
 	}
 	b.reset()
-	b.reject = newRejecter(filepath.Join(o.OVSRunDir, o.Bridge+".mgmt"), o.Log.Named("reject"))
+	b.reject = newRejecter(ovsrun.MgmtSocket(o.OVSRunDir, o.Bridge), o.Log.Named("reject"))
 	return b, nil
 }
 
 // Name implements dataplane.ServiceBackend.
 func (b *Backend) Name() string { return "ovs" }
 
-// Close stops the reject responder and the OVSDB connection.
+// Close stops the reject responder and the connections.
 func (b *Backend) Close() error {
 	b.reject.stop()
-	return b.db.Close()
+	return errors.Join(b.of.Close(), b.db.Close())
 }
 
 func (b *Backend) reset() {
 	b.fronts = map[dataplane.FrontendKey]*compiled{}
-	b.refs = map[uint64]int{}
-	b.flows = map[uint64]Flow{}
-	b.groups = map[uint32]*Group{}
-	b.installed = map[uint64]bool{}
-	b.installedGroups = map[uint32]string{}
+	b.desired = map[flowKey]*desiredFlow{}
+	b.groups = map[uint32]Group{}
+	b.installed = map[flowKey]installedFlow{}
+	b.installedGroups = map[uint32]Group{}
 	if b.ids == nil {
 		b.ids = map[dataplane.FrontendKey]uint32{}
 		b.used = map[uint32]bool{}
@@ -139,103 +188,293 @@ func (b *Backend) releaseID(k dataplane.FrontendKey) {
 	}
 }
 
+// replay reinstalls the desired state after the connection to
+// ovs-vswitchd came back (it may have restarted with an empty bridge),
+// without waiting for the proxy's next full sync.
+func (b *Backend) replay() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.adopted = false
+	if b.last == nil {
+		return
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*b.opts.Timeout)
+	defer cancel()
+	err := b.fullSync(ctx, b.last)
+	b.stats.Replays++
+	b.stats.LastReplay = time.Since(start)
+	if err != nil {
+		b.log.Warn("reinstalling the services after reconnecting to ovs-vswitchd failed; the next sync retries", zap.Error(err))
+		return
+	}
+	b.log.Info("reconnected to ovs-vswitchd and reinstalled the services", zap.Int("frontends", len(b.last.Frontends)),
+		zap.Duration("took", b.stats.LastReplay))
+}
+
 // Sync implements dataplane.ServiceBackend.
 func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.SyncOptions) error {
 	b.reject.ensure()
 	ctx, cancel := context.WithTimeout(ctx, 10*b.opts.Timeout)
 	defer cancel()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.last = m
 	if !b.adopted || opts.Full {
 		return b.fullSync(ctx, m)
 	}
 	return b.incrementalSync(ctx, m)
 }
 
-// changes collects what one Sync sends in its bundle.
-type changes struct {
-	flowDel, flowAdd, groupSet, groupDel []string
-	learnedDel                           []string
-	nFlows, nGroups                      int
+// change is one frontend's step of a Sync, undone if the switch refuses it.
+type change struct {
+	key      dataplane.FrontendKey
+	old, new *compiled // nil: absent
 }
 
-func (c *changes) lines() []string {
-	// Order inside the atomic bundle: nothing references a group that is
-	// not there yet, and no group goes while a flow still points at it.
-	out := append([]string{}, c.flowDel...)
-	out = append(out, c.learnedDel...)
-	out = append(out, c.groupSet...)
-	out = append(out, c.flowAdd...)
-	return append(out, c.groupDel...)
-}
-
-func (c *changes) addFlow(f Flow) {
-	c.flowAdd = append(c.flowAdd, fmt.Sprintf("flow add cookie=0x%x,%s", f.Cookie(), f.text()))
-	c.nFlows++
-}
-
-func (c *changes) delFlow(cookie uint64) {
-	c.flowDel = append(c.flowDel, fmt.Sprintf("flow delete cookie=0x%x/-1", cookie))
-	c.nFlows++
-}
-
-func (c *changes) setGroup(g *Group, exists bool) {
-	verb := "add"
-	if exists {
-		verb = "mod"
+func (b *Backend) refFlow(f Flow, touched map[flowKey]bool) {
+	k := f.key()
+	d := b.desired[k]
+	if d == nil {
+		d = &desiredFlow{flow: f}
+		b.desired[k] = d
 	}
-	c.groupSet = append(c.groupSet, "group "+verb+" "+g.text())
-	c.nGroups++
+	d.refs++
+	touched[k] = true
 }
 
-func (c *changes) delGroup(id uint32) {
-	c.groupDel = append(c.groupDel, fmt.Sprintf("group delete group_id=%d", id))
-	c.nGroups++
-}
-
-func (c *changes) delLearned(owner uint32) {
-	c.learnedDel = append(c.learnedDel, fmt.Sprintf("flow delete cookie=0x%x/0xffffffff00000000", uint64(compLearned)<<56|uint64(owner)<<32))
-}
-
-func (b *Backend) refFlow(f Flow, touched map[uint64]bool) {
-	c := f.Cookie()
-	b.refs[c]++
-	b.flows[c] = f
-	touched[c] = true
-}
-
-func (b *Backend) unrefFlow(f Flow, touched map[uint64]bool) {
-	c := f.Cookie()
-	if b.refs[c]--; b.refs[c] <= 0 {
-		delete(b.refs, c)
-		delete(b.flows, c)
+func (b *Backend) unrefFlow(f Flow, touched map[flowKey]bool) {
+	k := f.key()
+	if d := b.desired[k]; d != nil {
+		if d.refs--; d.refs <= 0 {
+			delete(b.desired, k)
+		}
 	}
-	touched[c] = true
+	touched[k] = true
 }
 
-func (b *Backend) addCompiled(c *compiled, touched map[uint64]bool) {
+func (b *Backend) addCompiled(c *compiled, touched map[flowKey]bool, touchedGroups map[uint32]bool) {
 	for _, f := range c.flows {
 		b.refFlow(f, touched)
 	}
 	for _, f := range c.shared {
 		b.refFlow(f, touched)
 	}
-	b.groups[c.group.ID] = c.group
+	for _, g := range c.groups {
+		b.groups[g.ID] = g
+		touchedGroups[g.ID] = true
+	}
 }
 
-func (b *Backend) removeCompiled(c *compiled, touched map[uint64]bool) {
+func (b *Backend) removeCompiled(c *compiled, touched map[flowKey]bool, touchedGroups map[uint32]bool) {
 	for _, f := range c.flows {
 		b.unrefFlow(f, touched)
 	}
 	for _, f := range c.shared {
 		b.unrefFlow(f, touched)
 	}
-	delete(b.groups, c.group.ID)
+	for _, g := range c.groups {
+		delete(b.groups, g.ID)
+		touchedGroups[g.ID] = true
+	}
+}
+
+// apply makes the flows and groups in touched/touchedGroups on the switch
+// equal to the desired state, one bundle for all. When the switch refuses
+// a message, the frontend it belongs to is rolled back to what it was
+// (changes) and the bundle is sent again without it, so one bad frontend
+// never keeps the others from converging. It returns the refused
+// frontends.
+func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowKey]bool, touchedGroups map[uint32]bool) ([]dataplane.FrontendError, error) {
+	// owner: the frontend whose change touched a flow or group, to blame
+	// it for a refusal.
+	owner := map[any]int{}
+	for i, c := range changes {
+		for _, cc := range []*compiled{c.old, c.new} {
+			if cc == nil {
+				continue
+			}
+			for _, f := range cc.flows {
+				owner[f.key()] = i
+			}
+			for _, f := range cc.shared {
+				if _, ok := owner[f.key()]; !ok {
+					owner[f.key()] = i
+				}
+			}
+			for _, g := range cc.groups {
+				owner[g.ID] = i
+			}
+		}
+	}
+	var refused []dataplane.FrontendError
+	undone := map[int]bool{}
+	for {
+		msgs, objs, nFlows, nGroups := b.diff(touched, touchedGroups)
+		start := time.Now()
+		err := b.of.Bundle(ctx, msgs)
+		var me *openflow.MessageError
+		if errors.As(err, &me) && me.Index >= 0 && me.Index < len(objs) {
+			i, ok := owner[objs[me.Index]]
+			if ok && !undone[i] {
+				undone[i] = true
+				c := changes[i]
+				name := dataplane.ServicePortName{}
+				if c.new != nil {
+					name = c.new.src.Name
+				}
+				refused = append(refused, dataplane.FrontendError{Key: c.key, Name: name, Err: err})
+				b.stats.Refused++
+				b.log.Warn("the switch refused a frontend; it keeps its previous state, the others are applied",
+					zap.Stringer("frontend", c.key), zap.Stringer("service", name), zap.Error(err))
+				b.undo(c, touched, touchedGroups)
+				continue
+			}
+		}
+		if err != nil {
+			b.adopted = false
+			return refused, fmt.Errorf("ovs dataplane: apply %d flow and %d group changes on %s: %w", nFlows, nGroups, b.opts.Bridge, err)
+		}
+		b.stats.LastChanges = nFlows + nGroups
+		if len(msgs) > 0 {
+			b.waitRevalidated(ctx)
+			b.stats.Bundles++
+			b.stats.FlowChanges += nFlows
+			b.stats.GroupChanges += nGroups
+			b.log.Debug("applied bundle", zap.Int("flowChanges", nFlows), zap.Int("groupChanges", nGroups),
+				zap.Duration("took", time.Since(start)))
+		}
+		b.commit(touched, touchedGroups, msgs, objs)
+		return refused, nil
+	}
+}
+
+// waitRevalidated waits until ovs-vswitchd has revalidated its datapath
+// flows after a change: until then a packet can still take a cached
+// datapath flow of the old tables (a new Service's first SYN would leave
+// un-NATed). One unixctl request on ovs-vswitchd's control socket.
+func (b *Backend) waitRevalidated(ctx context.Context) {
+	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
+		b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
+	}
+}
+
+// undo puts a refused frontend back as it was before this Sync.
+func (b *Backend) undo(c change, touched map[flowKey]bool, touchedGroups map[uint32]bool) {
+	if c.new != nil {
+		b.removeCompiled(c.new, touched, touchedGroups)
+		delete(b.fronts, c.key)
+	}
+	if c.old != nil {
+		b.addCompiled(c.old, touched, touchedGroups)
+		b.fronts[c.key] = c.old
+	}
+}
+
+// pendingFlow is a flow message of a bundle being built: its cookie is
+// recorded as installed once the bundle commits.
+type pendingFlow struct {
+	key    flowKey
+	cookie uint64 // 0: deleted
+}
+
+// diff builds the bundle for the touched keys. objs[i] names what msgs[i]
+// changes: a flowKey or a group id (uint32). Order inside the atomic,
+// ordered bundle: nothing references a group that is not there yet, and no
+// group goes while a flow or a bucket still points at it.
+func (b *Backend) diff(touched map[flowKey]bool, touchedGroups map[uint32]bool) (msgs []util.Message, objs []any, nFlows, nGroups int) {
+	var flowDel, flowAdd, groupSet, groupDel []util.Message
+	var flowDelObj, flowAddObj, groupSetObj, groupDelObj []any
+	keys := make([]flowKey, 0, len(touched))
+	for k := range touched {
+		keys = append(keys, k)
+	}
+	sortFlowKeys(keys) // deterministic bundles
+	for _, k := range keys {
+		want, have := b.desired[k], b.installed[k]
+		switch {
+		case want != nil && (have.cookie == 0 || !slices.Equal(want.flow.Actions, have.actions)):
+			b.serial++
+			owner := want.flow.Owner
+			flowAdd = append(flowAdd, want.flow.flowMod(makeCookie(compCompiled, owner, b.serial)))
+			flowAddObj = append(flowAddObj, k)
+		case want == nil && have.cookie != 0:
+			flowDel = append(flowDel, deleteFlow(k, have.cookie))
+			flowDelObj = append(flowDelObj, k)
+		}
+	}
+	ids := make([]uint32, 0, len(touchedGroups))
+	for id := range touchedGroups {
+		ids = append(ids, id)
+	}
+	// Sub-groups (0x4…) before the groups that point at them when
+	// setting; the other way round when deleting.
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	for _, id := range ids {
+		g, want := b.groups[id]
+		old, have := b.installedGroups[id]
+		switch {
+		case want && !have:
+			groupSet = append(groupSet, g.groupMod(openflow15.OFPGC_ADD))
+			groupSetObj = append(groupSetObj, id)
+		case want && !groupEqual(g, old):
+			groupSet = append(groupSet, g.groupMod(openflow15.OFPGC_MODIFY))
+			groupSetObj = append(groupSetObj, id)
+		case !want && have:
+			groupDel = append([]util.Message{deleteGroup(id)}, groupDel...)
+			groupDelObj = append([]any{id}, groupDelObj...)
+		}
+	}
+	msgs = slices.Concat(flowDel, groupSet, flowAdd, groupDel)
+	objs = slices.Concat(flowDelObj, groupSetObj, flowAddObj, groupDelObj)
+	return msgs, objs, len(flowDel) + len(flowAdd), len(groupSet) + len(groupDel)
+}
+
+// commit records what a committed bundle installed.
+func (b *Backend) commit(touched map[flowKey]bool, touchedGroups map[uint32]bool, msgs []util.Message, objs []any) {
+	for i, o := range objs {
+		k, ok := o.(flowKey)
+		if !ok {
+			continue
+		}
+		if fm := msgs[i].(*openflow15.FlowMod); fm.Command == openflow15.FC_ADD {
+			b.installed[k] = installedFlow{cookie: fm.Cookie, actions: b.desired[k].flow.Actions}
+		} else {
+			delete(b.installed, k)
+		}
+	}
+	for id := range touchedGroups {
+		if g, ok := b.groups[id]; ok {
+			b.installedGroups[id] = g
+		} else {
+			delete(b.installedGroups, id)
+		}
+	}
+}
+
+func groupEqual(a, b Group) bool {
+	return a.ID == b.ID && a.Proto == b.Proto && a.V6 == b.V6 && a.Basis == b.Basis &&
+		slices.EqualFunc(a.Buckets, b.Buckets, func(x, y Bucket) bool { return x.Weight == y.Weight && slices.Equal(x.Actions, y.Actions) })
+}
+
+func sortFlowKeys(keys []flowKey) {
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.Table != b.Table {
+			return a.Table < b.Table
+		}
+		if a.Priority != b.Priority {
+			return a.Priority > b.Priority
+		}
+		return a.Match.String() < b.Match.String()
+	})
 }
 
 // incrementalSync touches only frontends whose pointer changed.
 func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error {
-	touched := map[uint64]bool{}
+	touched := map[flowKey]bool{}
 	touchedGroups := map[uint32]bool{}
-	var removed []dataplane.FrontendKey
+	var changes []change
 	var stale []staleUDP
 	for k, f := range m.Frontends {
 		old := b.fronts[k]
@@ -247,140 +486,136 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 			return err
 		}
 		if old != nil {
-			b.removeCompiled(old, touched)
-			stale = append(stale, goneUDP(old.src, f)...)
+			b.removeCompiled(old, touched, touchedGroups)
 		}
 		c := compileFrontend(f, id, b.co)
-		b.addCompiled(c, touched)
+		b.addCompiled(c, touched, touchedGroups)
 		b.fronts[k] = c
-		touchedGroups[c.group.ID] = true
+		changes = append(changes, change{key: k, old: old, new: c})
+		if old != nil {
+			stale = append(stale, goneUDP(old.src, f)...)
+		}
 	}
+	var removed []change
 	for k, c := range b.fronts {
 		if _, ok := m.Frontends[k]; !ok {
-			b.removeCompiled(c, touched)
+			b.removeCompiled(c, touched, touchedGroups)
 			delete(b.fronts, k)
-			touchedGroups[c.group.ID] = true
-			removed = append(removed, k)
-			stale = append(stale, goneUDP(c.src, nil)...)
+			ch := change{key: k, old: c}
+			changes = append(changes, ch)
+			removed = append(removed, ch)
 		}
 	}
 	if len(touched) == 0 && len(touchedGroups) == 0 {
 		b.stats.LastChanges = 0
 		return nil
 	}
-	var ch changes
-	for c := range touched {
-		want, have := b.refs[c] > 0, b.installed[c]
-		switch {
-		case want && !have:
-			ch.addFlow(b.flows[c])
-		case !want && have:
-			ch.delFlow(c)
-		}
+	refused, err := b.apply(ctx, changes, touched, touchedGroups)
+	if err != nil {
+		return err
 	}
-	for id := range touchedGroups {
-		b.diffGroup(id, &ch)
-	}
-	for _, k := range removed {
-		ch.delLearned(b.ids[k])
-	}
-	err := b.apply(ctx, &ch, func() {
-		for c := range touched {
-			if b.refs[c] > 0 {
-				b.installed[c] = true
-			} else {
-				delete(b.installed, c)
-			}
-		}
-		b.commitGroups(touchedGroups)
-		for _, k := range removed {
-			b.releaseID(k)
-		}
-	})
-	if err == nil && len(stale) > 0 {
-		b.flushUDP(ctx, stale)
-	}
-	return err
-}
-
-func (b *Backend) diffGroup(id uint32, ch *changes) {
-	g := b.groups[id]
-	sig, have := b.installedGroups[id]
-	switch {
-	case g != nil && (!have || sig != g.signature()):
-		ch.setGroup(g, have)
-	case g == nil && have:
-		ch.delGroup(id)
-	}
-}
-
-func (b *Backend) commitGroups(ids map[uint32]bool) {
-	for id := range ids {
-		if g := b.groups[id]; g != nil {
-			b.installedGroups[id] = g.signature()
-		} else {
-			delete(b.installedGroups, id)
-		}
-	}
-}
-
-// apply sends the bundle; commit records it as installed only on success.
-// A failure leaves the record stale, so the next Sync re-reads the bridge.
-func (b *Backend) apply(ctx context.Context, ch *changes, commit func()) error {
-	lines := ch.lines()
-	start := time.Now()
-	b.stats.LastChanges = ch.nFlows + ch.nGroups
-	if len(lines) > 0 {
-		b.stats.Bundles++
-		b.stats.FlowChanges += ch.nFlows
-		b.stats.GroupChanges += ch.nGroups
-	}
-	if err := b.of.bundle(ctx, lines); err != nil {
-		b.adopted = false
-		return fmt.Errorf("ovs dataplane: apply %d flow and %d group changes on %s: %w", ch.nFlows, ch.nGroups, b.opts.Bridge, err)
-	}
-	commit()
-	if len(lines) > 0 {
-		b.log.Debug("applied bundle", zap.Int("flowChanges", ch.nFlows), zap.Int("groupChanges", ch.nGroups),
-			zap.Duration("took", time.Since(start)))
+	b.afterApply(ctx, refused, removed, stale)
+	if len(refused) > 0 {
+		return &dataplane.FrontendErrors{Failed: refused}
 	}
 	return nil
 }
 
+// afterApply releases what removed frontends held (ids, learned affinity
+// flows) and flushes the conntrack of UDP endpoints that went.
+func (b *Backend) afterApply(ctx context.Context, refused []dataplane.FrontendError, removed []change, stale []staleUDP) {
+	kept := map[dataplane.FrontendKey]bool{}
+	for _, r := range refused {
+		kept[r.Key] = true
+	}
+	var learned []util.Message
+	for _, c := range removed {
+		if kept[c.key] {
+			continue
+		}
+		learned = append(learned, deleteByCookie(makeCookie(compLearned, b.ids[c.key], 0), 0xffffffff00000000))
+		b.releaseID(c.key)
+	}
+	if len(learned) > 0 {
+		if err := b.of.Bundle(ctx, learned); err != nil {
+			b.log.Warn("removing learned affinity flows of removed frontends failed", zap.Error(err))
+		}
+	}
+	if len(stale) > 0 {
+		b.flushUDP(ctx, stale)
+	}
+}
+
 // fullSync re-reads the bridge, recompiles everything and applies the
-// difference. At start it adopts what an earlier process installed
-// (frontend ids from the cookies of the classifier flows), so nothing that
-// is still wanted is removed and established connections keep flowing.
+// difference. At start (and after a reconnection) it adopts what is
+// installed: frontend ids from the classifier flows, so groups keep their
+// ids and established connections keep flowing. A flow whose key is
+// desired is rewritten in place (an add replaces it atomically); one that
+// is not desired is deleted.
 func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 	if !b.adopted {
 		if err := b.db.SetFlowTableNames(ctx, b.opts.Bridge, tableNamesMap()); err != nil {
 			return err
 		}
 	}
-	dumped, err := b.of.dumpFlows(ctx)
+	dumped, err := b.of.DumpFlows(ctx, openflow15.OFPTT_ALL, uint64(compCompiled)<<56, 0xfe00000000000000)
 	if err != nil {
-		return err
+		return fmt.Errorf("ovs dataplane: dump flows of %s: %w", b.opts.Bridge, err)
 	}
-	groups, err := b.of.dumpGroups(ctx)
+	groups, err := b.of.DumpGroups(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("ovs dataplane: dump groups of %s: %w", b.opts.Bridge, err)
+	}
+	// What the bridge holds, by key; flows we cannot read back are
+	// deleted by cookie.
+	installed := map[flowKey]installedFlow{}
+	var unreadable []uint64
+	learnedOwners := map[uint32]bool{}
+	for _, fs := range dumped {
+		if byte(fs.Cookie>>56) == compLearned {
+			learnedOwners[cookieOwner(fs.Cookie)] = true
+			continue
+		}
+		k, ok := decodeKey(fs)
+		if !ok {
+			unreadable = append(unreadable, fs.Cookie)
+			continue
+		}
+		// The actions are not read back: a full sync compares cookies,
+		// which change with every write we make.
+		installed[k] = installedFlow{cookie: fs.Cookie}
 	}
 	if !b.adopted {
-		b.adoptIDs(dumped)
+		b.adoptIDs(installed)
 	}
-	installed := map[uint64]bool{}
-	for _, f := range dumped {
-		if byte(f.Cookie>>56) == compCompiled {
-			installed[f.Cookie] = true
+	prev, prevGroups := b.installed, b.installedGroups
+	b.reset()
+	for k, f := range installed {
+		// Still what we wrote (same cookie): keep the record of its
+		// actions, so an unchanged flow is not rewritten.
+		if p, ok := prev[k]; ok && p.cookie == f.cookie {
+			f.actions = p.actions
+		}
+		b.installed[k] = f
+	}
+	touchedGroups := map[uint32]bool{}
+	for _, g := range groups {
+		if isOurGroup(g.GroupId) {
+			touchedGroups[g.GroupId] = true
+			// Only existence is read back: a group is rewritten at every
+			// full sync unless this process wrote it and it is still there.
+			if pg, ok := prevGroups[g.GroupId]; ok && len(g.Buckets) == len(pg.Buckets) {
+				b.installedGroups[g.GroupId] = pg
+			} else {
+				b.installedGroups[g.GroupId] = Group{ID: g.GroupId}
+			}
 		}
 	}
-	installedGroups := map[uint32]string{}
-	for id, text := range groups {
-		installedGroups[id] = groupSignature(text)
-	}
 
-	b.reset()
-	touched := map[uint64]bool{}
+	touched := map[flowKey]bool{}
+	for k := range installed {
+		touched[k] = true
+	}
 	for _, f := range staticFlows(b.co) {
 		b.refFlow(f, touched)
 	}
@@ -389,67 +624,52 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		keys = append(keys, k)
 	}
 	sortKeys(keys) // deterministic id allocation for new frontends
+	var changes []change
 	for _, k := range keys {
 		id, err := b.idFor(k)
 		if err != nil {
 			return err
 		}
 		c := compileFrontend(m.Frontends[k], id, b.co)
-		b.addCompiled(c, touched)
+		b.addCompiled(c, touched, touchedGroups)
 		b.fronts[k] = c
+		changes = append(changes, change{key: k, new: c})
 	}
 	for k := range b.ids {
 		if _, ok := m.Frontends[k]; !ok {
 			b.releaseID(k)
 		}
 	}
-	var ch changes
-	for c := range installed {
-		if b.refs[c] == 0 {
-			ch.delFlow(c)
-		}
+	var cleanup []util.Message
+	for _, c := range unreadable {
+		cleanup = append(cleanup, deleteByCookie(c, ^uint64(0)))
 	}
-	for c, f := range b.flows {
-		if !installed[c] {
-			ch.addFlow(f)
-		}
-	}
-	b.installedGroups = installedGroups
-	all := map[uint32]bool{}
-	for id := range b.groups {
-		all[id] = true
-	}
-	for id := range installedGroups {
-		all[id] = true
-	}
-	for id := range all {
-		b.diffGroup(id, &ch)
-	}
-	// Learned affinity flows of frontends that are gone.
 	liveOwners := map[uint32]bool{}
 	for _, id := range b.ids {
 		liveOwners[id] = true
 	}
-	seen := map[uint32]bool{}
-	for _, f := range dumped {
-		if o := cookieOwner(f.Cookie); byte(f.Cookie>>56) == compLearned && !liveOwners[o] && !seen[o] {
-			seen[o] = true
-			ch.delLearned(o)
+	for o := range learnedOwners {
+		if !liveOwners[o] {
+			cleanup = append(cleanup, deleteByCookie(makeCookie(compLearned, o, 0), 0xffffffff00000000))
 		}
 	}
-	err = b.apply(ctx, &ch, func() {
-		b.installed = map[uint64]bool{}
-		for c := range b.flows {
-			b.installed[c] = true
-		}
-		b.commitGroups(all)
-		b.adopted = true
-	})
-	if err == nil && (ch.nFlows > 0 || ch.nGroups > 0) {
-		b.log.Info("full sync repaired the bridge", zap.Int("flowChanges", ch.nFlows), zap.Int("groupChanges", ch.nGroups),
-			zap.Int("frontends", len(m.Frontends)))
+	refused, err := b.apply(ctx, changes, touched, touchedGroups)
+	if err != nil {
+		return err
 	}
-	return err
+	if len(cleanup) > 0 {
+		if err := b.of.Bundle(ctx, cleanup); err != nil {
+			return fmt.Errorf("ovs dataplane: remove stale flows on %s: %w", b.opts.Bridge, err)
+		}
+	}
+	b.adopted = true
+	if b.stats.LastChanges > 0 {
+		b.log.Info("full sync repaired the bridge", zap.Int("changes", b.stats.LastChanges), zap.Int("frontends", len(m.Frontends)))
+	}
+	if len(refused) > 0 {
+		return &dataplane.FrontendErrors{Failed: refused}
+	}
+	return nil
 }
 
 func tableNamesMap() map[int]string {
@@ -475,53 +695,22 @@ func sortKeys(keys []dataplane.FrontendKey) {
 
 // adoptIDs recovers frontend -> id from the classifier flows of an earlier
 // process, so groups keep their ids across restarts.
-func (b *Backend) adoptIDs(dumped []dumpedFlow) {
-	for _, f := range dumped {
-		if byte(f.Cookie>>56) != compCompiled || f.Table != tClassifier || !strings.Contains(f.Rest, "priority=200,") {
+func (b *Backend) adoptIDs(installed map[flowKey]installedFlow) {
+	for k, f := range installed {
+		if k.Table != tClassifier || k.Priority != 200 || k.Match.TPDst == 0 {
 			continue
 		}
-		k, ok := parseFrontendMatch(f.Rest[strings.Index(f.Rest, "priority=200,")+len("priority=200,"):])
-		if !ok {
+		fk := dataplane.FrontendKey{IP: k.Match.IPDst, Port: k.Match.TPDst,
+			Protocol: map[uint8]dataplane.Protocol{6: dataplane.TCP, 17: dataplane.UDP, 132: dataplane.SCTP}[k.Match.IPProto]}
+		id := cookieOwner(f.cookie)
+		if id == 0 || id > maxOwner || b.used[id] || fk.Protocol == "" || !fk.IP.IsValid() {
 			continue
 		}
-		id := cookieOwner(f.Cookie)
-		if id == 0 || b.used[id] {
-			continue
-		}
-		b.ids[k], b.used[id] = id, true
+		b.ids[fk], b.used[id] = id, true
 		if id > b.next {
 			b.next = id
 		}
 	}
-}
-
-// parseFrontendMatch reads "tcp,nw_dst=10.96.0.10,tp_dst=80" back.
-func parseFrontendMatch(s string) (dataplane.FrontendKey, bool) {
-	var k dataplane.FrontendKey
-	for _, tok := range strings.Split(s, ",") {
-		name, val, _ := strings.Cut(tok, "=")
-		switch name {
-		case "tcp", "tcp6":
-			k.Protocol = dataplane.TCP
-		case "udp", "udp6":
-			k.Protocol = dataplane.UDP
-		case "sctp", "sctp6":
-			k.Protocol = dataplane.SCTP
-		case "nw_dst", "ipv6_dst":
-			a, err := netip.ParseAddr(val)
-			if err != nil {
-				return k, false
-			}
-			k.IP = a
-		case "tp_dst":
-			p, err := strconv.ParseUint(val, 10, 16)
-			if err != nil {
-				return k, false
-			}
-			k.Port = uint16(p)
-		}
-	}
-	return k, k.IP.IsValid() && k.Protocol != "" && k.Port != 0
 }
 
 // Cleanup implements dataplane.ServiceBackend: every flow and group this
@@ -529,15 +718,23 @@ func parseFrontendMatch(s string) (dataplane.FrontendKey, bool) {
 func (b *Backend) Cleanup(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*b.opts.Timeout)
 	defer cancel()
-	groups, err := b.of.dumpGroups(ctx)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	groups, err := b.of.DumpGroups(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("ovs dataplane cleanup on %s: %w", b.opts.Bridge, err)
 	}
-	lines := []string{"flow delete cookie=0x5a00000000000000/0xfe00000000000000"}
-	for id := range groups {
-		lines = append(lines, fmt.Sprintf("group delete group_id=%d", id))
+	msgs := []util.Message{deleteByCookie(uint64(compCompiled)<<56, 0xfe00000000000000)}
+	var top, sub []util.Message
+	for _, g := range groups {
+		switch {
+		case g.GroupId&0xff000000 == groupBase:
+			top = append(top, deleteGroup(g.GroupId))
+		case isOurGroup(g.GroupId):
+			sub = append(sub, deleteGroup(g.GroupId))
+		}
 	}
-	if err := b.of.bundle(ctx, lines); err != nil {
+	if err := b.of.Bundle(ctx, slices.Concat(msgs, top, sub)); err != nil {
 		return fmt.Errorf("ovs dataplane cleanup on %s: %w", b.opts.Bridge, err)
 	}
 	names := map[int]string{}
@@ -547,9 +744,8 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.db.SetFlowTableNames(ctx, b.opts.Bridge, names); err != nil {
 		return err
 	}
-	b.reset()
 	b.ids, b.used, b.next = nil, nil, 0
 	b.reset()
-	b.adopted = false
+	b.adopted, b.last = false, nil
 	return nil
 }

@@ -2,14 +2,19 @@ package ovs
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"antrea.io/libOpenflow/openflow15"
+	"antrea.io/libOpenflow/util"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -88,14 +93,24 @@ func TestSyncAdoptCleanupOnRealOVS(t *testing.T) {
 		t.Fatalf("drift repair: %v, %d changes", err, b.Stats().LastChanges)
 	}
 
-	// A new process adopts: group ids and flows stay, nothing is sent.
-	before := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups")
+	// A new process adopts: group ids stay, and flows that are still
+	// wanted are rewritten in place (an add replaces a flow of the same
+	// key atomically), never deleted first.
+	before := groupIDs(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"))
+	flowsBefore := flowKeys(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats"))
 	b2 := newBackend(t, o)
-	if err := b2.Sync(ctx, m, dataplane.SyncOptions{}); err != nil || b2.Stats().LastChanges != 0 {
-		t.Fatalf("adopting Sync: %v, %d changes", err, b2.Stats().LastChanges)
+	if err := b2.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+		t.Fatalf("adopting Sync: %v", err)
 	}
-	if after := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"); after != before {
-		t.Fatalf("groups changed on restart:\n%s\n%s", before, after)
+	if after := groupIDs(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups")); after != before {
+		t.Fatalf("group ids changed on restart:\n%s\n%s", before, after)
+	}
+	if after := flowKeys(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats")); after != flowsBefore {
+		t.Fatalf("flows changed on restart:\n%s\n%s", flowsBefore, after)
+	}
+	// And then it knows what it wrote: the same model again sends nothing.
+	if err := b2.Sync(ctx, m, dataplane.SyncOptions{Full: true}); err != nil || b2.Stats().LastChanges != 0 {
+		t.Fatalf("full Sync after adoption: %v, %d changes", err, b2.Stats().LastChanges)
 	}
 	// Service removed.
 	delete(m.Frontends, dns.Key)
@@ -118,5 +133,111 @@ func TestSyncAdoptCleanupOnRealOVS(t *testing.T) {
 	}
 	if ft := o.Vsctl(t, "get", "Bridge", "br-int", "flow_tables"); strings.TrimSpace(ft) != "{}" {
 		t.Fatalf("flow_tables after Cleanup: %s", ft)
+	}
+}
+
+// groupIDs lists the group ids of a dump-groups output.
+func groupIDs(dump string) string {
+	var ids []string
+	for _, l := range strings.Split(dump, "\n") {
+		if i := strings.Index(l, "group_id="); i >= 0 {
+			ids = append(ids, strings.SplitN(l[i:], ",", 2)[0])
+		}
+	}
+	sort.Strings(ids)
+	return strings.Join(ids, " ")
+}
+
+// flowKeys lists table, priority and match of a dump-flows output.
+func flowKeys(dump string) string {
+	var keys []string
+	for _, l := range strings.Split(dump, "\n") {
+		l = strings.TrimSpace(l)
+		i := strings.Index(l, "table=")
+		if i < 0 {
+			continue
+		}
+		j := strings.Index(l[i:], " actions=")
+		if j < 0 {
+			continue
+		}
+		keys = append(keys, l[i:i+j])
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, "\n")
+}
+
+// refusingConn is the switch connection with a fault-injection seam: it
+// refuses every bundle that modifies a group in refuse, as a switch
+// refuses a message it cannot take, naming the message.
+type refusingConn struct {
+	SwitchConn
+	refuse map[uint32]bool
+}
+
+func (c *refusingConn) Bundle(ctx context.Context, msgs []util.Message) error {
+	for i, m := range msgs {
+		if gm, ok := m.(*openflow15.GroupMod); ok && c.refuse[gm.GroupId] && gm.Command != openflow15.OFPGC_DELETE {
+			return &openflow.MessageError{Index: i, Type: 6, Code: 0, Text: "injected refusal"}
+		}
+	}
+	return c.SwitchConn.Bundle(ctx, msgs)
+}
+
+// One frontend the switch refuses does not keep the others from
+// converging, in the same Sync and in the ones after; it is reported by
+// key and Service, and applied once the switch takes it.
+func TestRefusedFrontendDoesNotBlockOthers(t *testing.T) {
+	o := harness.StartOVS(t, harness.OVSOptions{Bridges: []string{"br-int"}})
+	ctx := context.Background()
+	rc := &refusingConn{refuse: map[uint32]bool{}}
+	b, err := New(Options{Bridge: "br-int", OVSRunDir: o.RunDir, NodeName: "node1", Timeout: 5 * time.Second, Log: zaptest.NewLogger(t),
+		Conn: func(onReconnect func()) SwitchConn {
+			rc.SwitchConn = openflow.New(openflow.Options{Socket: o.RunDir + "/br-int.mgmt", OnReconnect: onReconnect})
+			return rc
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	bad := fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080")
+	good := fe("10.96.0.20", 80, dataplane.TCP, "10.0.1.6:8080")
+	m := model(bad, good)
+	if err := b.Sync(ctx, model(), dataplane.SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Ids are given in key order: bad gets 1.
+	rc.refuse[frontendGroupID(1)] = true
+	err = b.Sync(ctx, m, dataplane.SyncOptions{})
+	var fe2 *dataplane.FrontendErrors
+	if !errors.As(err, &fe2) || len(fe2.Failed) != 1 || fe2.Failed[0].Key != bad.Key || fe2.Failed[0].Name.Name != "svc" {
+		t.Fatalf("Sync = %v, want the refused frontend %s reported", err, bad.Key)
+	}
+	flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows")
+	if !strings.Contains(flows, "nw_dst=10.96.0.20") || !strings.Contains(flows, "nat(dst=10.0.1.6:8080)") {
+		t.Fatalf("the good frontend is not installed:\n%s", flows)
+	}
+	if strings.Contains(flows, "nw_dst=10.96.0.10") || strings.Contains(flows, "10.0.1.5:8080") {
+		t.Fatalf("the refused frontend is half installed:\n%s", flows)
+	}
+	// The good one keeps converging while the bad one is still refused.
+	good2 := fe("10.96.0.20", 80, dataplane.TCP, "10.0.1.7:8080")
+	m.Frontends[good2.Key] = good2
+	if err := b.Sync(ctx, m, dataplane.SyncOptions{}); !errors.As(err, &fe2) {
+		t.Fatalf("Sync = %v", err)
+	}
+	if flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows"); !strings.Contains(flows, "nat(dst=10.0.1.7:8080)") {
+		t.Fatalf("the good frontend's change is not applied:\n%s", flows)
+	}
+	// The switch takes it now: the next Sync applies it.
+	delete(rc.refuse, frontendGroupID(1))
+	if err := b.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows"); !strings.Contains(flows, "nw_dst=10.96.0.10") || !strings.Contains(flows, "nat(dst=10.0.1.5:8080)") {
+		t.Fatalf("the once refused frontend is not installed:\n%s", flows)
+	}
+	if got := b.Stats().Refused; got != 2 {
+		t.Errorf("Refused = %d, want 2", got)
 	}
 }

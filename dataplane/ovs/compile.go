@@ -32,9 +32,7 @@ package ovs
 
 import (
 	"fmt"
-	"hash/fnv"
 	"net/netip"
-	"strings"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
@@ -71,68 +69,45 @@ var DefaultHairpinIP = netip.MustParseAddr("169.254.169.253")
 
 // Cookies: the top byte says which component owns a flow (0x5a: our
 // compiled flows, 0x5b: affinity flows learned at run time), the next 24
-// bits which frontend (its group number; 0 for shared flows), the low 32
-// bits hash the flow's text. A flow is identified by its cookie: a changed
-// flow gets a new cookie, so diffing installed against desired is a set
-// difference of cookies, and a restart adopts by dumping them.
+// bits which frontend (its id; 0 for shared and static flows), the low 32
+// bits a serial number the backend gives each flow it writes. A flow's
+// identity is what OpenFlow identifies it by (table, priority, match: see
+// flowKey), never its cookie; the cookie says whose it is and which write
+// put it there, so a full sync sees a flow someone replaced or removed.
 const (
 	compCompiled = 0x5a
 	compLearned  = 0x5b
-	groupBase    = 0x5a000000
-	maxOwner     = 1<<24 - 1
+	maxOwner     = 1<<20 - 1 // frontend ids: 20 bits, so sub-group ids fit in 32
 )
 
-func makeCookie(comp byte, owner uint32, text string) uint64 {
-	h := fnv.New32a()
-	h.Write([]byte(text))
-	return uint64(comp)<<56 | uint64(owner&maxOwner)<<32 | uint64(h.Sum32())
+func makeCookie(comp byte, owner, serial uint32) uint64 {
+	return uint64(comp)<<56 | uint64(owner&(1<<24-1))<<32 | uint64(serial)
 }
 
-func cookieOwner(c uint64) uint32 { return uint32(c>>32) & maxOwner }
+func cookieOwner(c uint64) uint32 { return uint32(c>>32) & (1<<24 - 1) }
 
-// Flow is one OpenFlow flow in ovs-ofctl syntax.
-type Flow struct {
-	Table    int
-	Priority int
-	Match    string // without table and priority
-	Actions  string
-	Owner    uint32
+// Group ids. A frontend's group is groupBase|id. A frontend with more than
+// maxBuckets endpoints has its endpoints in sub-groups of at most
+// maxBuckets buckets (subGroupID(id, k)), and its group has one bucket per
+// sub-group, weighted by the sub-group's size: OpenFlow messages are at
+// most 64 KiB, which holds about 700 buckets, and a frontend of any size
+// must fit. The two levels hash with different bases so the choice in the
+// sub-group does not repeat the choice above it.
+const (
+	groupBase    = 0x5a000000
+	subGroupBase = 0x40000000
+	maxBuckets   = 256
+	maxSubGroups = 256
+)
+
+func frontendGroupID(id uint32) uint32 { return groupBase | id }
+
+func subGroupID(id uint32, k int) uint32 { return subGroupBase | id<<8 | uint32(k) }
+
+// isOurGroup says whether a group id is in one of our ranges.
+func isOurGroup(id uint32) bool {
+	return id&0xff000000 == groupBase || id&0xf0000000 == subGroupBase
 }
-
-func (f Flow) text() string {
-	m := f.Match
-	if m != "" {
-		m += ","
-	}
-	return fmt.Sprintf("table=%d,priority=%d,%sactions=%s", f.Table, f.Priority, m, f.Actions)
-}
-
-// Cookie identifies the flow (see makeCookie).
-func (f Flow) Cookie() uint64 { return makeCookie(compCompiled, f.Owner, f.text()) }
-
-// Group is one select group.
-type Group struct {
-	ID      uint32
-	Fields  string   // hash fields: the connection's 5-tuple
-	Buckets []string // bucket actions
-}
-
-func (g Group) text() string {
-	var b strings.Builder
-	// Hash in ovs-vswitchd over the 5-tuple: the datapath's dp_hash leaves
-	// UDP ports out of its symmetric hash, which would pin every UDP
-	// client to one endpoint; and only a bucket chosen during translation
-	// runs its learn action (session affinity).
-	fmt.Fprintf(&b, "group_id=%d,type=select,selection_method=hash,fields(%s)", g.ID, g.Fields)
-	for i, a := range g.Buckets {
-		fmt.Fprintf(&b, ",bucket=bucket_id:%d,weight:100,actions=%s", i, a)
-	}
-	return b.String()
-}
-
-// signature is what a group's dump must show to equal g: the bucket
-// actions' endpoint loads and learn timeout, in bucket order.
-func (g Group) signature() string { return groupSignature(g.text()) }
 
 // compileOptions are the node-wide inputs of compilation.
 type compileOptions struct {
@@ -144,45 +119,9 @@ type compileOptions struct {
 type compiled struct {
 	src    *dataplane.Frontend
 	id     uint32
-	flows  []Flow // owned by the frontend
-	shared []Flow // endpoint flows, shared by every frontend using the endpoint
-	group  *Group
-}
-
-func protoName(p dataplane.Protocol, v6 bool) string {
-	s := strings.ToLower(string(p))
-	if v6 {
-		s += "6"
-	}
-	return s
-}
-
-func ipField(v6 bool, dir string) string {
-	if v6 {
-		return "ipv6_" + dir
-	}
-	return "nw_" + dir
-}
-
-// regLoads puts an endpoint into registers: reg3 (IPv4) or xxreg1 (IPv6)
-// and reg2[0..15] (port).
-func regLoads(ep netip.AddrPort) string {
-	if ep.Addr().Is4() {
-		return fmt.Sprintf("load:0x%x->NXM_NX_REG3[],load:0x%x->NXM_NX_REG2[0..15]", v4int(ep.Addr()), ep.Port())
-	}
-	return fmt.Sprintf("load:0x%x->NXM_NX_XXREG1[],load:0x%x->NXM_NX_REG2[0..15]", ep.Addr().As16(), ep.Port())
-}
-
-func regMatch(ep netip.AddrPort) string {
-	if ep.Addr().Is4() {
-		return fmt.Sprintf("reg3=0x%x,reg2=0x%x/0xffff", v4int(ep.Addr()), ep.Port())
-	}
-	return fmt.Sprintf("xxreg1=0x%x,reg2=0x%x/0xffff", ep.Addr().As16(), ep.Port())
-}
-
-func v4int(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	flows  []Flow  // owned by the frontend
+	shared []Flow  // endpoint flows, shared by every frontend using the endpoint
+	groups []Group // the frontend's group first, then its sub-groups
 }
 
 func natAddr(ep netip.AddrPort) string {
@@ -192,132 +131,137 @@ func natAddr(ep netip.AddrPort) string {
 	return fmt.Sprintf("[%s]:%d", ep.Addr(), ep.Port())
 }
 
+// regLoads prints LoadEndpoint as ovs-ofctl does.
+func regLoads(ep netip.AddrPort) string {
+	if ep.Addr().Is4() {
+		return fmt.Sprintf("load:0x%x->NXM_NX_REG3[],load:0x%x->NXM_NX_REG2[0..15]", v4int(ep.Addr()), ep.Port())
+	}
+	return fmt.Sprintf("load:0x%x->NXM_NX_XXREG1[],load:0x%x->NXM_NX_REG2[0..15]", ep.Addr().As16(), ep.Port())
+}
+
+func v4int(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
 // maxLearnTimeout is the largest idle_timeout OpenFlow can carry (16 bits).
 const maxLearnTimeout = 65535
 
-func affinitySeconds(f *dataplane.Frontend) int {
+func affinitySeconds(f *dataplane.Frontend) uint16 {
 	s := int(f.AffinityTimeout.Seconds())
 	if s > maxLearnTimeout {
 		s = maxLearnTimeout
 	}
-	return s
+	return uint16(s)
 }
 
-// compileFrontend compiles one frontend with group number id.
+// vipMatch matches packets to the frontend.
+func vipMatch(k dataplane.FrontendKey) Match {
+	return Match{EthType: ethTypeOf(k.IP), IPProto: protoNumber(k.Protocol), IPDst: k.IP, TPDst: k.Port}
+}
+
+// compileFrontend compiles one frontend with id (1..maxOwner).
 func compileFrontend(f *dataplane.Frontend, id uint32, o compileOptions) *compiled {
 	k := f.Key
 	v6 := k.IP.Is6()
-	proto := protoName(k.Protocol, v6)
-	vip := fmt.Sprintf("%s,%s=%s,tp_dst=%d", proto, ipField(v6, "dst"), k.IP, k.Port)
-	gid := groupBase | id
+	vip := vipMatch(k)
+	gid := frontendGroupID(id)
 	c := &compiled{src: f, id: id}
 	c.flows = append(c.flows, Flow{Table: tClassifier, Priority: 200, Match: vip,
-		Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tLB, SvcZone), Owner: id})
+		Actions: []Action{CT{Table: tLB, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}, Owner: id})
 
 	affinity := f.AffinityTimeout > 0 && len(f.Endpoints) > 0
-	var lb string
+	var lb []Action
 	switch {
 	case len(f.Endpoints) == 0 && f.IfEmpty == dataplane.Drop:
-		lb = "drop"
+		lb = nil // drop
 	case len(f.Endpoints) == 0:
-		lb = "controller" // the reject responder answers with RST / ICMP unreachable
+		lb = []Action{Controller} // the reject responder answers with RST / ICMP unreachable
 	case affinity:
 		// A learned flow in SvcAffinity loads the endpoint registers and
 		// SvcDNAT uses them; without one, SvcDNAT's frontend flow picks
 		// through the group, whose bucket learns and comes back.
-		lb = fmt.Sprintf("resubmit(,%d),resubmit(,%d)", tAffinity, tDNAT)
+		lb = []Action{Resubmit(tAffinity), Resubmit(tDNAT)}
+		learn := LearnAffinity{Proto: k.Protocol, V6: v6, IdleTimeout: affinitySeconds(f), Cookie: makeCookie(compLearned, id, 0)}
 		c.flows = append(c.flows,
-			Flow{Table: tDNAT, Priority: 50, Match: vip, Actions: fmt.Sprintf("group:%d", gid), Owner: id},
-			Flow{Table: tAffinityLearn, Priority: 100, Match: vip, Actions: learnAction(f, id, v6) + fmt.Sprintf(",resubmit(,%d)", tDNAT), Owner: id})
+			Flow{Table: tDNAT, Priority: 50, Match: vip, Actions: []Action{ToGroup(gid)}, Owner: id},
+			Flow{Table: tAffinityLearn, Priority: 100, Match: vip, Actions: []Action{learn, Resubmit(tDNAT)}, Owner: id})
 	default:
-		lb = fmt.Sprintf("group:%d", gid)
+		lb = []Action{ToGroup(gid)}
 	}
-	c.flows = append(c.flows, Flow{Table: tLB, Priority: 100, Match: "ct_state=+new+trk," + vip, Actions: lb, Owner: id})
+	lbMatch := vip
+	lbMatch.CTState, lbMatch.CTMask = ctNew|ctTrk, ctNew|ctTrk
+	c.flows = append(c.flows, Flow{Table: tLB, Priority: 100, Match: lbMatch, Actions: lb, Owner: id})
 
-	g := &Group{ID: gid, Fields: hashFields(k.Protocol, v6)}
+	next := Resubmit(tDNAT)
+	if affinity {
+		next = tAffinityLearn
+	}
+	var buckets []Bucket
 	for _, ep := range f.Endpoints {
 		ap := ep.AddrPort()
-		next := tDNAT
-		if affinity {
-			next = tAffinityLearn
-		}
-		g.Buckets = append(g.Buckets, fmt.Sprintf("%s,resubmit(,%d)", regLoads(ap), next))
+		buckets = append(buckets, Bucket{Weight: 100, Actions: []Action{LoadEndpoint(ap), next}})
 		c.shared = append(c.shared, endpointFlows(k.Protocol, ap, ep.NodeName == o.NodeName && o.NodeName != "", o)...)
 	}
-	c.group = g
+	top := Group{ID: gid, Proto: k.Protocol, V6: v6}
+	if len(buckets) <= maxBuckets {
+		top.Buckets = buckets
+		c.groups = []Group{top}
+		return c
+	}
+	// Split: chunk sizes differ by at most one, weights follow sizes.
+	n := (len(buckets) + maxBuckets - 1) / maxBuckets
+	if n > maxSubGroups {
+		n = maxSubGroups // beyond 65,536 endpoints, buckets grow past maxBuckets (still under the limit up to ~700)
+	}
+	c.groups = []Group{top}
+	for i := 0; i < n; i++ {
+		lo, hi := i*len(buckets)/n, (i+1)*len(buckets)/n
+		sub := Group{ID: subGroupID(id, i), Proto: k.Protocol, V6: v6, Basis: 1, Buckets: buckets[lo:hi]}
+		c.groups = append(c.groups, sub)
+		c.groups[0].Buckets = append(c.groups[0].Buckets, Bucket{Weight: uint16(hi - lo), Actions: []Action{ToGroup(sub.ID)}})
+	}
 	return c
-}
-
-func hashFields(p dataplane.Protocol, v6 bool) string {
-	l4 := strings.ToLower(string(p))
-	ip := "ip"
-	if v6 {
-		ip = "ipv6"
-	}
-	return fmt.Sprintf("%s_src,%s_dst,%s_src,%s_dst", ip, ip, l4, l4)
-}
-
-// learnAction records client -> endpoint for the frontend's affinity
-// timeout (of inactivity: idle_timeout), in the frontend's own cookie space.
-func learnAction(f *dataplane.Frontend, id uint32, v6 bool) string {
-	k := f.Key
-	ethType, src, dst, ep := "0x800", "NXM_OF_IP_SRC[]", "NXM_OF_IP_DST[]", "load:NXM_NX_REG3[]->NXM_NX_REG3[]"
-	if v6 {
-		ethType, src, dst, ep = "0x86dd", "NXM_NX_IPV6_SRC[]", "NXM_NX_IPV6_DST[]", "load:NXM_NX_XXREG1[]->NXM_NX_XXREG1[]"
-	}
-	var nwProto int
-	var tpDst string
-	switch k.Protocol {
-	case dataplane.TCP:
-		nwProto, tpDst = 6, "NXM_OF_TCP_DST[]"
-	case dataplane.UDP:
-		nwProto, tpDst = 17, "NXM_OF_UDP_DST[]"
-	case dataplane.SCTP:
-		nwProto, tpDst = 132, "OXM_OF_SCTP_DST[]"
-	}
-	return fmt.Sprintf("learn(table=%d,idle_timeout=%d,priority=200,cookie=0x%x,eth_type=%s,nw_proto=%d,%s,%s,%s,%s,load:NXM_NX_REG2[0..15]->NXM_NX_REG2[0..15])",
-		tAffinity, affinitySeconds(f), uint64(compLearned)<<56|uint64(id)<<32, ethType, nwProto, src, dst, tpDst, ep)
 }
 
 // endpointFlows are the flows every frontend with this endpoint shares:
 // DNAT, and (local endpoints) hairpin.
 func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compileOptions) []Flow {
-	v6 := ep.Addr().Is6()
-	proto := protoName(p, v6)
-	out := []Flow{
-		{Table: tDNAT, Priority: 100, Match: proto + "," + regMatch(ep),
-			Actions: fmt.Sprintf("ct(commit,table=%d,zone=%d,nat(dst=%s))", tHairpin, SvcZone, natAddr(ep))},
-	}
-	if local && !v6 && o.HairpinIP.IsValid() {
-		out = append(out, Flow{Table: tHairpin, Priority: 100, Match: fmt.Sprintf("ip,nw_src=%s,nw_dst=%s", ep.Addr(), ep.Addr()),
-			Actions: fmt.Sprintf("ct(commit,table=%d,zone=%d,nat(src=%s))", tHairpinOut, HairpinZone, o.HairpinIP)})
+	a := ep.Addr()
+	out := []Flow{{Table: tDNAT, Priority: 100,
+		Match:   Match{EthType: ethTypeOf(a), IPProto: protoNumber(p), EPAddr: a, EPPort: ep.Port()},
+		Actions: []Action{CT{Commit: true, Table: tHairpin, Zone: SvcZone, NAT: NAT{Kind: NATDst, Addr: a, Port: ep.Port()}}}}}
+	if local && a.Is4() && o.HairpinIP.IsValid() {
+		out = append(out, Flow{Table: tHairpin, Priority: 100, Match: Match{EthType: ethIPv4, IPSrc: a, IPDst: a},
+			Actions: []Action{CT{Commit: true, Table: tHairpinOut, Zone: HairpinZone, NAT: NAT{Kind: NATSrc, Addr: o.HairpinIP}}}})
 	}
 	return out
 }
 
-const swapMACs = "push:NXM_OF_ETH_SRC[],push:NXM_OF_ETH_DST[],pop:NXM_OF_ETH_SRC[],pop:NXM_OF_ETH_DST[]"
-
 // staticFlows are installed once, whatever the model.
 func staticFlows(o compileOptions) []Flow {
+	est := Match{CTState: ctEst | ctTrk, CTMask: ctEst | ctTrk}
+	rel := Match{CTState: ctRel | ctTrk, CTMask: ctRel | ctTrk}
+	rpl := Match{EthType: ethIPv4, CTState: ctRpl | ctTrk, CTMask: ctRpl | ctTrk}
 	fl := []Flow{
-		{Table: tLB, Priority: 200, Match: "ct_state=+est+trk", Actions: fmt.Sprintf("resubmit(,%d)", tHairpin)},
-		{Table: tLB, Priority: 200, Match: "ct_state=+rel+trk", Actions: fmt.Sprintf("resubmit(,%d)", tHairpin)},
-		{Table: tLB, Priority: 0, Actions: "NORMAL"},
-		{Table: tClassifier, Priority: 190, Match: "ip", Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tReply, SvcZone)},
-		{Table: tClassifier, Priority: 190, Match: "ipv6", Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tReply, SvcZone)},
-		{Table: tAffinity, Priority: 0, Actions: "drop"},
-		{Table: tAffinityLearn, Priority: 0, Actions: "drop"},
-		{Table: tDNAT, Priority: 0, Actions: "drop"},
-		{Table: tHairpin, Priority: 0, Actions: "NORMAL"},
-		{Table: tHairpinOut, Priority: 0, Actions: swapMACs + ",IN_PORT"},
-		{Table: tHairpinReply, Priority: 100, Match: "ct_state=+rpl+trk,ip", Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tHairpinReplyOut, SvcZone)},
-		{Table: tHairpinReply, Priority: 0, Actions: "drop"},
-		{Table: tHairpinReplyOut, Priority: 0, Actions: swapMACs + ",IN_PORT"},
-		{Table: tReply, Priority: 0, Actions: "NORMAL"},
+		{Table: tLB, Priority: 200, Match: est, Actions: []Action{Resubmit(tHairpin)}},
+		{Table: tLB, Priority: 200, Match: rel, Actions: []Action{Resubmit(tHairpin)}},
+		{Table: tLB, Priority: 0, Actions: []Action{Normal}},
+		{Table: tClassifier, Priority: 190, Match: Match{EthType: ethIPv4}, Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
+		{Table: tClassifier, Priority: 190, Match: Match{EthType: ethIPv6}, Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
+		{Table: tAffinity, Priority: 0},
+		{Table: tAffinityLearn, Priority: 0},
+		{Table: tDNAT, Priority: 0},
+		{Table: tHairpin, Priority: 0, Actions: []Action{Normal}},
+		{Table: tHairpinOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
+		{Table: tHairpinReply, Priority: 100, Match: rpl, Actions: []Action{CT{Table: tHairpinReplyOut, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
+		{Table: tHairpinReply, Priority: 0},
+		{Table: tHairpinReplyOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
+		{Table: tReply, Priority: 0, Actions: []Action{Normal}},
 	}
 	if o.HairpinIP.IsValid() {
-		fl = append(fl, Flow{Table: tClassifier, Priority: 210, Match: "ip,nw_dst=" + o.HairpinIP.String(),
-			Actions: fmt.Sprintf("ct(table=%d,zone=%d,nat)", tHairpinReply, HairpinZone)})
+		fl = append(fl, Flow{Table: tClassifier, Priority: 210, Match: Match{EthType: ethIPv4, IPDst: o.HairpinIP},
+			Actions: []Action{CT{Table: tHairpinReply, Zone: HairpinZone, NAT: NAT{Kind: NATPlain}}}})
 	}
 	return fl
 }

@@ -2,9 +2,12 @@ package ovs
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"antrea.io/libOpenflow/openflow15"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
@@ -51,7 +54,9 @@ func TestCompileFrontendText(t *testing.T) {
 			for _, f := range append(c.flows, c.shared...) {
 				all = append(all, f.text())
 			}
-			all = append(all, c.group.text())
+			for _, g := range c.groups {
+				all = append(all, g.text())
+			}
 			text := strings.Join(all, "\n")
 			for _, w := range tc.want {
 				if !strings.Contains(text, w) {
@@ -78,41 +83,122 @@ func TestRemoteEndpointHasNoHairpinFlow(t *testing.T) {
 	}
 }
 
-func TestCookiesIdentifyFlows(t *testing.T) {
-	a := Flow{Table: 70, Priority: 100, Match: "tcp", Actions: "drop", Owner: 5}
-	b := a
-	b.Actions = "NORMAL"
-	if a.Cookie() == b.Cookie() {
-		t.Fatal("different flows share a cookie")
+// The pair of endpoints whose DNAT flows shared a cookie hash (and so one
+// key) in the hash-identified driver: each is its own flow now.
+func TestCollidingEndpointsAreDistinctFlows(t *testing.T) {
+	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP}
+	c := compileFrontend(fe("10.96.0.10", 80, dataplane.TCP, "10.1.23.199:8080", "10.2.7.132:8080"), 1, o)
+	keys := map[flowKey]Flow{}
+	for _, f := range c.shared {
+		if prev, dup := keys[f.key()]; dup {
+			t.Fatalf("two flows share a key:\n%s\n%s", prev.text(), f.text())
+		}
+		keys[f.key()] = f
 	}
-	if a.Cookie()>>56 != compCompiled || cookieOwner(a.Cookie()) != 5 {
-		t.Fatalf("cookie %x does not carry component and owner", a.Cookie())
+	var nat []string
+	for _, f := range c.shared {
+		if f.Table == tDNAT {
+			nat = append(nat, f.text())
+		}
 	}
-}
-
-func TestGroupSignatureMatchesOVSDump(t *testing.T) {
-	g := Group{ID: groupBase | 1, Fields: hashFields(dataplane.TCP, false), Buckets: []string{
-		regLoads(netip.MustParseAddrPort("10.0.1.10:8080")) + ",resubmit(,72)",
-		regLoads(netip.MustParseAddrPort("10.0.1.30:8080")) + ",resubmit(,78)",
-	}}
-	// As ovs-ofctl dump-groups prints it.
-	dumped := "group_id=1509949441,type=select,selection_method=hash,fields(ip_src,ip_dst,tcp_src,tcp_dst)," +
-		"bucket=bucket_id:0,weight:100,actions=set_field:0xa00010a->reg3,set_field:0x1f90/0xffff->reg2,resubmit(,72)," +
-		"bucket=bucket_id:1,weight:100,actions=set_field:0xa00011e->reg3,set_field:0x1f90/0xffff->reg2,resubmit(,78)"
-	if g.signature() != groupSignature(dumped) {
-		t.Fatalf("signatures differ:\n%s\n%s", g.signature(), groupSignature(dumped))
-	}
-	if groupSignature(strings.Replace(dumped, "0xa00011e", "0xa00011f", 1)) == g.signature() {
-		t.Fatal("a changed endpoint has the same signature")
+	if len(nat) != 2 || !strings.Contains(strings.Join(nat, "\n"), "nat(dst=10.1.23.199:8080)") || !strings.Contains(strings.Join(nat, "\n"), "nat(dst=10.2.7.132:8080)") {
+		t.Fatalf("DNAT flows: %v", nat)
 	}
 }
 
-func TestParseFrontendMatch(t *testing.T) {
-	k, ok := parseFrontendMatch("udp6,ipv6_dst=fd00::10,tp_dst=53")
-	if !ok || k.Protocol != dataplane.UDP || k.IP.String() != "fd00::10" || k.Port != 53 {
-		t.Fatalf("got %+v %v", k, ok)
+// Every message fits OpenFlow's 64 KiB, whatever the frontend's size, and
+// every endpoint is in exactly one bucket, weights following the split.
+func TestLargeFrontendSplitsGroups(t *testing.T) {
+	for _, n := range []int{1, 256, 257, 2000, 10000} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			f := fe("10.96.0.10", 80, dataplane.TCP)
+			for i := 0; i < n; i++ {
+				f.Endpoints = append(f.Endpoints, dataplane.Endpoint{IP: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), Port: 8080})
+			}
+			f.AffinityTimeout = 3 * time.Hour // the largest buckets: learn path
+			c := compileFrontend(f, 9, compileOptions{})
+			seen := map[netip.AddrPort]int{}
+			total := 0
+			for i, g := range c.groups {
+				data, err := g.groupMod(openflow15.OFPGC_ADD).MarshalBinary()
+				if err != nil || len(data) > 65535-16 {
+					t.Fatalf("group %d: %d bytes, %v", g.ID, len(data), err)
+				}
+				if len(g.Buckets) > maxBuckets {
+					t.Fatalf("group %d has %d buckets", g.ID, len(g.Buckets))
+				}
+				for _, b := range g.Buckets {
+					switch a := b.Actions[0].(type) {
+					case LoadEndpoint:
+						seen[netip.AddrPort(a)]++
+					case ToGroup:
+						if i != 0 {
+							t.Fatalf("sub-group %d points at a group", g.ID)
+						}
+						total += int(b.Weight)
+					}
+				}
+			}
+			if len(seen) != n {
+				t.Fatalf("%d endpoints in buckets, want %d", len(seen), n)
+			}
+			for ep, k := range seen {
+				if k != 1 {
+					t.Fatalf("%s in %d buckets", ep, k)
+				}
+			}
+			if n > maxBuckets && total != n {
+				t.Fatalf("top-level weights sum to %d, want %d", total, n)
+			}
+			if c.groups[0].ID != frontendGroupID(9) {
+				t.Fatalf("frontend group id %x", c.groups[0].ID)
+			}
+		})
 	}
-	if _, ok := parseFrontendMatch("tcp,nw_dst=10.96.0.10"); ok {
-		t.Fatal("accepted a match without a port")
+}
+
+// Every flow the compiler makes encodes, and its key decodes back from the
+// encoded match (what adoption reads from the switch).
+func TestFlowsEncodeAndKeysDecode(t *testing.T) {
+	aff := fe("10.96.0.12", 80, dataplane.TCP, "10.0.1.7:80")
+	aff.AffinityTimeout = time.Hour
+	aff6 := fe("fd00::12", 80, dataplane.UDP, "[fd00:1::7]:80")
+	aff6.AffinityTimeout = time.Hour
+	var flows []Flow
+	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP}
+	for _, f := range []*dataplane.Frontend{fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080"),
+		fe("10.96.0.11", 9000, dataplane.SCTP, "10.0.1.6:9000"), fe("fd00::10", 53, dataplane.UDP, "[fd00:1::5]:5353"),
+		aff, aff6, fe("10.96.0.13", 80, dataplane.TCP)} {
+		c := compileFrontend(f, 3, o)
+		flows = append(append(flows, c.flows...), c.shared...)
+		for _, g := range c.groups {
+			if _, err := g.groupMod(openflow15.OFPGC_ADD).MarshalBinary(); err != nil {
+				t.Errorf("group %s: %v", g.text(), err)
+			}
+		}
+	}
+	flows = append(flows, staticFlows(o)...)
+	for _, f := range flows {
+		fm := f.flowMod(makeCookie(compCompiled, f.Owner, 1))
+		if _, err := fm.MarshalBinary(); err != nil {
+			t.Errorf("%s: %v", f.text(), err)
+			continue
+		}
+		// The match as the switch sends it back in a flow dump.
+		data, err := fm.Match.MarshalBinary()
+		if err != nil {
+			t.Errorf("%s: match: %v", f.text(), err)
+			continue
+		}
+		var back openflow15.FlowDesc
+		if err := back.Match.UnmarshalBinary(data); err != nil {
+			t.Errorf("%s: decode: %v", f.text(), err)
+			continue
+		}
+		back.TableId, back.Priority = fm.TableId, fm.Priority
+		k, ok := decodeKey(&back)
+		if !ok || k != f.key() {
+			t.Errorf("%s: key decodes to %+v (%v), want %+v", f.text(), k, ok, f.key())
+		}
 	}
 }

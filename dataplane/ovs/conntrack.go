@@ -3,14 +3,11 @@ package ovs
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsrun"
 )
 
 // staleUDP is a UDP endpoint that left a frontend: its conntrack entries
@@ -41,25 +38,13 @@ func goneUDP(old, cur *dataplane.Frontend) []staleUDP {
 	return out
 }
 
-// vswitchdCtl finds ovs-vswitchd's control socket in the run dir: the
-// packaged daemon names it after its pid, a test instance may not.
-func vswitchdCtl(runDir string) string {
-	plain := filepath.Join(runDir, "ovs-vswitchd.ctl")
-	if _, err := os.Stat(plain); err == nil {
-		return plain
-	}
-	if pid, err := os.ReadFile(filepath.Join(runDir, "ovs-vswitchd.pid")); err == nil {
-		return filepath.Join(runDir, fmt.Sprintf("ovs-vswitchd.%s.ctl", strings.TrimSpace(string(pid))))
-	}
-	return plain
-}
-
 // flushUDP deletes the conntrack entries of the service zone whose
 // original destination is the frontend and whose reply source is the gone
-// endpoint. dpctl/flush-conntrack works for the userspace and the kernel
-// datapath alike.
+// endpoint, over ovs-vswitchd's unixctl socket (no ovs-appctl process).
+// dpctl/flush-conntrack works for the userspace and the kernel datapath
+// alike.
 func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
-	ctl := vswitchdCtl(b.opts.OVSRunDir)
+	ctl := ovsrun.VSwitchdCtl(b.opts.OVSRunDir)
 	for _, s := range stale {
 		ipf := "ct_nw"
 		if s.key.IP.Is6() {
@@ -67,11 +52,9 @@ func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
 		}
 		orig := fmt.Sprintf("%s_dst=%s,ct_nw_proto=17,ct_tp_dst=%d", ipf, s.key.IP, s.key.Port)
 		reply := fmt.Sprintf("%s_src=%s,ct_nw_proto=17,ct_tp_src=%d", ipf, s.ep.IP, s.ep.Port)
-		out, err := exec.CommandContext(ctx, "ovs-appctl", "-t", ctl, "dpctl/flush-conntrack",
-			fmt.Sprintf("zone=%d", SvcZone), orig, reply).CombinedOutput()
-		if err != nil {
+		if _, err := ovsrun.Appctl(ctx, ctl, "dpctl/flush-conntrack", fmt.Sprintf("zone=%d", SvcZone), orig, reply); err != nil {
 			b.log.Warn("flushing conntrack of a removed UDP endpoint failed", zap.Stringer("frontend", s.key),
-				zap.String("endpoint", s.ep.AddrPort().String()), zap.Error(err), zap.String("output", strings.TrimSpace(string(out))))
+				zap.String("endpoint", s.ep.AddrPort().String()), zap.Error(err))
 			continue
 		}
 		b.log.Debug("flushed conntrack of a removed UDP endpoint", zap.Stringer("frontend", s.key), zap.String("endpoint", s.ep.AddrPort().String()))

@@ -364,19 +364,12 @@ func (o *OVS) tool(ctx context.Context, name string, args ...string) (string, er
 }
 
 // vswitchdAnswers asks the ovs-vswitchd of runDir for its version over
-// its control socket: the default one named after the pid in its pidfile,
-// as ovs-appctl finds it, else ovs-vswitchd.ctl (--unixctl of hosts and
-// tests that name it).
+// its control socket.
 func vswitchdAnswers(ctx context.Context, runDir string) error {
-	pid, err := os.ReadFile(filepath.Join(runDir, "ovs-vswitchd.pid"))
-	if err != nil {
+	if _, err := os.Stat(filepath.Join(runDir, "ovs-vswitchd.pid")); err != nil {
 		return fmt.Errorf("ovs-vswitchd: %w", err)
 	}
-	ctl := filepath.Join(runDir, fmt.Sprintf("ovs-vswitchd.%s.ctl", strings.TrimSpace(string(pid))))
-	if _, err := os.Stat(ctl); err != nil {
-		ctl = filepath.Join(runDir, "ovs-vswitchd.ctl")
-	}
-	_, err = appctl(ctx, ctl, "version")
+	_, err := Appctl(ctx, VSwitchdCtl(runDir), "version")
 	return err
 }
 

@@ -5,13 +5,30 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
-// appctl runs one unixctl command (what ovs-appctl does) on the control
-// socket ctl. A health probe every few seconds then costs one connection,
-// not a process.
-func appctl(ctx context.Context, ctl, method string, params ...string) (string, error) {
+// VSwitchdCtl is the control socket of the ovs-vswitchd of runDir: the one
+// named after the pid in its pidfile, as ovs-appctl finds it, else
+// ovs-vswitchd.ctl (--unixctl of hosts and tests that name it). The one
+// place that finds it.
+func VSwitchdCtl(runDir string) string {
+	if pid, err := os.ReadFile(filepath.Join(runDir, "ovs-vswitchd.pid")); err == nil {
+		ctl := filepath.Join(runDir, fmt.Sprintf("ovs-vswitchd.%s.ctl", strings.TrimSpace(string(pid))))
+		if _, err := os.Stat(ctl); err == nil {
+			return ctl
+		}
+	}
+	return filepath.Join(runDir, "ovs-vswitchd.ctl")
+}
+
+// Appctl runs one unixctl command (what ovs-appctl does) on the control
+// socket ctl (see VSwitchdCtl). A health probe every few seconds, or a
+// conntrack flush, then costs one connection, not a process.
+func Appctl(ctx context.Context, ctl, method string, params ...string) (string, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", ctl)
 	if err != nil {
