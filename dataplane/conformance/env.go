@@ -42,8 +42,9 @@ type Env struct {
 	n      int
 }
 
-// Subnets of the test VLANs.
-var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2"}
+// Subnets of the test VLANs. 103 and 104 hold the two endpoint addresses
+// whose flows collided in the hash-identified OVS driver.
+var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2", 103: "10.1.23", 104: "10.2.7"}
 
 // NewEnv builds the node and the fabric stand-in.
 func NewEnv(t testing.TB) *Env {
@@ -106,7 +107,11 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 // Serve runs TCP and UDP servers on port in the pod. The TCP server writes
 // "<pod> <remote ip>\n" on accept, then echoes lines; the UDP server answers
 // each datagram with "<pod> <remote ip>".
-func (p *Pod) Serve(t testing.TB, port uint16) {
+func (p *Pod) Serve(t testing.TB, port uint16) { p.ServeAs(t, port, p.Name) }
+
+// ServeAs is Serve with the servers answering name instead of the pod's
+// name (e.g. "<pod>:<port>", to tell endpoints on one pod apart).
+func (p *Pod) ServeAs(t testing.TB, port uint16, name string) {
 	t.Helper()
 	addr := fmt.Sprintf("0.0.0.0:%d", port)
 	var ln net.Listener
@@ -137,7 +142,7 @@ func (p *Pod) Serve(t testing.TB, port uint16) {
 				defer wg.Done()
 				defer c.Close()
 				remote := c.RemoteAddr().(*net.TCPAddr).IP
-				fmt.Fprintf(c, "%s %s\n", p.Name, remote)
+				fmt.Fprintf(c, "%s %s\n", name, remote)
 				sc := bufio.NewScanner(c)
 				for sc.Scan() {
 					fmt.Fprintf(c, "%s\n", sc.Text())
@@ -153,7 +158,7 @@ func (p *Pod) Serve(t testing.TB, port uint16) {
 			if err != nil {
 				return
 			}
-			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s", p.Name, from.(*net.UDPAddr).IP)), from)
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s", name, from.(*net.UDPAddr).IP)), from)
 		}
 	}()
 }

@@ -411,6 +411,75 @@ var Cases = []Case{
 			t.Fatalf("after restart reached %s", got)
 		}
 	}},
+	{Name: "endpoints whose flows once collided are both served", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		// 10.1.23.199:8080 and 10.2.7.132:8080 had the same 32-bit
+		// cookie hash in the OVS driver that identified flows by it: one
+		// of them got no DNAT flow and its connections were dropped.
+		a, b := e.AddPod("a", 103, 199), e.AddPod("b", 104, 132)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a, b}, 8080)))
+		seen := map[string]int{}
+		for i := 0; i < 200 && len(seen) < 2; i++ {
+			server, _, err := client.Get(addr(80), timeout)
+			if err != nil {
+				t.Fatalf("connection %d (seen %s so far): %v", i, keys(seen), err)
+			}
+			seen[server]++
+		}
+		if len(seen) != 2 {
+			t.Fatalf("only %s answered in 200 connections", keys(seen))
+		}
+	}},
+	{Name: "a Service with 2000 endpoints is balanced; small Services beside it keep changing", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		const perPod, base = 500, 20000
+		pods := []*Pod{e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30), e.AddPod("d", 102, 40)}
+		client := e.AddPod("client", 101, 50)
+		big := Frontend(80, dataplane.TCP, nil, 0)
+		for _, p := range pods {
+			for i := 0; i < perPod; i++ {
+				port := uint16(base + i)
+				p.ServeAs(t, port, fmt.Sprintf("%s:%d", p.Name, port))
+				big.Endpoints = append(big.Endpoints, dataplane.Endpoint{IP: p.IP, Port: port, Ready: true, Serving: true, NodeName: NodeName})
+			}
+		}
+		pods[0].Serve(t, 8080)
+		pods[1].Serve(t, 8080)
+		small := Frontend(81, dataplane.TCP, pods[:1], 8080)
+		syncModel(t, inst, Model(big, small))
+		const conns = 400
+		seen := servers(t, client, addr(80), conns, false)
+		perPodSeen := map[string]int{}
+		most := 0
+		for ep, n := range seen {
+			pod, _, _ := strings.Cut(ep, ":")
+			perPodSeen[pod] += n
+			most = max(most, n)
+		}
+		// 400 uniform picks from 2000: about 360 distinct, none more than
+		// a handful of times, about 100 per pod.
+		if len(seen) < 300 || most > 8 {
+			t.Errorf("%d connections reached %d distinct endpoints, the busiest %d times: not balanced over 2000", conns, len(seen), most)
+		}
+		for _, p := range pods {
+			if perPodSeen[p.Name] < 50 {
+				t.Errorf("pod %s got %d of %d connections (per pod: %v)", p.Name, perPodSeen[p.Name], conns, perPodSeen)
+			}
+		}
+		if got := servers(t, client, addr(81), 5, false); keys(got) != "a" {
+			t.Fatalf("small service reached %s, want a", keys(got))
+		}
+		// The small one changes while the big one is installed.
+		small = Frontend(81, dataplane.TCP, pods[1:2], 8080)
+		syncModel(t, inst, Model(big, small))
+		if got := servers(t, client, addr(81), 5, false); keys(got) != "b" {
+			t.Fatalf("after its change the small service reached %s, want b", keys(got))
+		}
+		if _, _, err := client.Get(addr(80), timeout); err != nil {
+			t.Fatalf("big service after the change: %v", err)
+		}
+	}},
 	{Name: "Cleanup leaves no trace", Row: "-", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		client := e.AddPod("client", 101, 50)
