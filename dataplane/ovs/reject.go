@@ -5,26 +5,27 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
-	"time"
 
+	"antrea.io/libOpenflow/openflow15"
+	"antrea.io/libOpenflow/util"
 	"go.uber.org/zap"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
 )
 
 // rejecter answers new connections to a frontend without endpoints: the
 // frontend's SvcLB flow sends them to the controller, and this responder,
-// connected to the bridge's management socket, sends back a TCP RST or an
-// ICMP port unreachable out of the port the packet came from. OpenFlow
-// cannot build those packets itself. It speaks just enough OpenFlow 1.3:
-// HELLO, ECHO, SET_CONFIG (a service connection receives packet-ins only
-// after asking for them with a miss_send_len) and PACKET_IN/PACKET_OUT.
+// on its own OpenFlow connection to the bridge (the same client code as
+// the backend's, so it reconnects after ovs-vswitchd restarts), sends back
+// a TCP RST or an ICMP port unreachable out of the port the packet came
+// from. OpenFlow cannot build those packets itself.
 type rejecter struct {
 	sock string
 	log  *zap.Logger
 
 	once   sync.Once
+	client *openflow.Client
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -38,148 +39,67 @@ func (r *rejecter) ensure() {
 	r.once.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		r.cancel = cancel
-		go r.run(ctx)
+		r.client = openflow.New(openflow.Options{Socket: r.sock, Log: r.log})
+		go r.run(ctx, r.client.PacketIns())
 	})
 }
 
 func (r *rejecter) stop() {
 	if r.cancel != nil {
 		r.cancel()
+		r.client.Close()
 		<-r.done
 	}
 }
 
-func (r *rejecter) run(ctx context.Context) {
+func (r *rejecter) run(ctx context.Context, in <-chan *openflow15.PacketIn) {
 	defer close(r.done)
-	delay := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.serve(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		r.log.Info("reject responder reconnecting", zap.String("socket", r.sock), zap.Error(err))
+	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(delay):
-		}
-		if delay < 5*time.Second {
-			delay *= 2
-		}
-	}
-}
-
-const (
-	ofVersion     = 0x04
-	ofptHello     = 0
-	ofptEchoReq   = 2
-	ofptEchoReply = 3
-	ofptSetConfig = 9
-	ofptPacketIn  = 10
-	ofptPacketOut = 13
-	ofppInPort    = 0xfffffff8
-)
-
-func ofMsg(typ uint8, xid uint32, body []byte) []byte {
-	b := make([]byte, 8+len(body))
-	b[0], b[1] = ofVersion, typ
-	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-	binary.BigEndian.PutUint32(b[4:], xid)
-	copy(b[8:], body)
-	return b
-}
-
-func (r *rejecter) serve(ctx context.Context) error {
-	conn, err := net.Dial("unix", r.sock)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	go func() { <-ctx.Done(); conn.Close() }()
-	cfg := make([]byte, 4)
-	binary.BigEndian.PutUint16(cfg[2:], 0xffff) // miss_send_len: full packets
-	if _, err := conn.Write(append(ofMsg(ofptHello, 1, nil), ofMsg(ofptSetConfig, 2, cfg)...)); err != nil {
-		return err
-	}
-	hdr := make([]byte, 8)
-	for {
-		if _, err := io.ReadFull(conn, hdr); err != nil {
-			return err
-		}
-		n := int(binary.BigEndian.Uint16(hdr[2:]))
-		if n < 8 {
-			return fmt.Errorf("openflow: bad message length %d", n)
-		}
-		body := make([]byte, n-8)
-		if _, err := io.ReadFull(conn, body); err != nil {
-			return err
-		}
-		xid := binary.BigEndian.Uint32(hdr[4:])
-		switch hdr[1] {
-		case ofptEchoReq:
-			if _, err := conn.Write(ofMsg(ofptEchoReply, xid, body)); err != nil {
-				return err
+		case pi := <-in:
+			out := r.answer(pi)
+			if out == nil {
+				continue
 			}
-		case ofptPacketIn:
-			if out := r.handlePacketIn(body); out != nil {
-				if _, err := conn.Write(ofMsg(ofptPacketOut, xid, out)); err != nil {
-					return err
-				}
+			if err := r.client.Send(ctx, out); err != nil && ctx.Err() == nil {
+				r.log.Debug("sending a reject failed", zap.Error(err))
 			}
 		}
 	}
 }
 
-// handlePacketIn returns the PACKET_OUT body answering it, or nil.
-func (r *rejecter) handlePacketIn(b []byte) []byte {
-	// buffer_id(4) total_len(2) reason(1) table_id(1) cookie(8) match...
-	if len(b) < 24 {
-		return nil
-	}
-	cookie := binary.BigEndian.Uint64(b[8:])
-	if byte(cookie>>56) != compCompiled || b[7] != tLB {
+// answer returns the PACKET_OUT answering a packet-in of one of our reject
+// flows, or nil.
+func (r *rejecter) answer(pi *openflow15.PacketIn) *openflow15.PacketOut {
+	if byte(pi.Cookie>>56) != compCompiled || pi.TableId != tLB {
 		return nil // not one of our reject flows
 	}
-	mlen := int(binary.BigEndian.Uint16(b[18:]))
-	padded := (mlen + 7) / 8 * 8
-	if 16+padded+2 > len(b) {
+	var inPort uint32
+	found := false
+	for _, f := range pi.Match.Fields {
+		if v, ok := f.Value.(*openflow15.InPortField); ok && f.Class == openflow15.OXM_CLASS_OPENFLOW_BASIC {
+			inPort, found = v.InPort, true
+		}
+	}
+	if !found || pi.Data == nil {
 		return nil
 	}
-	inPort, ok := oxmInPort(b[20 : 16+mlen])
-	if !ok {
+	frame, err := pi.Data.MarshalBinary()
+	if err != nil {
 		return nil
 	}
-	frame := b[16+padded+2:]
 	reply, err := rejectFrame(frame)
 	if err != nil {
 		r.log.Debug("no reject for packet", zap.Error(err))
 		return nil
 	}
-	// buffer_id, in_port, actions_len, pad(6), OUTPUT(IN_PORT), data
-	out := make([]byte, 16+16, 32+len(reply))
-	binary.BigEndian.PutUint32(out[0:], 0xffffffff)
-	binary.BigEndian.PutUint32(out[4:], inPort)
-	binary.BigEndian.PutUint16(out[8:], 16)
-	binary.BigEndian.PutUint16(out[16:], 0)  // OFPAT_OUTPUT
-	binary.BigEndian.PutUint16(out[18:], 16) // len
-	binary.BigEndian.PutUint32(out[20:], ofppInPort)
-	return append(out, reply...)
-}
-
-func oxmInPort(oxms []byte) (uint32, bool) {
-	for len(oxms) >= 4 {
-		class := binary.BigEndian.Uint16(oxms)
-		field := oxms[2] >> 1
-		l := int(oxms[3])
-		if len(oxms) < 4+l {
-			return 0, false
-		}
-		if class == 0x8000 && field == 0 && l == 4 {
-			return binary.BigEndian.Uint32(oxms[4:]), true
-		}
-		oxms = oxms[4+l:]
-	}
-	return 0, false
+	po := openflow15.NewPacketOut()
+	po.Match.AddField(*openflow15.NewInPortField(inPort))
+	po.AddAction(openflow15.NewActionOutput(openflow15.P_IN_PORT))
+	po.Data = util.NewBuffer(reply)
+	return po
 }
 
 // rejectFrame builds the answer to frame: TCP RST for TCP (nothing for a
