@@ -155,12 +155,15 @@ func (b *Backend) Close() error {
 	return errors.Join(b.of.Close(), b.db.Close())
 }
 
-func (b *Backend) reset() {
-	b.fronts = map[dataplane.FrontendKey]*compiled{}
-	b.desired = map[flowKey]*desiredFlow{}
-	b.groups = map[uint32]Group{}
-	b.installed = map[flowKey]installedFlow{}
-	b.installedGroups = map[uint32]Group{}
+func (b *Backend) reset() { b.resetSized(0) }
+
+// resetSized empties the state, with room for about frontends frontends.
+func (b *Backend) resetSized(frontends int) {
+	b.fronts = make(map[dataplane.FrontendKey]*compiled, frontends)
+	b.desired = make(map[flowKey]*desiredFlow, 12*frontends)
+	b.groups = make(map[uint32]Group, frontends)
+	b.installed = make(map[flowKey]installedFlow, 12*frontends)
+	b.installedGroups = make(map[uint32]Group, frontends)
 	if b.ids == nil {
 		b.ids = map[dataplane.FrontendKey]uint32{}
 		b.used = map[uint32]bool{}
@@ -287,25 +290,32 @@ func (b *Backend) removeCompiled(c *compiled, touched map[flowKey]bool, touchedG
 // frontends.
 func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowKey]bool, touchedGroups map[uint32]bool) ([]dataplane.FrontendError, error) {
 	// owner: the frontend whose change touched a flow or group, to blame
-	// it for a refusal.
-	owner := map[any]int{}
-	for i, c := range changes {
-		for _, cc := range []*compiled{c.old, c.new} {
-			if cc == nil {
-				continue
-			}
-			for _, f := range cc.flows {
-				owner[f.key()] = i
-			}
-			for _, f := range cc.shared {
-				if _, ok := owner[f.key()]; !ok {
-					owner[f.key()] = i
+	// it for a refusal. Built only when the switch refuses something.
+	var owner map[any]int
+	ownerOf := func(o any) (int, bool) {
+		if owner == nil {
+			owner = map[any]int{}
+			for i, c := range changes {
+				for _, cc := range []*compiled{c.old, c.new} {
+					if cc == nil {
+						continue
+					}
+					for _, f := range cc.flows {
+						owner[f.key()] = i
+					}
+					for _, f := range cc.shared {
+						if _, ok := owner[f.key()]; !ok {
+							owner[f.key()] = i
+						}
+					}
+					for _, g := range cc.groups {
+						owner[g.ID] = i
+					}
 				}
 			}
-			for _, g := range cc.groups {
-				owner[g.ID] = i
-			}
 		}
+		i, ok := owner[o]
+		return i, ok
 	}
 	var refused []dataplane.FrontendError
 	undone := map[int]bool{}
@@ -315,7 +325,14 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 		err := b.of.Bundle(ctx, msgs)
 		var me *openflow.MessageError
 		if errors.As(err, &me) && me.Index >= 0 && me.Index < len(objs) {
-			i, ok := owner[objs[me.Index]]
+			o := objs[me.Index]
+			var i int
+			var ok bool
+			if o.group != 0 {
+				i, ok = ownerOf(o.group)
+			} else {
+				i, ok = ownerOf(o.flow)
+			}
 			if ok && !undone[i] {
 				undone[i] = true
 				c := changes[i]
@@ -337,7 +354,9 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 		}
 		b.stats.LastChanges = nFlows + nGroups
 		if len(msgs) > 0 {
-			b.waitRevalidated(ctx)
+			if classifierChanged(objs) {
+				b.waitRevalidated(ctx)
+			}
 			b.stats.Bundles++
 			b.stats.FlowChanges += nFlows
 			b.stats.GroupChanges += nGroups
@@ -349,10 +368,25 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 	}
 }
 
+// classifierChanged says whether a bundle added or removed a table-0 flow:
+// a Service frontend appeared or went.
+func classifierChanged(objs []object) bool {
+	for _, o := range objs {
+		if o.group == 0 && o.flow.Table == tClassifier {
+			return true
+		}
+	}
+	return false
+}
+
 // waitRevalidated waits until ovs-vswitchd has revalidated its datapath
-// flows after a change: until then a packet can still take a cached
-// datapath flow of the old tables (a new Service's first SYN would leave
-// un-NATed). One unixctl request on ovs-vswitchd's control socket.
+// flows after a frontend appeared or went: until then a packet can still
+// take a cached datapath flow of the old tables (a new Service's first SYN
+// would leave un-NATed, matching a flow cached while the VIP was nobody's).
+// Endpoint changes need no wait: the select groups hash the 5-tuple, so a
+// new connection never matches a cached flow of another one. One unixctl
+// request; it lasts until the revalidators' next round (at most about
+// 500 ms with 100k flows installed, a few ms with few).
 func (b *Backend) waitRevalidated(ctx context.Context) {
 	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
 		b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
@@ -378,29 +412,34 @@ type pendingFlow struct {
 	cookie uint64 // 0: deleted
 }
 
+// object is what one message of a bundle changes: a group (id != 0) or a
+// flow.
+type object struct {
+	flow  flowKey
+	group uint32
+}
+
 // diff builds the bundle for the touched keys. objs[i] names what msgs[i]
 // changes: a flowKey or a group id (uint32). Order inside the atomic,
 // ordered bundle: nothing references a group that is not there yet, and no
 // group goes while a flow or a bucket still points at it.
-func (b *Backend) diff(touched map[flowKey]bool, touchedGroups map[uint32]bool) (msgs []util.Message, objs []any, nFlows, nGroups int) {
-	var flowDel, flowAdd, groupSet, groupDel []util.Message
-	var flowDelObj, flowAddObj, groupSetObj, groupDelObj []any
-	keys := make([]flowKey, 0, len(touched))
+func (b *Backend) diff(touched map[flowKey]bool, touchedGroups map[uint32]bool) (msgs []util.Message, objs []object, nFlows, nGroups int) {
+	var flowDel, groupSet, groupDel []util.Message
+	var flowDelObj, groupSetObj, groupDelObj []object
+	flowAdd, flowAddObj := make([]util.Message, 0, len(touched)), make([]object, 0, len(touched))
+	// Flows need no order among themselves: each is its own key, and the
+	// groups they point at are set before them below.
 	for k := range touched {
-		keys = append(keys, k)
-	}
-	sortFlowKeys(keys) // deterministic bundles
-	for _, k := range keys {
 		want, have := b.desired[k], b.installed[k]
 		switch {
 		case want != nil && (have.cookie == 0 || !slices.Equal(want.flow.Actions, have.actions)):
 			b.serial++
 			owner := want.flow.Owner
 			flowAdd = append(flowAdd, want.flow.flowMod(makeCookie(compCompiled, owner, b.serial)))
-			flowAddObj = append(flowAddObj, k)
+			flowAddObj = append(flowAddObj, object{flow: k})
 		case want == nil && have.cookie != 0:
 			flowDel = append(flowDel, deleteFlow(k, have.cookie))
-			flowDelObj = append(flowDelObj, k)
+			flowDelObj = append(flowDelObj, object{flow: k})
 		}
 	}
 	ids := make([]uint32, 0, len(touchedGroups))
@@ -416,13 +455,13 @@ func (b *Backend) diff(touched map[flowKey]bool, touchedGroups map[uint32]bool) 
 		switch {
 		case want && !have:
 			groupSet = append(groupSet, g.groupMod(openflow15.OFPGC_ADD))
-			groupSetObj = append(groupSetObj, id)
+			groupSetObj = append(groupSetObj, object{group: id})
 		case want && !groupEqual(g, old):
 			groupSet = append(groupSet, g.groupMod(openflow15.OFPGC_MODIFY))
-			groupSetObj = append(groupSetObj, id)
+			groupSetObj = append(groupSetObj, object{group: id})
 		case !want && have:
 			groupDel = append([]util.Message{deleteGroup(id)}, groupDel...)
-			groupDelObj = append([]any{id}, groupDelObj...)
+			groupDelObj = append([]object{{group: id}}, groupDelObj...)
 		}
 	}
 	msgs = slices.Concat(flowDel, groupSet, flowAdd, groupDel)
@@ -431,12 +470,12 @@ func (b *Backend) diff(touched map[flowKey]bool, touchedGroups map[uint32]bool) 
 }
 
 // commit records what a committed bundle installed.
-func (b *Backend) commit(touched map[flowKey]bool, touchedGroups map[uint32]bool, msgs []util.Message, objs []any) {
+func (b *Backend) commit(touched map[flowKey]bool, touchedGroups map[uint32]bool, msgs []util.Message, objs []object) {
 	for i, o := range objs {
-		k, ok := o.(flowKey)
-		if !ok {
+		if o.group != 0 {
 			continue
 		}
+		k := o.flow
 		if fm := msgs[i].(*openflow15.FlowMod); fm.Command == openflow15.FC_ADD {
 			b.installed[k] = installedFlow{cookie: fm.Cookie, actions: b.desired[k].flow.Actions}
 		} else {
@@ -455,19 +494,6 @@ func (b *Backend) commit(touched map[flowKey]bool, touchedGroups map[uint32]bool
 func groupEqual(a, b Group) bool {
 	return a.ID == b.ID && a.Proto == b.Proto && a.V6 == b.V6 && a.Basis == b.Basis &&
 		slices.EqualFunc(a.Buckets, b.Buckets, func(x, y Bucket) bool { return x.Weight == y.Weight && slices.Equal(x.Actions, y.Actions) })
-}
-
-func sortFlowKeys(keys []flowKey) {
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
-		if a.Table != b.Table {
-			return a.Table < b.Table
-		}
-		if a.Priority != b.Priority {
-			return a.Priority > b.Priority
-		}
-		return a.Match.String() < b.Match.String()
-	})
 }
 
 // incrementalSync touches only frontends whose pointer changed.
@@ -589,7 +615,7 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		b.adoptIDs(installed)
 	}
 	prev, prevGroups := b.installed, b.installedGroups
-	b.reset()
+	b.resetSized(len(m.Frontends))
 	for k, f := range installed {
 		// Still what we wrote (same cookie): keep the record of its
 		// actions, so an unchanged flow is not rewritten.
@@ -612,7 +638,7 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		}
 	}
 
-	touched := map[flowKey]bool{}
+	touched := make(map[flowKey]bool, 12*len(m.Frontends)+len(installed))
 	for k := range installed {
 		touched[k] = true
 	}
