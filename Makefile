@@ -47,7 +47,7 @@ test: deps lint check-generate build tools
 
 unit:
 	$(GO) test -count=1 ./pkg/config/ ./pkg/logging/ ./pkg/cniwire/ ./pkg/daemon/ ./pkg/proxy/ ./pkg/agent/podconfig/ ./pkg/agent/cniserver/ ./pkg/agent/audit/ ./pkg/bootstrap/ ./pkg/cniplugin/
-	$(GO) test -count=1 -run "TestCompile|TestRemote|TestCookies|TestGroupSig|TestParseFront" ./dataplane/ovs/
+	$(GO) test -count=1 -run "TestCompile|TestRemote|TestColliding|TestLargeFrontend|TestFlowsEncode" ./dataplane/ovs/
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/

@@ -421,15 +421,24 @@ var Cases = []Case{
 		b.Serve(t, 8080)
 		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, []*Pod{a, b}, 8080)))
 		seen := map[string]int{}
+		missing := func() string {
+			var m []string
+			for _, p := range []*Pod{a, b} {
+				if seen[p.Name] == 0 {
+					m = append(m, fmt.Sprintf("%s (%s:8080)", p.Name, p.IP))
+				}
+			}
+			return strings.Join(m, ", ")
+		}
 		for i := 0; i < 200 && len(seen) < 2; i++ {
 			server, _, err := client.Get(addr(80), timeout)
 			if err != nil {
-				t.Fatalf("connection %d (seen %s so far): %v", i, keys(seen), err)
+				t.Fatalf("connection %d failed, endpoint not served so far: %s: %v", i, missing(), err)
 			}
 			seen[server]++
 		}
 		if len(seen) != 2 {
-			t.Fatalf("only %s answered in 200 connections", keys(seen))
+			t.Fatalf("endpoint %s never answered in 200 connections (answered: %v)", missing(), seen)
 		}
 	}},
 	{Name: "a Service with 2000 endpoints is balanced; small Services beside it keep changing", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
