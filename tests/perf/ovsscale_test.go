@@ -116,13 +116,6 @@ func ovsReplay(b *testing.B, m *dataplane.Model) (time.Duration, uint64) {
 func iptablesFull(b *testing.B, m *dataplane.Model) time.Duration {
 	sc := newScope(b)
 	defer sc.close()
-	node := harness.NewNetNS(sc)
 	text, _, _ := iptablesRules(m)
-	start := time.Now()
-	cmd := node.Exec(context.Background(), "iptables-legacy-restore", "--noflush")
-	cmd.Stdin = strings.NewReader(text)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		b.Fatalf("iptables-restore: %v: %s", err, out)
-	}
-	return time.Since(start)
+	return iptablesRestore(b, harness.NewNetNS(sc), text)
 }

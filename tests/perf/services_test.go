@@ -324,15 +324,7 @@ func benchIptables(b *testing.B, n int) progResult {
 	defer sc.close()
 	node := harness.NewNetNS(sc)
 	m := benchModel(n)
-	restore := func(text string) time.Duration {
-		start := time.Now()
-		cmd := node.Exec(context.Background(), "iptables-legacy-restore", "--noflush")
-		cmd.Stdin = strings.NewReader(text)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("iptables-restore: %v: %s", err, out)
-		}
-		return time.Since(start)
-	}
+	restore := func(text string) time.Duration { return iptablesRestore(b, node, text) }
 	r := progResult{name: "iptables", n: n}
 	var text string
 	text, r.flows, r.chains = iptablesRules(m)
@@ -398,4 +390,16 @@ func genSuffix(gen int) string {
 		return ""
 	}
 	return fmt.Sprintf("G%d", gen)
+}
+
+// iptablesRestore applies text with one iptables-legacy-restore --noflush
+// in node and returns how long it took.
+func iptablesRestore(b *testing.B, node *harness.NetNS, text string) time.Duration {
+	start := time.Now()
+	cmd := node.Exec(context.Background(), "iptables-legacy-restore", "--noflush")
+	cmd.Stdin = strings.NewReader(text)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("iptables-restore: %v: %s", err, out)
+	}
+	return time.Since(start)
 }
