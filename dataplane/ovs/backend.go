@@ -502,11 +502,15 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 	touchedGroups := map[uint32]bool{}
 	var changes []change
 	var stale []staleUDP
+	var changed []dataplane.FrontendKey
 	for k, f := range m.Frontends {
-		old := b.fronts[k]
-		if old != nil && old.src == f {
-			continue
+		if old := b.fronts[k]; old == nil || old.src != f {
+			changed = append(changed, k)
 		}
+	}
+	sortKeys(changed) // new frontends get ids in key order, as in a full sync
+	for _, k := range changed {
+		f, old := m.Frontends[k], b.fronts[k]
 		id, err := b.idFor(k)
 		if err != nil {
 			return err
