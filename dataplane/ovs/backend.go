@@ -380,13 +380,15 @@ func classifierChanged(objs []object) bool {
 }
 
 // waitRevalidated waits until ovs-vswitchd has revalidated its datapath
-// flows after a frontend appeared or went: until then a packet can still
-// take a cached datapath flow of the old tables (a new Service's first SYN
-// would leave un-NATed, matching a flow cached while the VIP was nobody's).
-// Endpoint changes need no wait: the select groups hash the 5-tuple, so a
-// new connection never matches a cached flow of another one. One unixctl
-// request; it lasts until the revalidators' next round (at most about
-// 500 ms with 100k flows installed, a few ms with few).
+// flows after a frontend appeared or went, or a UDP endpoint went: until
+// then a packet can still take a cached datapath flow of the old tables (a
+// new Service's first SYN would leave un-NATed, matching a flow cached
+// while the VIP was nobody's; a UDP client's next datagram would go to its
+// removed endpoint). Other endpoint changes need no wait: the select groups
+// hash the 5-tuple, so a new connection never matches a cached flow of
+// another one. One unixctl request; it lasts until the revalidators' next
+// round (at most about 500 ms with 100k flows installed, a few ms with
+// few).
 func (b *Backend) waitRevalidated(ctx context.Context) {
 	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
 		b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
@@ -572,6 +574,10 @@ func (b *Backend) afterApply(ctx context.Context, refused []dataplane.FrontendEr
 		}
 	}
 	if len(stale) > 0 {
+		// A UDP client keeps its 5-tuple: its next datagram after the
+		// flush must not take the datapath flow cached with the removed
+		// endpoint's bucket, so wait for the revalidators first.
+		b.waitRevalidated(ctx)
 		b.flushUDP(ctx, stale)
 	}
 }
