@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -364,6 +365,13 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 				zap.Duration("took", time.Since(start)))
 		}
 		b.commit(touched, touchedGroups, msgs, objs)
+		if len(msgs) >= bigBundle {
+			// A full program builds every message at once; give that
+			// transient peak back to the node instead of keeping it as
+			// RSS until the Go runtime's scavenger gets to it.
+			msgs, objs = nil, nil
+			debug.FreeOSMemory()
+		}
 		return refused, nil
 	}
 }
@@ -413,6 +421,10 @@ type pendingFlow struct {
 	key    flowKey
 	cookie uint64 // 0: deleted
 }
+
+// bigBundle is the bundle size from which the memory it took is returned to
+// the OS right away (a full program of ~350 Services or more).
+const bigBundle = 4096
 
 // object is what one message of a bundle changes: a group (id != 0) or a
 // flow.
