@@ -636,7 +636,7 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 	if !b.adopted {
 		b.adoptIDs(installed)
 	}
-	prev, prevGroups := b.installed, b.installedGroups
+	prev, prevGroups, prevFronts := b.installed, b.installedGroups, b.fronts
 	b.resetSized(len(m.Frontends))
 	for k, f := range installed {
 		// Still what we wrote (same cookie): keep the record of its
@@ -681,7 +681,8 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		c := compileFrontend(m.Frontends[k], id, b.co)
 		b.addCompiled(c, touched, touchedGroups)
 		b.fronts[k] = c
-		changes = append(changes, change{key: k, new: c})
+		// old: what a refusal puts back (what this process had installed).
+		changes = append(changes, change{key: k, old: prevFronts[k], new: c})
 	}
 	for k := range b.ids {
 		if _, ok := m.Frontends[k]; !ok {

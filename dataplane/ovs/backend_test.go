@@ -237,7 +237,21 @@ func TestRefusedFrontendDoesNotBlockOthers(t *testing.T) {
 	if flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows"); !strings.Contains(flows, "nw_dst=10.96.0.10") || !strings.Contains(flows, "nat(dst=10.0.1.5:8080)") {
 		t.Fatalf("the once refused frontend is not installed:\n%s", flows)
 	}
-	if got := b.Stats().Refused; got != 2 {
-		t.Errorf("Refused = %d, want 2", got)
+	// Refused again with a change: the frontend keeps what it had, in an
+	// incremental and in a full sync alike.
+	rc.refuse[frontendGroupID(1)] = true
+	bad2 := fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.8:8080")
+	m.Frontends[bad2.Key] = bad2
+	for _, full := range []bool{false, true} {
+		if err := b.Sync(ctx, m, dataplane.SyncOptions{Full: full}); !errors.As(err, &fe2) {
+			t.Fatalf("Sync (full %v) = %v", full, err)
+		}
+		flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows")
+		if !strings.Contains(flows, "nat(dst=10.0.1.5:8080)") || strings.Contains(flows, "10.0.1.8") || !strings.Contains(flows, "nw_dst=10.96.0.10") {
+			t.Fatalf("full %v: the refused frontend lost its previous state or got half of the new one:\n%s", full, flows)
+		}
+	}
+	if got := b.Stats().Refused; got != 4 {
+		t.Errorf("Refused = %d, want 4", got)
 	}
 }
