@@ -39,6 +39,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags demo ./tests/demo/
+	@# The product (cmd/, pkg/, dataplane/) never depends on test support (tests/).
+	@bad=$$($(GO) list -deps ./cmd/... ./pkg/... ./dataplane/... | grep '^github.com/nsx-ujo/nsx-ujo/tests/' || true); \
+	if [ -n "$$bad" ]; then echo "the product imports test code:"; echo "$$bad"; exit 1; fi
 	cd tools/cnidriver && $(GO) vet . && $(GO) vet -modfile=libcni-v1.1.2.mod -tags libcni_v1_1 .
 
 test: deps lint check-generate build tools

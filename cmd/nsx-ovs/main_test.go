@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
-	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif/nodeiftest"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+	"github.com/nsx-ujo/nsx-ujo/tests/nodeiftest"
 )
 
 // binary is the nsx-ovs built for this test run.

@@ -8,8 +8,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
+	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 

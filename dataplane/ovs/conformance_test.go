@@ -7,8 +7,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 )
 
 func TestConformance(t *testing.T) {

@@ -7,8 +7,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
-	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 )
 
 // ovs-vswitchd crashes and comes back with empty flow tables (no saved

@@ -10,9 +10,9 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
-	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif/nodeiftest"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
+	"github.com/nsx-ujo/nsx-ujo/tests/nodeiftest"
 )
 
 // node is a test node: the topology, its own OVS (userspace datapath) in

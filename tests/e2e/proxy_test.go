@@ -18,8 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 

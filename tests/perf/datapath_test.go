@@ -11,9 +11,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
-	"github.com/nsx-ujo/nsx-ujo/dataplane/conformance"
 	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
