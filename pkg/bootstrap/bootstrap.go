@@ -11,20 +11,20 @@
 package bootstrap
 
 import (
-	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
-	"slices"
-
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/util/version"
 
+	"github.com/nsx-ujo/nsx-ujo/pkg/atomicfile"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 )
 
@@ -68,6 +68,8 @@ type Options struct {
 	ReloadProfile bool
 	Runner        Runner      // runs apparmor_parser (ExecRunner)
 	Log           *zap.Logger // (no logs)
+
+	probed *probeResult // Monitor's memory of the last loopback version probe
 }
 
 func (o Options) complete() (Options, *version.Version, error) {
@@ -303,7 +305,19 @@ func (o *Options) chainSupports11(ctx context.Context) bool {
 	if ok, err := exists(bin); err != nil || !ok {
 		bin = o.LoopbackSource
 	}
+	// The monitor asks again only when the binary changed (no exec every
+	// interval, no repeated log line).
+	var key probeKey
+	if fi, err := os.Stat(bin); err == nil {
+		key = probeKey{path: bin, size: fi.Size(), mtime: fi.ModTime()}
+		if o.probed != nil && o.probed.key == key {
+			return o.probed.ok
+		}
+	}
 	ok, err := supportsCNI11(ctx, bin)
+	if o.probed != nil && err == nil {
+		*o.probed = probeResult{key: key, ok: ok}
+	}
 	switch {
 	case err != nil:
 		o.Log.Warn("cannot ask the loopback CNI plugin its versions; the conflist offers CNI "+baseCNIVersion+" only (no STATUS/GC)", zap.Error(err))
@@ -311,6 +325,19 @@ func (o *Options) chainSupports11(ctx context.Context) bool {
 		o.Log.Info("the loopback CNI plugin does not answer CNI 1.1.0; the conflist offers CNI "+baseCNIVersion+" only (no STATUS/GC)", zap.String("binary", bin))
 	}
 	return ok
+}
+
+// probeKey identifies a plugin binary's version probe; probeResult is its
+// answer (see Options.probed).
+type probeKey struct {
+	path  string
+	size  int64
+	mtime time.Time
+}
+
+type probeResult struct {
+	key probeKey
+	ok  bool
 }
 
 // appArmorPlan decides whether the profile file is installed (Ubuntu) and
@@ -432,6 +459,7 @@ func Monitor(ctx context.Context, opts Options, interval time.Duration) error {
 		return errors.New("monitor interval must be positive")
 	}
 	opts.ReloadProfile = false
+	opts.probed = &probeResult{}
 	o, _, err := opts.complete()
 	if err != nil {
 		return err

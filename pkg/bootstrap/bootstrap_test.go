@@ -718,3 +718,41 @@ func TestMonitorRepairs(t *testing.T) {
 		t.Errorf("want exactly one repair, got %v", h.logs.FilterMessage("repaired installed files").All())
 	}
 }
+
+// The monitor asks the loopback plugin its versions once, and again only
+// when the binary changes: no exec every interval.
+func TestMonitorProbesLoopbackOnlyWhenItChanges(t *testing.T) {
+	h := newHost(t, ubuntu, false)
+	calls := filepath.Join(t.TempDir(), "calls")
+	script := func(versions string) string {
+		return "#!/bin/sh\ncat >/dev/null\necho x >> " + calls + "\necho '{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[" + versions + "]}'\n"
+	}
+	h.write(t, LoopbackPath, script(`"1.0.0","1.1.0"`), 0o755)
+	count := func() int {
+		b, _ := os.ReadFile(calls)
+		return strings.Count(string(b), "x")
+	}
+	run := func(d time.Duration) {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		if err := Monitor(ctx, h.opts(), 20*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(300 * time.Millisecond)
+	if n := count(); n != 1 {
+		t.Fatalf("loopback asked %d times over many intervals, want 1", n)
+	}
+	if _, vs := h.conflistVersions(t); !slices.Equal(vs, []string{"1.0.0", "1.1.0"}) {
+		t.Fatalf("cniVersions %v", vs)
+	}
+	// After the loopback changed (older plugins), the conflist follows.
+	h.write(t, LoopbackPath, script(`"1.0.0"`)+"# changed\n", 0o755)
+	run(300 * time.Millisecond)
+	if n := count(); n != 2 {
+		t.Fatalf("loopback asked %d times after it changed, want 2", n)
+	}
+	if _, vs := h.conflistVersions(t); vs != nil {
+		t.Fatalf("cniVersions %v after the loopback lost 1.1.0", vs)
+	}
+}

@@ -428,9 +428,7 @@ func TestReconnectAfterVSwitchdRestart(t *testing.T) {
 	if err := c.Bundle(ctxT(t), []util.Message{ipFlow(0, 100, testCookie|1, ip4(1), openflow15.NewActionOutput(openflow15.P_LOCAL))}); err != nil {
 		t.Fatal(err)
 	}
-	o.KillVSwitchd()
-	waitUntil(t, 5*time.Second, "disconnected", func() bool { return !c.Connected() })
-	o.StartVSwitchd()
+	o.KillVSwitchd(t) // SIGKILL, then started again with an empty flow table
 	select {
 	case err := <-reinstalled:
 		if err != nil {
