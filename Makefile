@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 30m
 # exceeded" on a busy machine (golang/go#75804, fixed in Go 1.27).
 FUZZTIME ?= 50000x
 
-.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare
+.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
 
 all: build
 
@@ -26,7 +26,9 @@ help:
 	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
 	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"
-	@echo "make tools  build kube-apiserver $(KUBE_VERSION) into _output/tools (once per machine)"
+	@echo "make tools  build kube-apiserver, kubelet, ... $(KUBE_VERSION), e2e.test, containerd, CoreDNS into _output/tools (once per machine)"
+	@echo "make conformance [DATAPLANE=ovs|ebpf] [WIDE=1]  the upstream e2e conformance tests on a real-node cluster (kubelet + containerd), counts printed"
+	@echo "make cluster [DATAPLANE=ovs|ebpf] [NODES=n]  a real-node cluster to try kubectl against, until Ctrl-C"
 
 deps:
 	hack/install-deps.sh
@@ -82,6 +84,20 @@ check-generate:
 NODES ?= 2
 demo: deps build tools
 	@NSX_DEMO_NODES=$(NODES) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
+
+# The upstream Kubernetes e2e tests against a real-node cluster: the
+# Services and Networking conformance tests (CI runs them in make test), or
+# with WIDE=1 Cilium's set ([Conformance]|[sig-network], minus the skips
+# tests/realnode/conformance_test.go lists with their reasons).
+DATAPLANE ?= ovs,ebpf
+conformance: deps build tools
+	$(GO) test -count=1 -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.run -conformance.dataplanes=$(DATAPLANE) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
+
+# A real-node cluster for kubectl: prints KUBECONFIG, runs until Ctrl-C.
+cluster: deps build tools
+	@NSX_CLUSTER_NODES=$(NODES) NSX_CLUSTER_DATAPLANE=$(firstword $(subst $(comma), ,$(DATAPLANE))) $(GO) test -count=1 -timeout 0 -run 'TestInteractiveCluster$$' -v ./tests/realnode/ -args -interactive 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok '
+
+comma := ,
 
 # Leftovers of a demo or test run that was killed (Ctrl-C, timeout): the
 # harness removes netns and temp dirs whose owning process is gone.

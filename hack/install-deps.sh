@@ -16,6 +16,8 @@ packages=(
   iptables nftables    # benchmark baselines: kube-proxy-style rules
   vagrant vagrant-libvirt  # tests/vagrant: vagrant validate of the Vagrantfile (libvirt's settings need the plugin)
   shellcheck               # tests/vagrant lints hack/vagrant/*.sh
+  runc                     # the real-node cluster: containerd's OCI runtime
+  busybox-static curl netcat-openbsd  # the e2e test images (tests/images) are built from these
 )
 
 missing=()

@@ -37,6 +37,11 @@ type Options struct {
 	API       *harness.APIServer // nil: start one
 	// Progress, when set, receives one line per step (make demo prints them).
 	Progress func(format string, args ...any)
+	// RealNodes adds a real kube-controller-manager and kube-scheduler to
+	// the control plane and runs containerd and kubelet on every node:
+	// pods are then made with the API (RunPod is for the libcni mode) and
+	// started by kubelet. API must be nil: the apiserver is set up for it.
+	RealNodes bool
 }
 
 // Cluster is a real kube-apiserver, the fabric simulator and N nodes, each
@@ -48,7 +53,10 @@ type Cluster struct {
 	Client kubernetes.Interface
 	Fabric *fabric.Fabric
 	Nodes  []*Node
-	opts   Options
+	// With RealNodes:
+	ControllerManager, Scheduler *Process
+	DNS                          netip.Addr // CoreDNS, the pods' nameserver
+	opts                         Options
 }
 
 // Node is one cluster node.
@@ -65,8 +73,13 @@ type Node struct {
 	List     *libcni.NetworkConfigList
 
 	OVS, Agent, Proxy *Process
-	dataplane         string
-	c                 *Cluster
+	// With RealNodes:
+	IP                  netip.Addr // the node's InternalIP
+	Containerd, Kubelet *Process
+	ContainerdSock      string
+	CgroupRoot          string
+	dataplane           string
+	c                   *Cluster
 }
 
 func (c *Cluster) progress(format string, args ...any) {
@@ -85,13 +98,27 @@ func Start(t testing.TB, o Options) *Cluster {
 		o.Dataplane = "ovs"
 	}
 	c := &Cluster{opts: o}
+	if o.RealNodes && o.API != nil {
+		t.Fatal("cluster: RealNodes starts its own apiserver (Options.API must be nil)")
+	}
 	if c.API = o.API; c.API == nil {
 		c.progress("starting etcd and kube-apiserver %s", harness.KubeVersion)
-		c.API = harness.StartAPIServer(t)
+		ao := harness.APIServerOptions{RealNodes: o.RealNodes, Users: map[string][]string{}}
+		for i := 0; i < o.Nodes; i++ {
+			ao.Users[nodeUser(nodeName(i))] = []string{"system:nodes"}
+		}
+		c.API = harness.StartAPIServerWith(t, ao)
 	}
 	c.Client = c.API.Client(t)
 	c.progress("starting the NSX fabric simulator (hypervisor bridge, router, NCP stand-in)")
-	c.Fabric = fabric.Start(t, fabric.Options{Client: c.Client})
+	c.Fabric = fabric.Start(t, fabric.Options{Client: c.Client, PodsOnly: o.RealNodes})
+	if o.RealNodes {
+		// The apiserver reaches kubelets, pods and Services from the
+		// fabric's router, which routes to every node and pod subnet.
+		c.API.SetClusterDialer(dialFrom(c.Fabric.Router))
+		c.startControlPlane(t)
+		c.startDNS(t)
+	}
 	for i := 0; i < o.Nodes; i++ {
 		c.Nodes = append(c.Nodes, c.startNode(t, i))
 	}
@@ -100,9 +127,9 @@ func Start(t testing.TB, o Options) *Cluster {
 
 func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	t.Helper()
-	n := &Node{Name: fmt.Sprintf("node-%d", i+1), Index: i, NS: harness.NewNetNS(t), Dir: t.TempDir(), dataplane: c.opts.Dataplane, c: c}
+	n := &Node{Name: nodeName(i), Index: i, NS: harness.NewNetNS(t), Dir: t.TempDir(), dataplane: c.opts.Dataplane, c: c}
 	c.progress("%s: network namespace, uplink eth0 to the fabric", n.Name)
-	c.Fabric.ConnectNode(t, n.NS, "eth0", i)
+	n.IP = c.Fabric.ConnectNode(t, n.NS, "eth0", i).Addr()
 	c.API.ExposeIn(t, n.NS)
 	// Short paths (unix sockets), swept after a crash.
 	n.RunDir, n.PinDir, n.HostRoot = harness.TempDir(t), harness.TempDir(t), filepath.Join(n.Dir, "host")
@@ -124,13 +151,23 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 		_, err := n.NS.Exec(context.Background(), filepath.Join(c.opts.BinDir, "nsx-ovs"), "health", "--config-file", n.INI).Output()
 		return err
 	})
-	if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
+	if !c.opts.RealNodes {
+		// Without kubelet, the test registers the node.
+		if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
 	}
 	n.StartAgent(t)
 	n.StartProxy(t, c.opts.Dataplane)
+	if c.opts.RealNodes {
+		// After the agent: kubelet's node is Ready only once containerd
+		// finds the CNI config and the plugin answers STATUS.
+		n.startKubelet(t, n.IP)
+	}
 	return n
 }
+
+func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
 
 func (n *Node) writeINI(t testing.TB, dataplane string) {
 	n.dataplane = dataplane

@@ -35,6 +35,7 @@ func BuildBinaries(dir string) error {
 		"nsx-ovs":           "./cmd/nsx-ovs",
 		"nsx-ncp-bootstrap": "./cmd/nsx-ncp-bootstrap",
 		"workload":          "./tests/workload",
+		"pause":             "./tests/images/pause",
 		"loopback":          "github.com/containernetworking/plugins/plugins/main/loopback",
 		"bridge":            "github.com/containernetworking/plugins/plugins/main/bridge",
 		"host-local":        "github.com/containernetworking/plugins/plugins/ipam/host-local",

@@ -53,6 +53,10 @@ type Options struct {
 	// NodeNet is the node network, default 172.30.0.0/24; the router holds
 	// its .1, the nodes' default gateway.
 	NodeNet netip.Prefix
+	// PodsOnly limits the NCP stand-in to the pods' network config: with
+	// a real kube-controller-manager, EndpointSlices are its job, and
+	// readiness comes from kubelets.
+	PodsOnly bool
 }
 
 // Fabric is a running simulator. Its methods are safe for concurrent use.
@@ -112,7 +116,7 @@ func Start(t testing.TB, o Options) *Fabric {
 	sw.Vsctl(t, "set", "Port", "nodenet", "vlan_mode=access")
 
 	if o.Client != nil {
-		startController(t, f, o.Client)
+		startController(t, f, o.Client, o.PodsOnly)
 	}
 	return f
 }
@@ -232,3 +236,7 @@ func nthAddr(p netip.Prefix, n int) netip.Addr {
 	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) + uint32(n)
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
+
+// NodeGateway is the router's address on the node network (the nodes'
+// default gateway).
+func (f *Fabric) NodeGateway() netip.Addr { return nthAddr(f.nodeNet, 1) }

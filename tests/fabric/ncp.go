@@ -79,15 +79,16 @@ type controller struct {
 	services corelisters.ServiceLister
 	slices   discoverylisters.EndpointSliceLister
 
-	allocs map[key]allocation
-	pools  map[string]*pool
+	allocs   map[key]allocation
+	pools    map[string]*pool
+	podsOnly bool // no EndpointSlices (a real controller-manager writes them)
 
 	mu       sync.Mutex
 	triggers map[key]time.Time // first unsynced change of each Service
 }
 
 // startController runs the controller until t's cleanup.
-func startController(t testing.TB, f *Fabric, client kubernetes.Interface) {
+func startController(t testing.TB, f *Fabric, client kubernetes.Interface, podsOnly bool) {
 	t.Helper()
 	c := &controller{
 		f: f, client: client, t: t,
@@ -115,13 +116,16 @@ func startController(t testing.TB, f *Fabric, client kubernetes.Interface) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { c.enqueueObj(serviceKey, obj) },
-		UpdateFunc: func(_, obj any) { c.enqueueObj(serviceKey, obj) },
-		DeleteFunc: func(obj any) { c.enqueueObj(serviceKey, obj) },
-	})
-	if err != nil {
-		t.Fatal(err)
+	c.podsOnly = podsOnly
+	if !podsOnly {
+		_, err = svcInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { c.enqueueObj(serviceKey, obj) },
+			UpdateFunc: func(_, obj any) { c.enqueueObj(serviceKey, obj) },
+			DeleteFunc: func(obj any) { c.enqueueObj(serviceKey, obj) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	sliceChanged := func(obj any) {
 		if m, err := meta(obj); err == nil {
@@ -205,6 +209,9 @@ func (c *controller) podChanged(obj any) {
 		return
 	}
 	c.enqueue(key{podKey, m.GetNamespace(), m.GetName()})
+	if c.podsOnly {
+		return
+	}
 	svcs, _ := c.services.Services(m.GetNamespace()).List(labels.Everything())
 	for _, s := range svcs {
 		c.enqueue(key{serviceKey, s.Namespace, s.Name})

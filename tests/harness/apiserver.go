@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -43,6 +44,26 @@ type APIServer struct {
 
 	etcd      *daemon
 	apiserver *daemon
+
+	opts   APIServerOptions
+	tokens map[string]string // user -> token, of opts.Users
+	egress *egressProxy
+}
+
+// APIServerOptions shape a kube-apiserver for a cluster with real nodes
+// (kubelets, controller-manager, scheduler). The zero value is the
+// apiserver alone, as most tests use it.
+type APIServerOptions struct {
+	// RealNodes turns on what a cluster with real nodes has and the bare
+	// apiserver must not: ServiceAccount admission (a controller-manager
+	// creates the accounts), Node+RBAC authorization (kubelets), and an
+	// egress proxy for the apiserver's connections to kubelets, pods and
+	// Services (SetClusterDialer).
+	RealNodes bool
+	// Users are token users beyond admin, by name, with their groups (a
+	// kubelet: "system:node:<node>" in "system:nodes"). UserKubeconfig
+	// writes a kubeconfig for one.
+	Users map[string][]string
 }
 
 // KubeAPIServerBinary returns $NSX_UJO_KUBE_APISERVER if set, else
@@ -60,23 +81,43 @@ func KubeAPIServerBinary() (string, error) {
 // is missing.
 func KubeProxyBinary() (string, error) { return toolBinary("kube-proxy") }
 
+// ContainerdVersion is the runtime of the real-node cluster; keep it equal
+// to CONTAINERD_VERSION in hack/build-tools.sh and tools/containerd/go.mod.
+const ContainerdVersion = "v2.4.2"
+
+// CoreDNSVersion is the real-node cluster's DNS (tools/coredns/go.mod).
+const CoreDNSVersion = "v1.13.2"
+
+// ToolBinary returns <repo root>/_output/tools/<name>-<version> for a tool
+// hack/build-tools.sh builds (kube-*, kubelet, e2e.test, agnhost at
+// KubeVersion; containerd, containerd-shim-runc-v2, ctr at
+// ContainerdVersion), building that one tool when it is missing.
+func ToolBinary(name string) (string, error) { return toolBinary(name) }
+
 func toolBinary(name string) (string, error) {
 	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(root, "_output", "tools", name+"-"+KubeVersion)
+	version := KubeVersion
+	switch name {
+	case "containerd", "containerd-shim-runc-v2", "ctr":
+		version = ContainerdVersion
+	case "coredns":
+		version = CoreDNSVersion
+	}
+	bin := filepath.Join(root, "_output", "tools", name+"-"+version)
 	if _, err := os.Stat(bin); err == nil {
 		return bin, nil
 	}
 	// Straight to stderr rather than t.Log: the build is long and t.Log
 	// output only shows once the test ends.
-	fmt.Fprintf(os.Stderr, "harness: %s missing; building it with hack/build-tools.sh (~12 minutes cold; raise go test -timeout or run `make tools` first)\n", bin)
-	cmd := exec.Command("bash", filepath.Join(root, "hack", "build-tools.sh"))
+	fmt.Fprintf(os.Stderr, "harness: %s missing; building it with hack/build-tools.sh (minutes when cold; raise go test -timeout or run `make tools` first)\n", bin)
+	cmd := exec.Command("bash", filepath.Join(root, "hack", "build-tools.sh"), name)
 	cmd.Dir = root
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("hack/build-tools.sh: %w", err)
+		return "", fmt.Errorf("hack/build-tools.sh %s: %w", name, err)
 	}
 	return bin, nil
 }
@@ -84,8 +125,13 @@ func toolBinary(name string) (string, error) {
 // StartAPIServer starts etcd and kube-apiserver for one test and stops both
 // in its cleanup, logging the apiserver's log tail if the test failed.
 func StartAPIServer(tb testing.TB) *APIServer {
+	return StartAPIServerWith(tb, APIServerOptions{})
+}
+
+// StartAPIServerWith is StartAPIServer with options.
+func StartAPIServerWith(tb testing.TB, o APIServerOptions) *APIServer {
 	tb.Helper()
-	s, stop, err := startAPIServer(tb.Logf)
+	s, stop, err := startAPIServer(tb.Logf, o)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -103,10 +149,10 @@ func StartAPIServer(tb testing.TB) *APIServer {
 func StartAPIServerMain() (*APIServer, func(), error) {
 	return startAPIServer(func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, format+"\n", args...)
-	})
+	}, APIServerOptions{})
 }
 
-func startAPIServer(logf func(string, ...any)) (*APIServer, func(), error) {
+func startAPIServer(logf func(string, ...any), o APIServerOptions) (*APIServer, func(), error) {
 	sweepLeftovers(logf)
 	bin, err := KubeAPIServerBinary()
 	if err != nil {
@@ -116,11 +162,12 @@ func startAPIServer(logf func(string, ...any)) (*APIServer, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &APIServer{Dir: dir}
+	s := &APIServer{Dir: dir, opts: o}
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
 			s.apiserver.stop(stopGrace)
+			s.egress.close()
 			s.etcd.stop(stopGrace)
 			os.RemoveAll(dir)
 		})
@@ -147,7 +194,18 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 
 	s.Token = rand.Text()
 	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(s.Token+",admin,admin,system:masters\n"), 0o600); err != nil {
+	csv := s.Token + ",admin,admin,system:masters\n"
+	s.tokens = map[string]string{}
+	users := make([]string, 0, len(s.opts.Users))
+	for u := range s.opts.Users {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	for _, u := range users {
+		s.tokens[u] = rand.Text()
+		csv += fmt.Sprintf("%s,%s,%s,\"%s\"\n", s.tokens[u], u, u, strings.Join(s.opts.Users[u], ","))
+	}
+	if err := os.WriteFile(tokens, []byte(csv), 0o600); err != nil {
 		return err
 	}
 	saKey := filepath.Join(dir, "sa.key")
@@ -157,8 +215,8 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 	certDir := filepath.Join(dir, "certs")
 	s.CAFile = filepath.Join(certDir, "apiserver.crt")
 	s.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[2])
-	cmd := exec.Command(bin,
-		"--etcd-servers="+etcdURL,
+	args := []string{
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		fmt.Sprintf("--secure-port=%d", ports[2]),
 		// Tests may run it in a netns without a default route, where no
@@ -170,19 +228,38 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 		// With no --tls-cert-file the apiserver writes a self-signed CA and
 		// serving cert (for the advertise address) here: apiserver.crt holds
 		// the chain, so it doubles as the client's CA bundle.
-		"--cert-dir="+certDir,
-		"--token-auth-file="+tokens,
-		"--authorization-mode=RBAC",
+		"--cert-dir=" + certDir,
+		"--token-auth-file=" + tokens,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+saKey,
-		"--service-account-signing-key-file="+saKey,
+		"--service-account-key-file=" + saKey,
+		"--service-account-signing-key-file=" + saKey,
 		"--service-cluster-ip-range=10.96.0.0/16",
-		// No controller-manager creates the "default" ServiceAccount, which
-		// this plugin would require of every pod.
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--profiling=false",
-	)
+	}
+	if s.opts.RealNodes {
+		if s.egress, err = startEgressProxy(filepath.Join(dir, "egress.sock")); err != nil {
+			return err
+		}
+		egressCfg := filepath.Join(dir, "egress.yaml")
+		if err := os.WriteFile(egressCfg, []byte(fmt.Sprintf(egressSelectorConfig, s.egress.path)), 0o600); err != nil {
+			return err
+		}
+		args = append(args,
+			"--authorization-mode=Node,RBAC",
+			"--enable-admission-plugins=NodeRestriction",
+			"--egress-selector-config-file="+egressCfg,
+			"--kubelet-preferred-address-types=InternalIP",
+		)
+	} else {
+		args = append(args,
+			"--authorization-mode=RBAC",
+			// No controller-manager creates the "default" ServiceAccount,
+			// which this plugin would require of every pod.
+			"--disable-admission-plugins=ServiceAccount",
+		)
+	}
+	cmd := exec.Command(bin, args...)
 	if s.apiserver, err = startDaemon("kube-apiserver", cmd, filepath.Join(dir, "kube-apiserver.log")); err != nil {
 		return err
 	}
@@ -253,13 +330,31 @@ func (s *APIServer) ready() error {
 }
 
 func (s *APIServer) writeKubeconfig() error {
+	return s.writeKubeconfigFor(s.Kubeconfig, "admin", s.Token)
+}
+
+func (s *APIServer) writeKubeconfigFor(path, user, token string) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["nsxt"] = &clientcmdapi.Cluster{Server: s.URL, CertificateAuthority: s.CAFile}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: s.Token}
-	cfg.Contexts["nsxt"] = &clientcmdapi.Context{Cluster: "nsxt", AuthInfo: "admin"}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["nsxt"] = &clientcmdapi.Context{Cluster: "nsxt", AuthInfo: user}
 	cfg.CurrentContext = "nsxt"
-	return clientcmd.WriteToFile(*cfg, s.Kubeconfig)
+	return clientcmd.WriteToFile(*cfg, path)
 }
+
+// UserKubeconfig writes a kubeconfig for one of APIServerOptions.Users
+// to path.
+func (s *APIServer) UserKubeconfig(user, path string) error {
+	token, ok := s.tokens[user]
+	if !ok {
+		return fmt.Errorf("kubeconfig for %s: not a user of this apiserver (APIServerOptions.Users)", user)
+	}
+	return s.writeKubeconfigFor(path, user, token)
+}
+
+// SAKeyFile is the service-account signing key (the controller-manager's
+// token controller signs with it).
+func (s *APIServer) SAKeyFile() string { return filepath.Join(s.Dir, "sa.key") }
 
 // RESTConfig returns the admin client config.
 func (s *APIServer) RESTConfig() (*rest.Config, error) {
