@@ -91,6 +91,7 @@ demo: deps build tools
 # tests/realnode/conformance_test.go lists with their reasons).
 DATAPLANE ?= ovs,ebpf
 conformance: deps build tools
+	hack/build-tools.sh e2e.test
 	$(GO) test -count=1 -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.run -conformance.dataplanes=$(DATAPLANE) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
 
 # A real-node cluster for kubectl: prints KUBECONFIG, runs until Ctrl-C.
