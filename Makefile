@@ -44,6 +44,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags demo ./tests/demo/
+	$(GO) vet -tags conformance,interactive ./tests/realnode/
 	@# The product (cmd/, pkg/, dataplane/) never depends on test support (tests/).
 	@bad=$$($(GO) list -deps ./cmd/... ./pkg/... ./dataplane/... | grep '^github.com/nsx-ujo/nsx-ujo/tests/' || true); \
 	if [ -n "$$bad" ]; then echo "the product imports test code:"; echo "$$bad"; exit 1; fi
@@ -92,11 +93,11 @@ demo: deps build tools
 DATAPLANE ?= ovs,ebpf
 conformance: deps build tools
 	hack/build-tools.sh e2e.test
-	$(GO) test -count=1 -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.run -conformance.dataplanes=$(DATAPLANE) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
+	$(GO) test -count=1 -tags conformance -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.dataplanes=$(DATAPLANE) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
 
 # A real-node cluster for kubectl: prints KUBECONFIG, runs until Ctrl-C.
 cluster: deps build tools
-	@NSX_CLUSTER_NODES=$(NODES) NSX_CLUSTER_DATAPLANE=$(firstword $(subst $(comma), ,$(DATAPLANE))) $(GO) test -count=1 -timeout 0 -run 'TestInteractiveCluster$$' -v ./tests/realnode/ -args -interactive 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok '
+	@NSX_CLUSTER_NODES=$(NODES) NSX_CLUSTER_DATAPLANE=$(firstword $(subst $(comma), ,$(DATAPLANE))) $(GO) test -count=1 -tags interactive -timeout 0 -run 'TestInteractiveCluster$$' -v ./tests/realnode/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok '
 
 comma := ,
 

@@ -115,7 +115,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	if o.RealNodes {
 		// The apiserver reaches kubelets, pods and Services from the
 		// fabric's router, which routes to every node and pod subnet.
-		c.API.SetClusterDialer(dialFrom(c.Fabric.Router))
+		c.API.SetClusterDialer(c.Fabric.Router.DialContext)
 		c.startControlPlane(t)
 		c.startDNS(t)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -464,20 +463,6 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// dialFrom returns a dialer whose sockets belong to ns (a socket keeps the
-// namespace it was created in).
-func dialFrom(ns *harness.NetNS) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var conn net.Conn
-		err := ns.Do(func() error {
-			var err error
-			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-			return err
-		})
-		return conn, err
-	}
-}
-
 // Vsctl runs ovs-vsctl against the node's OVSDB (nsx-ovs's).
 func (n *Node) Vsctl(t testing.TB, args ...string) string {
 	t.Helper()
@@ -527,7 +512,7 @@ func (c *Cluster) startDNS(t testing.TB) {
 	}
 	c.progress("cluster DNS: CoreDNS %s at %s", harness.CoreDNSVersion, c.DNS)
 	p := StartProcess(t, router, filepath.Join(dir, "coredns.log"), bin, "-conf", conf)
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: dialFrom(router)}}
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: router.DialContext}}
 	p.WaitReady(t, 60*time.Second, func() error {
 		resp, err := hc.Get("http://127.0.0.1:8181/ready")
 		if err != nil {

@@ -210,3 +210,22 @@ func (nd *AgentNode) Ports(t testing.TB) []string {
 }
 
 func asExitError(err error, target **exec.ExitError) bool { return errors.As(err, target) }
+
+// BinariesForMain is what a TestMain of a package that runs our binaries
+// does first: require root (say which package needs it), build the
+// binaries into a temp dir. cleanup removes it.
+func BinariesForMain(pkg, needs string) (dir string, cleanup func(), err error) {
+	if os.Geteuid() != 0 {
+		return "", nil, fmt.Errorf("%s needs root (%s)", pkg, needs)
+	}
+	dir, err = os.MkdirTemp("", "nsx-bin-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	if err := BuildBinaries(dir); err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return dir, cleanup, nil
+}

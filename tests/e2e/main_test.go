@@ -22,21 +22,13 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "tests/e2e needs root (netns, OVS)")
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "nsx-e2e-bin-")
+	dir, cleanup, err := cluster.BinariesForMain("tests/e2e", "netns, OVS")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	defer cleanup()
 	binDir = dir
-	if err := cluster.BuildBinaries(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	s, stop, err := harness.StartAPIServerMain()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kube-apiserver:", err)

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,4 +127,16 @@ func VethPair(t testing.TB, a *NetNS, aName string, b *NetNS, bName string) {
 	})
 	a.Run(t, "ip", "link", "set", aName, "up")
 	b.Run(t, "ip", "link", "set", bName, "up")
+}
+
+// DialContext dials from inside n: the socket is created in n and keeps
+// it after the thread leaves.
+func (n *NetNS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := n.Do(func() error {
+		var err error
+		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -274,16 +273,7 @@ var metricsClients sync.Map // netns path -> *http.Client
 // lastSync scrapes kubeproxy_sync_proxy_rules_last_timestamp_seconds from
 // the proxy's metrics endpoint inside node.
 func lastSync(node *harness.NetNS) (float64, error) {
-	c, _ := metricsClients.LoadOrStore(node.Path, &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var conn net.Conn
-			err := node.Do(func() error {
-				var err error
-				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		}}})
+	c, _ := metricsClients.LoadOrStore(node.Path, &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: node.DialContext}})
 	resp, err := c.(*http.Client).Get("http://127.0.0.1:10249/metrics")
 	if err != nil {
 		return 0, err

@@ -1,7 +1,8 @@
+//go:build interactive
+
 package realnode
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,14 +15,11 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
-var flagInteractive = flag.Bool("interactive", false, "make cluster: keep the cluster up until SIGINT/SIGTERM")
-
+// Built only with -tags interactive: it waits for Ctrl-C.
+//
 // TestInteractiveCluster is make cluster: a real-node cluster that stays up
 // for kubectl until Ctrl-C, then is torn down like any test's.
 func TestInteractiveCluster(t *testing.T) {
-	if !*flagInteractive {
-		t.Skip("make cluster runs this (-interactive); it waits for Ctrl-C")
-	}
 	nodes, _ := strconv.Atoi(os.Getenv("NSX_CLUSTER_NODES"))
 	if nodes == 0 {
 		nodes = 2

@@ -19,20 +19,12 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "tests/realnode needs root (netns, OVS, containerd, kubelet)")
-		return 1
-	}
-	dir, err := os.MkdirTemp("", "nsx-realnode-bin-")
+	dir, cleanup, err := cluster.BinariesForMain("tests/realnode", "netns, OVS, containerd, kubelet")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	defer cleanup()
 	binDir = dir
-	if err := cluster.BuildBinaries(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
 	return m.Run()
 }
