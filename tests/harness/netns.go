@@ -109,6 +109,25 @@ func (n *NetNS) Run(t testing.TB, name string, args ...string) string {
 	return string(out)
 }
 
+// Output runs a command in the namespace and returns its standard output
+// alone, failing the test on error (stderr goes into the failure). For
+// snapshots: iproute2 warns on stderr about namespaces other tests are
+// deleting at that moment ("Peer netns reference is invalid"), which is
+// not state of this namespace.
+func (n *NetNS) Output(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
+	defer cancel()
+	cmd := n.Exec(ctx, name, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("in netns %s: %s %s: %v\n%s%s", n.Name, name, strings.Join(args, " "), err, out, stderr.String())
+	}
+	return string(out)
+}
+
 // VethPair creates a veth pair with end aName in a and bName in b, both up.
 // It is created inside a, so a name can never clash with the host's links.
 // The cleanup deletes it (which removes both ends).

@@ -87,14 +87,19 @@ func (tp *Topology) CheckConnectivity(t testing.TB) {
 var (
 	reLifetimes = regexp.MustCompile(`valid_lft \d+sec preferred_lft \d+sec`)
 	reTentative = regexp.MustCompile(` tentative`)
+	// iproute2 names the peer's namespace by scanning /var/run/netns; a
+	// scan racing another test's namespace deletion prints the id instead.
+	rePeerNetns = regexp.MustCompile(`link-netns(id)? \S+`)
 )
 
 // normalize removes what changes with time alone: the remaining lease of
-// a dynamic address and IPv6 DAD in progress. Lines are sorted: the dump
-// order of equal-priority entries is not configuration.
+// a dynamic address, IPv6 DAD in progress, how the peer netns is named.
+// Lines are sorted: the dump order of equal-priority entries is not
+// configuration.
 func normalize(out string) string {
 	out = reLifetimes.ReplaceAllString(out, "valid_lft N preferred_lft N")
 	out = reTentative.ReplaceAllString(out, "")
+	out = rePeerNetns.ReplaceAllString(out, "link-netns PEER")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
@@ -106,11 +111,11 @@ func (tp *Topology) UplinkSnapshot(t testing.TB) string {
 	t.Helper()
 	n := tp.Node
 	parts := []string{
-		n.Run(t, "ip", "-o", "link", "show", "dev", Uplink),
-		n.Run(t, "ip", "-o", "addr", "show", "dev", Uplink),
-		n.Run(t, "ip", "-o", "-4", "route", "show", "table", "all"),
-		n.Run(t, "ip", "-o", "-6", "route", "show", "table", "all"),
-		n.Run(t, "sysctl", "net.ipv4.conf."+Uplink+".rp_filter", "net.ipv4.conf."+Uplink+".arp_ignore",
+		n.Output(t, "ip", "-o", "link", "show", "dev", Uplink),
+		n.Output(t, "ip", "-o", "addr", "show", "dev", Uplink),
+		n.Output(t, "ip", "-o", "-4", "route", "show", "table", "all"),
+		n.Output(t, "ip", "-o", "-6", "route", "show", "table", "all"),
+		n.Output(t, "sysctl", "net.ipv4.conf."+Uplink+".rp_filter", "net.ipv4.conf."+Uplink+".arp_ignore",
 			"net.ipv6.conf."+Uplink+".disable_ipv6"),
 	}
 	return normalize(strings.Join(parts, "\n"))
@@ -122,10 +127,10 @@ func (tp *Topology) NodeSnapshot(t testing.TB) string {
 	t.Helper()
 	n := tp.Node
 	parts := []string{
-		n.Run(t, "ip", "-o", "link", "show"),
-		n.Run(t, "ip", "-o", "addr", "show"),
-		n.Run(t, "ip", "-o", "-4", "route", "show", "table", "all"),
-		n.Run(t, "ip", "-o", "-6", "route", "show", "table", "all"),
+		n.Output(t, "ip", "-o", "link", "show"),
+		n.Output(t, "ip", "-o", "addr", "show"),
+		n.Output(t, "ip", "-o", "-4", "route", "show", "table", "all"),
+		n.Output(t, "ip", "-o", "-6", "route", "show", "table", "all"),
 	}
 	return normalize(strings.Join(parts, "\n"))
 }
