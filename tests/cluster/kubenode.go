@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -473,18 +475,24 @@ func (n *Node) Vsctl(t testing.TB, args ...string) string {
 	return string(out)
 }
 
-// corefile: the CoreDNS config; bind address, kubeconfig.
-const corefile = `.:53 {
+// corefile: the CoreDNS config; bind address, kubeconfig, bind address.
+// Two server blocks because CoreDNS orders plugins at build time, not by
+// the Corefile: in one block template (before kubernetes in plugin.cfg)
+// would answer every cluster name with NXDOMAIN.
+const corefile = `cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
     bind %s
     errors
     ready 127.0.0.1:8181
     kubernetes cluster.local in-addr.arpa ip6.arpa {
         kubeconfig %s nsxt
         pods insecure
-        fallthrough in-addr.arpa ip6.arpa
     }
-    # Names outside the cluster: NXDOMAIN here, never the machine's
-    # resolvers (test traffic stays on the machine).
+}
+# Names outside the cluster: NXDOMAIN here, never the machine's resolvers
+# (test traffic stays on the machine).
+.:53 {
+    bind %s
+    errors
     template ANY ANY {
         rcode NXDOMAIN
     }
@@ -507,7 +515,7 @@ func (c *Cluster) startDNS(t testing.TB) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "Corefile")
 	c.DNS = c.Fabric.NodeGateway()
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(corefile, c.DNS, c.API.Kubeconfig)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(corefile, c.DNS, c.API.Kubeconfig, c.DNS)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c.progress("cluster DNS: CoreDNS %s at %s", harness.CoreDNSVersion, c.DNS)
@@ -521,6 +529,24 @@ func (c *Cluster) startDNS(t testing.TB) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("coredns /ready: %s", resp.Status)
+		}
+		// Ready is not answering: resolve the kubernetes Service the way a
+		// pod would (its search list makes this name).
+		res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return router.DialContext(ctx, network, net.JoinHostPort(c.DNS.String(), "53"))
+		}}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		svc, err := c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		addrs, err := res.LookupHost(ctx, "kubernetes.default.svc.cluster.local")
+		if err != nil {
+			return fmt.Errorf("coredns: %w", err)
+		}
+		if !slices.Equal(addrs, []string{svc.Spec.ClusterIP}) {
+			return fmt.Errorf("coredns: kubernetes.default.svc.cluster.local is %v, want %s", addrs, svc.Spec.ClusterIP)
 		}
 		return nil
 	})

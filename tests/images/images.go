@@ -6,7 +6,7 @@
 //
 // The images are assembled from files on this machine with
 // go-containerregistry: our pause, agnhost built from k8s.io/kubernetes, and
-// Debian's busybox-static, curl, netcat-openbsd and ss with the shared
+// Debian's busybox-static, bash, curl, netcat-openbsd and ss with the shared
 // libraries ldd lists for them. Every layer is a tar written here with
 // sorted entries, zero times and root ownership, so the same inputs give
 // the same bytes.
@@ -53,6 +53,11 @@ type Options struct {
 // by a lot of e2e tests", "iproute2: includes ss used in NodePort tests"),
 // each with the path it gets in the image.
 var HostTools = map[string]string{
+	// The shell too (upstream: bash, and busybox's ash built without
+	// standalone applets). Debian's static busybox shell runs its own
+	// applets before searching PATH, so with it "nc -u" inside e2e's
+	// "sh -c" is busybox nc, which has no -u, -v or -z.
+	"/bin/bash":       "/bin/bash",
 	"/usr/bin/curl":   "/usr/bin/curl",
 	"/bin/nc.openbsd": "/usr/bin/nc",
 	"/usr/bin/ss":     "/usr/bin/ss",
@@ -80,6 +85,7 @@ func Build(out string, o Options) error {
 	}
 	ag = append(ag, tools...)
 	ag = append(ag,
+		symlinkEntry("/bin/sh", "bash"),
 		fileEntry("/agnhost", o.Agnhost, 0o755),
 		// entrypoint-tester tests override the entrypoint with agnhost-2.
 		symlinkEntry("/agnhost-2", "agnhost"),
@@ -101,11 +107,59 @@ func Build(out string, o Options) error {
 		}
 		refs[tag] = img
 	}
-	tmp := out + ".tmp"
-	if err := tarball.MultiRefWriteToFile(tmp, refs); err != nil {
+	var buf bytes.Buffer
+	if err := tarball.MultiRefWrite(refs, &buf); err != nil {
 		return fmt.Errorf("write %s: %w", out, err)
 	}
+	sorted, err := sortedTar(&buf)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", out, err)
+	}
+	tmp := out + ".tmp"
+	if err := os.WriteFile(tmp, sorted, 0o644); err != nil {
+		return err
+	}
 	return os.Rename(tmp, out)
+}
+
+// sortedTar rewrites a tar with its members in name order:
+// MultiRefWrite walks a map, so its member order changes run to run.
+func sortedTar(r io.Reader) ([]byte, error) {
+	type member struct {
+		h    *tar.Header
+		data []byte
+	}
+	var ms []member
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			return nil, err
+		}
+		ms = append(ms, member{h, b})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].h.Name < ms[j].h.Name })
+	var out bytes.Buffer
+	tw := tar.NewWriter(&out)
+	for _, m := range ms {
+		if err := tw.WriteHeader(m.h); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(m.data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
 }
 
 // entry is one file of a layer.
