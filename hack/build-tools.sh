@@ -3,7 +3,7 @@
 # (so the main module never requires all of Kubernetes):
 #   Kubernetes v1.37.2 (tools/): kube-apiserver, kube-controller-manager,
 #     kube-scheduler and kubelet (the real-node cluster), kube-proxy (the
-#     benchmarks' baseline), the upstream e2e.test (make conformance) and
+#     benchmarks' baseline), the upstream e2e.test (make test, make conformance) and
 #     agnhost (the e2e workload image);
 #   kubectl (make cluster users, and the e2e tests that run it);
 #   containerd v2.4.2 (tools/containerd/): containerd, its runc shim, ctr;
@@ -18,8 +18,9 @@ CONTAINERD_VERSION=v2.4.2
 COREDNS_VERSION=v1.13.2
 KUBE_TOOLS=(kube-apiserver kube-proxy kube-controller-manager kube-scheduler kubelet kubectl)
 CONTAINERD_TOOLS=(containerd containerd-shim-runc-v2 ctr)
-# e2e.test is not in the default set: only make conformance needs it
-# (it builds it with `hack/build-tools.sh e2e.test`).
+# e2e.test is not in the default set (make demo and make cluster do not
+# need its ~8 minutes): make test and make conformance build it with
+# `hack/build-tools.sh e2e.test`.
 ALL=("${KUBE_TOOLS[@]}" agnhost "${CONTAINERD_TOOLS[@]}" coredns)
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,5 +1,3 @@
-//go:build conformance
-
 package realnode
 
 import (
@@ -35,18 +33,28 @@ var skips = []struct{ pattern, reason string }{
 	{`\[Feature:`, "an optional feature gate or provider feature (e.g. Feature:Networking-IPv6, Feature:SCTPConnectivity); not part of the conformance profile"},
 	{`\[Flaky\]`, "upstream marks them flaky"},
 	{`LoadBalancer`, "needs a cloud load balancer; none exists on this machine"},
-	{`\[sig-network\] DNS`, "needs a cluster DNS (CoreDNS); the test cluster runs none (no image without a registry)"},
 	{`Networking should provide Internet connection`, "needs the Internet; test traffic never leaves the machine"},
 	{`\[sig-network\] Ingress|IngressClass API|\[sig-network\] Netpol|NetworkPolicy`, "Ingress controllers and NetworkPolicy are not this project's (NCP's) node side"},
 	{`\[sig-storage\]|\[sig-apps\]|\[sig-node\]|\[sig-cli\]|\[sig-auth\]|\[sig-api-machinery\]|\[sig-scheduling\]|\[sig-instrumentation\]|\[sig-architecture\]|\[sig-autoscaling\]|\[sig-windows\]`,
-		"other SIGs' conformance tests (FocusWide only): not about the network; run them with SKIP_OTHER_SIGS=0"},
+		"other SIGs' conformance tests (FocusWide only): they test the apiserver, kubelet and storage, not the network"},
 }
 
 // knownFailures are upstream tests that run and fail today, each with
-// the open issue that fixes it. They are reported as known (not failing
-// make test), and a known failure that passes fails the test, so the list
-// only shrinks.
-var knownFailures = []struct{ pattern, issue string }{}
+// the open issue that fixes it: listed, not hidden. make test does not
+// spend their timeouts (minutes each) on them and prints them as known;
+// make conformance (-conformance.known) runs them, and one that passes
+// fails the test, so the list only shrinks.
+var knownFailures = []struct{ pattern, issue string }{
+	{`NodePort`, "issue 18: NodePort is not served yet"},
+}
+
+func knownRegexp() string {
+	var ps []string
+	for _, k := range knownFailures {
+		ps = append(ps, k.pattern)
+	}
+	return strings.Join(ps, "|")
+}
 
 func knownFailure(name string) (string, bool) {
 	for _, k := range knownFailures {
@@ -60,18 +68,24 @@ func knownFailure(name string) (string, bool) {
 var (
 	flagFocus      = flag.String("conformance.focus", "", "ginkgo focus (default FocusConformance; make conformance WIDE=1: FocusWide)")
 	flagDataplanes = flag.String("conformance.dataplanes", "ovs,ebpf", "dataplanes to run the upstream suite on")
+	flagKnown      = flag.Bool("conformance.known", false, "also run the known failures (make conformance), failing if one passes")
 )
 
-// Built only with -tags conformance (make conformance) until it passes:
-// today 6 of 19 pass on ovs in ~26 min (issue 11).
-//
 // TestUpstreamConformance runs the upstream e2e.test of KubeVersion against
 // a two-node real-node cluster per dataplane and prints passed, failed and
-// skipped with each failure's first line. Failures fail the test.
+// skipped with each failure's first line. Failures fail the test; known
+// failures are listed (and, with -conformance.known, run).
 func TestUpstreamConformance(t *testing.T) {
 	focus := *flagFocus
 	if focus == "" {
 		focus = FocusConformance
+	}
+	skip := skipRegexp()
+	if !*flagKnown {
+		skip += "|" + knownRegexp()
+		for _, k := range knownFailures {
+			t.Logf("not run: tests matching %q (known failure, %s; make conformance runs them)", k.pattern, k.issue)
+		}
 	}
 	e2e, err := harness.ToolBinary("e2e.test")
 	if err != nil {
@@ -80,11 +94,9 @@ func TestUpstreamConformance(t *testing.T) {
 	for _, dp := range strings.Split(*flagDataplanes, ",") {
 		t.Run(dp, func(t *testing.T) {
 			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, RealNodes: true})
-			rep := runE2E(t, c, e2e, focus)
+			rep := runE2E(t, c, e2e, focus, skip)
 			t.Logf("upstream e2e %s, dataplane %s, focus %q: %s", harness.KubeVersion, dp, focus, rep.summary())
-			failed := map[string]bool{}
 			for _, f := range rep.failed {
-				failed[f.name] = true
 				if issue, ok := knownFailure(f.name); ok {
 					t.Logf("FAILED (known, %s) %s\n    %s", issue, f.name, f.first)
 					continue
@@ -122,7 +134,7 @@ func skipRegexp() string {
 }
 
 // runE2E runs e2e.test and reads its JUnit report.
-func runE2E(t *testing.T, c *cluster.Cluster, bin, focus string) report {
+func runE2E(t *testing.T, c *cluster.Cluster, bin, focus, skip string) report {
 	t.Helper()
 	dir := t.TempDir()
 	kubectl, err := harness.ToolBinary("kubectl")
@@ -136,7 +148,7 @@ func runE2E(t *testing.T, c *cluster.Cluster, bin, focus string) report {
 		"--report-dir=" + dir,
 		"--num-nodes=" + fmt.Sprint(len(c.Nodes)),
 		"--ginkgo.focus=" + focus,
-		"--ginkgo.skip=" + skipRegexp(),
+		"--ginkgo.skip=" + skip,
 		"--ginkgo.no-color",
 		"--ginkgo.timeout=2h",
 		// The images are imported into every node; nothing to pull.
