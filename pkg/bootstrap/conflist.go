@@ -40,6 +40,18 @@ type plainPlugin struct {
 	Type string `json:"type"`
 }
 
+// portmapPlugin serves hostPort (the runtime passes portMappings because
+// of the capability). MasqAll: in NSX mode a pod's replies go from its
+// port straight to the fabric, not back through the node, so a DNATed
+// connection must come from the node's address for its replies to return
+// through the node's conntrack (the client's source address is not kept).
+type portmapPlugin struct {
+	Type         string          `json:"type"`
+	Capabilities map[string]bool `json:"capabilities"`
+	SNAT         bool            `json:"snat"`
+	MasqAll      bool            `json:"masqAll"`
+}
+
 // ConflistOptions are the values written into 10-nsx.conflist.
 type ConflistOptions struct {
 	BuildVersion string // nsxBuildVersion, the install's version gate
@@ -74,9 +86,10 @@ func (c ConflistOptions) versions() (string, []string) {
 }
 
 // Conflist returns the content of 10-nsx.conflist: the nsx plugin, which
-// sets up the pod's interface through the agent on socket, then loopback,
-// chained so that one ADD also brings up the pod's lo (the loopback plugin
-// passes the nsx result through).
+// sets up the pod's interface through the agent on socket, then portmap for
+// the pod's hostPorts (it returns at once, without an exec of its own, for
+// a pod with none), then loopback, chained so that one ADD also brings up
+// the pod's lo (portmap and loopback pass the nsx result through).
 func Conflist(o ConflistOptions) []byte {
 	v, vs := o.versions()
 	c := conflist{
@@ -86,6 +99,7 @@ func Conflist(o ConflistOptions) []byte {
 		NSXBuildVersion: o.BuildVersion,
 		Plugins: []any{
 			nsxPlugin{Type: "nsx", Socket: o.Socket, MTU: o.MTU},
+			portmapPlugin{Type: "nsx-portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true, MasqAll: true},
 			plainPlugin{Type: "loopback"},
 		},
 	}

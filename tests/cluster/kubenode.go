@@ -125,6 +125,10 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Forwarding is a Kubernetes node prerequisite (kubeadm's preflight
+	// refuses a node without it); hostPort needs it: portmap DNATs to the
+	// pod, which the node then routes to the fabric.
+	n.NS.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	// containerd finds its shim as containerd-shim-runc-v2 on PATH.
 	pathDir := filepath.Join(n.Dir, "path")
 	if err := os.MkdirAll(pathDir, 0o755); err != nil {
@@ -133,7 +137,7 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	if err := os.Symlink(bins["containerd-shim-runc-v2"], filepath.Join(pathDir, "containerd-shim-runc-v2")); err != nil {
 		t.Fatal(err)
 	}
-	cgroupRoot := "/nsxt-" + filepath.Base(n.NS.Name) // unique per test run and node
+	cgroupRoot := harness.CgroupRoot(n.NS) // unique per test run and node
 	n.CgroupRoot = cgroupRoot
 	ctrdRoot := filepath.Join(n.Dir, "containerd")
 	ctrdState := filepath.Join(n.RunDir, "ctrd") // short: sockets live under it
@@ -146,12 +150,12 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 				t.Errorf("%s: %v", n.Name, err)
 			}
 		}
-		if err := removeCgroups(cgroupRoot); err != nil {
+		if err := harness.RemoveCgroups(cgroupRoot); err != nil {
 			t.Errorf("%s: %v", n.Name, err)
 		}
 		removeContainerLogLinks(n.Dir)
 	})
-	if err := makeCgroups(cgroupRoot); err != nil {
+	if err := harness.MakeCgroups(cgroupRoot); err != nil {
 		t.Fatal(err)
 	}
 
@@ -178,7 +182,7 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	}
 	// Registered after containerd started: runs before it stops. Pods'
 	// processes are not children of kubelet: they stay unless killed.
-	t.Cleanup(func() { killCgroup(cgroupRoot) })
+	t.Cleanup(func() { harness.KillCgroup(cgroupRoot) })
 
 	kubeconfig := filepath.Join(n.Dir, "kubelet.kubeconfig")
 	if err := c.API.UserKubeconfig(nodeUser(n.Name), kubeconfig); err != nil {
@@ -306,110 +310,6 @@ func removeContainerLogLinks(dir string) {
 			_ = os.Remove(p)
 		}
 	}
-}
-
-// controllers are the cgroup v1 hierarchies mounted on this machine.
-func controllers() ([]string, error) {
-	entries, err := os.ReadDir(cgroupFS)
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, e := range entries {
-		if e.IsDir() && e.Name() != "unified" {
-			out = append(out, filepath.Join(cgroupFS, e.Name()))
-		}
-	}
-	return out, nil
-}
-
-// makeCgroups creates root in every hierarchy (kubelet requires its
-// cgroup root to exist); cpuset needs its cpus and mems filled in.
-func makeCgroups(root string) error {
-	ctrls, err := controllers()
-	if err != nil {
-		return err
-	}
-	for _, h := range ctrls {
-		d := filepath.Join(h, root)
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("cgroup %s: %w", d, err)
-		}
-		if filepath.Base(h) == "cpuset" {
-			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
-				b, err := os.ReadFile(filepath.Join(h, f))
-				if err != nil {
-					return err
-				}
-				if err := os.WriteFile(filepath.Join(d, f), b, 0o644); err != nil {
-					return fmt.Errorf("cgroup %s/%s: %w", d, f, err)
-				}
-			}
-		}
-	}
-	return nil
-}
-
-// killCgroup SIGKILLs every process under root (a pod's containers are
-// not kubelet's children, and outlive it).
-func killCgroup(root string) {
-	for range 50 {
-		pids := 0
-		_ = filepath.WalkDir(filepath.Join(cgroupFS, "pids", root), func(p string, d os.DirEntry, err error) error {
-			if err != nil || d.Name() != "cgroup.procs" {
-				return nil
-			}
-			b, _ := os.ReadFile(p)
-			for _, f := range strings.Fields(string(b)) {
-				if pid, err := strconv.Atoi(f); err == nil {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-					pids++
-				}
-			}
-			return nil
-		})
-		if pids == 0 {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// removeCgroups removes root and everything below it, deepest first, in
-// every hierarchy.
-func removeCgroups(root string) error {
-	killCgroup(root)
-	ctrls, err := controllers()
-	if err != nil {
-		return err
-	}
-	var errs []string
-	for _, h := range ctrls {
-		var dirs []string
-		_ = filepath.WalkDir(filepath.Join(h, root), func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		sort.Sort(sort.Reverse(sort.StringSlice(dirs)))
-		for _, d := range dirs {
-			var err error
-			for range 20 { // a killed process leaves its cgroup a moment later
-				if err = syscall.Rmdir(d); err == nil || os.IsNotExist(err) {
-					break
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			if err != nil && !os.IsNotExist(err) {
-				errs = append(errs, fmt.Sprintf("rmdir %s: %v", d, err))
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("cgroups: %s", strings.Join(errs, "; "))
-	}
-	return nil
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first:

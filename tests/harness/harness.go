@@ -111,6 +111,7 @@ func sweepLeftovers(logf func(format string, args ...any)) {
 }
 
 func sweep(logf func(format string, args ...any)) {
+	sweepCgroups(logf) // first: the pods it kills hold mounts in the dirs below
 	netnss, _ := filepath.Glob(filepath.Join(netnsDir, namePrefix+"*"))
 	for _, p := range netnss {
 		name := filepath.Base(p)

@@ -84,8 +84,35 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	// A real node's pod: a process outside the netns (as containerd's
+	// shims are) in the node's cgroup root.
+	root := CgroupRoot(n)
+	for _, cg := range []string{root, root + "/pod"} {
+		if err := MakeCgroups(cg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _ = RemoveCgroups(root) })
+	shim := exec.Command("sleep", "600")
+	if err := shim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	shimExited := make(chan error, 1)
+	go func() { shimExited <- shim.Wait() }()
+	if err := os.WriteFile(filepath.Join(cgroupFS, "pids", root, "pod", "cgroup.procs"), []byte(strconv.Itoa(shim.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	sweep(t.Logf)
+
+	select {
+	case <-shimExited:
+	case <-time.After(5 * time.Second):
+		t.Error("process in the leftover node's cgroup root was not killed")
+	}
+	if _, err := os.Stat(filepath.Join(cgroupFS, "pids", root)); !os.IsNotExist(err) {
+		t.Errorf("cgroup %s still there (%v)", root, err)
+	}
 
 	if _, err := os.Stat(n.Path); !os.IsNotExist(err) {
 		t.Errorf("netns %s still there (%v)", name, err)

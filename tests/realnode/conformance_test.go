@@ -21,7 +21,7 @@ import (
 // The upstream sets (make conformance; README "Conformance").
 const (
 	// FocusConformance is what CI runs on both dataplanes.
-	FocusConformance = `\[sig-network\].*(Services|Networking).*\[Conformance\]`
+	FocusConformance = `\[sig-network\].*(Services|Networking|HostPort).*\[Conformance\]`
 	// FocusWide is make conformance WIDE=1: Cilium's CI set.
 	FocusWide = `\[Conformance\]|\[sig-network\]`
 )

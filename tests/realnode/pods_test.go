@@ -100,6 +100,7 @@ func TestDeploymentPodsWiredByContainerd(t *testing.T) {
 			if len(seen) < 2 {
 				t.Fatalf("%s from pod %s on %s: answered by %v, want both replicas", addr, client.Name, client.Spec.NodeName, seen)
 			}
+			t.Run("hostPort", func(t *testing.T) { checkHostPort(t, c) })
 		})
 	}
 }
