@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -60,7 +61,8 @@ type sample struct {
 // BenchmarkCNIAdd measures ADD and DEL of the nsx plugin (real plugin
 // binary -> agent socket -> veth + OVSDB port, config from a real
 // kube-apiserver) next to the reference bridge + host-local plugins (veth +
-// Linux bridge + file-based IPAM) on the same node in the same run.
+// Linux bridge + file-based IPAM) on the same node in the same run, and
+// next to its own chain without nsx-portmap (the cost of hostPort support).
 // Run with -benchtime=1x: one iteration is 50 sequential pods, then 50 in
 // parallel, then 100 DELs, per plugin.
 func BenchmarkCNIAdd(b *testing.B) {
@@ -85,6 +87,14 @@ func BenchmarkCNIAdd(b *testing.B) {
 	baseRT := &cniRuntime{name: "bridge + host-local", cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, b.TempDir(), nil),
 		list: baseList, node: nd.NS}
 
+	// The same chain without nsx-portmap: what hostPort support costs a
+	// pod that has none (one more plugin exec).
+	noPMList, err := withoutPlugin(nd.List, "nsx-portmap", "nsx-noportmap")
+	if err != nil {
+		b.Fatal(err)
+	}
+	noPMRT := &cniRuntime{name: "nsx chain without nsx-portmap", cni: nd.CNI, list: noPMList, node: nd.NS}
+
 	ns := "perf"
 	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
@@ -94,9 +104,9 @@ func BenchmarkCNIAdd(b *testing.B) {
 	// Each repetition runs both plugins, the first one alternating.
 	runs := map[string][]*sample{}
 	for i, reps := 0, repeats(b); i < reps; i++ {
-		order := []*cniRuntime{baseRT, nsxRT}
+		order := []*cniRuntime{baseRT, nsxRT, noPMRT}
 		if i%2 == 1 {
-			order[0], order[1] = order[1], order[0]
+			slices.Reverse(order)
 		}
 		for _, r := range order {
 			s := &sample{}
@@ -105,6 +115,26 @@ func BenchmarkCNIAdd(b *testing.B) {
 		}
 	}
 	recordCNI(b, runs[nsxRT.name], runs[baseRT.name], nsxRT.name, baseRT.name)
+	recordCNI(b, runs[nsxRT.name], runs[noPMRT.name], "nsx chain with nsx-portmap", noPMRT.name)
+}
+
+// withoutPlugin returns list without its plugin of type typ, named name.
+func withoutPlugin(list *libcni.NetworkConfigList, typ, name string) (*libcni.NetworkConfigList, error) {
+	var raw map[string]any
+	if err := json.Unmarshal(list.Bytes, &raw); err != nil {
+		return nil, err
+	}
+	plugins, _ := raw["plugins"].([]any)
+	raw["plugins"] = slices.DeleteFunc(plugins, func(p any) bool {
+		m, _ := p.(map[string]any)
+		return m["type"] == typ
+	})
+	raw["name"] = name
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, err
+	}
+	return libcni.ConfListFromBytes(b)
 }
 
 func createAnnotatedPods(b *testing.B, cs kubernetes.Interface, ns, node string, n int) []*corev1.Pod {
