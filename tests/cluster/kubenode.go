@@ -65,6 +65,16 @@ func e2eImages(binDir string) (string, error) {
 	return imagesOnce.path, imagesOnce.err
 }
 
+// PodReady reports whether p's Ready condition is true.
+func PodReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
 // nodeUser is the kubelet's API identity (the Node authorizer's form).
 func nodeUser(node string) string { return "system:node:" + node }
 

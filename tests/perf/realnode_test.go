@@ -115,7 +115,7 @@ func podStartup(b *testing.B, c *cluster.Cluster, tag string) (pod, host []time.
 		now := time.Now()
 		for i := range list.Items {
 			p := &list.Items[i]
-			if _, ok := ready[p.Name]; !ok && isReady(p) {
+			if _, ok := ready[p.Name]; !ok && cluster.PodReady(p) {
 				for _, s := range all {
 					if s.name == p.Name {
 						ready[p.Name] = now.Sub(s.created)
@@ -146,15 +146,6 @@ func podStartup(b *testing.B, c *cluster.Cluster, tag string) (pod, host []time.
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func isReady(p *corev1.Pod) bool {
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-			return true
-		}
-	}
-	return false
 }
 
 // serviceFirstConnection starts a backend (agnhost netexec) on node-2 and
@@ -204,7 +195,7 @@ func startPod(b *testing.B, c *cluster.Cluster, p *corev1.Pod) *corev1.Pod {
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		got, err := c.Client.CoreV1().Pods("default").Get(ctx, p.Name, metav1.GetOptions{})
-		if err == nil && isReady(got) {
+		if err == nil && cluster.PodReady(got) {
 			return got
 		}
 		if time.Now().After(deadline) {

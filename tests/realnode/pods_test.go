@@ -111,7 +111,7 @@ func waitPodReady(t *testing.T, c *cluster.Cluster, ns, name string) *corev1.Pod
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		p, err := c.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
-		if err == nil && podReady(p) {
+		if err == nil && cluster.PodReady(p) {
 			return p
 		}
 		if err == nil {
@@ -132,7 +132,7 @@ func waitReady(t *testing.T, c *cluster.Cluster, ns, selector string, n int) {
 		ready := 0
 		if err == nil {
 			for i := range pods.Items {
-				if podReady(&pods.Items[i]) {
+				if cluster.PodReady(&pods.Items[i]) {
 					ready++
 				}
 			}
@@ -145,15 +145,6 @@ func waitReady(t *testing.T, c *cluster.Cluster, ns, selector string, n int) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, cond := range p.Status.Conditions {
-		if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {
-			return true
-		}
-	}
-	return false
 }
 
 // execIn runs a command in a pod's first container through the API
