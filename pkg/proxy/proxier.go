@@ -63,7 +63,10 @@ type Options struct {
 	HealthzBindAddr string
 	// MetricsBindAddr serves /metrics (kube-proxy: 127.0.0.1:10249).
 	MetricsBindAddr string
-	Log             *zap.Logger
+	// ServiceHealthHost is the address the per-Service health checks
+	// (healthCheckNodePort) listen on; empty: every address of the node.
+	ServiceHealthHost string
+	Log               *zap.Logger
 }
 
 // Proxier is the proxy core. Create it with New, then call Run once.
@@ -102,8 +105,10 @@ type Proxier struct {
 	recorder record.EventRecorder
 
 	// Owned by the sync loop goroutine.
-	frontends map[dataplane.FrontendKey]*dataplane.Frontend
-	svcKeys   map[types.NamespacedName][]dataplane.FrontendKey // the frontends each Service contributes
+	frontends    map[dataplane.FrontendKey]*dataplane.Frontend
+	svcKeys      map[types.NamespacedName][]dataplane.FrontendKey // the frontends each Service contributes
+	healthChecks map[types.NamespacedName]healthCheck
+	svcHealth    *serviceHealth // set by Run
 }
 
 // MetricsCollector is implemented by a backend with metrics of its own,
@@ -139,6 +144,7 @@ func New(client kubernetes.Interface, backend dataplane.ServiceBackend, o Option
 		triggerTimes: map[types.NamespacedName][]time.Time{},
 		frontends:    map[dataplane.FrontendKey]*dataplane.Frontend{},
 		svcKeys:      map[types.NamespacedName][]dataplane.FrontendKey{},
+		healthChecks: map[types.NamespacedName]healthCheck{},
 	}
 }
 
@@ -272,6 +278,10 @@ func (p *Proxier) Run(ctx context.Context) error {
 		p.metricsAddr = addr
 		p.mu.Unlock()
 	}
+
+	p.svcHealth = newServiceHealth(p.o.ServiceHealthHost, func() bool { return p.health(time.Now()).Healthy }, p.log,
+		p.healthCheckFailed)
+	defer p.svcHealth.close()
 
 	svcFactory.Start(ctx.Done())
 	sliceFactory.Start(ctx.Done())
@@ -483,6 +493,12 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 		p.m.partialSyncDuration.Observe(took.Seconds())
 	}
 
+	if err == nil {
+		// Load balancers probing a health check follow the dataplane,
+		// never run ahead of it. Outside mu: closing a server waits for
+		// its probes, which read the proxy's health under mu.
+		p.svcHealth.sync(p.healthChecks)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	since := p.inflightSince
@@ -527,6 +543,19 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	return nil
 }
 
+// healthCheckFailed reports a Service health check that cannot listen,
+// as kube-proxy does (an Event on the Service); the next sync retries.
+func (p *Proxier) healthCheckFailed(name types.NamespacedName, port int32, err error) {
+	p.log.Error("cannot serve a Service health check", zap.Stringer("service", name), zap.Int32("port", port), zap.Error(err))
+	if p.recorder == nil || p.servicesLister == nil {
+		return
+	}
+	if svc, gerr := p.servicesLister.Services(name.Namespace).Get(name.Name); gerr == nil {
+		p.recorder.Eventf(svc, v1.EventTypeWarning, "FailedToStartServiceHealthcheck",
+			"node %s failed to start the health check of the Service on port %d: %v", p.o.NodeName, port, err)
+	}
+}
+
 // reportRefused counts each frontend the dataplane refused against its
 // Service and records a Warning Event on it, so `kubectl describe svc`
 // tells the operator; the whole sync is still retried with backoff.
@@ -553,6 +582,7 @@ func (p *Proxier) reportRefused(err error, lister corelisters.ServiceLister) {
 // frontend equal to the one in the model keeps the old pointer.
 func (p *Proxier) updateService(lister corelisters.ServiceLister, key types.NamespacedName) int {
 	var fresh map[dataplane.FrontendKey]*dataplane.Frontend
+	delete(p.healthChecks, key)
 	svc, err := lister.Services(key.Namespace).Get(key.Name)
 	switch {
 	case apierrors.IsNotFound(err):
@@ -567,7 +597,11 @@ func (p *Proxier) updateService(lister corelisters.ServiceLister, key types.Name
 		if reason := skipReason(svc); reason != "" {
 			p.log.Debug("Service skipped", zap.Stringer("service", key), zap.String("reason", reason))
 		} else {
-			fresh = BuildFrontends(svc, p.slicesOf(key), p.o.NodeName)
+			slices := p.slicesOf(key)
+			fresh = BuildFrontends(svc, slices, p.o.NodeName)
+			if hc, ok := serviceHealthCheck(svc, slices, p.o.NodeName); ok {
+				p.healthChecks[key] = hc
+			}
 		}
 	}
 
