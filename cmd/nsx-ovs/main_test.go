@@ -313,9 +313,7 @@ func TestEndToEnd(t *testing.T) {
 	if out, err := n.run(t, nil, "cleanup"); err != nil {
 		t.Fatalf("cleanup: %v\n%s", err, out)
 	}
-	if got := n.UplinkSnapshot(t); got != before {
-		t.Fatalf("node-if not restored\n--- want\n%s\n--- got\n%s", before, got)
-	}
+	n.CheckUplinkRestored(t, before)
 	n.CheckConnectivity(t)
 	if line, ok := n.health(t); ok {
 		t.Errorf("healthy after cleanup: %s", line)
@@ -365,9 +363,7 @@ func TestCrashAfterEachStep(t *testing.T) {
 			if out, err := n.run(t, nil, "cleanup"); err != nil {
 				t.Fatalf("cleanup: %v\n%s", err, out)
 			}
-			if got := n.UplinkSnapshot(t); got != before {
-				t.Fatalf("node-if not restored\n--- want\n%s\n--- got\n%s", before, got)
-			}
+			n.CheckUplinkRestored(t, before)
 		})
 	}
 }
@@ -416,8 +412,6 @@ func TestOVSOnHost(t *testing.T) {
 	if out, err := n.run(t, nil, "cleanup", "--allow-ovs-on-host"); err != nil {
 		t.Fatalf("cleanup: %v\n%s", err, out)
 	}
-	if got := n.UplinkSnapshot(t); got != before {
-		t.Fatalf("node-if not restored\n--- want\n%s\n--- got\n%s", before, got)
-	}
+	n.CheckUplinkRestored(t, before)
 	host.Vsctl(t, "show")
 }

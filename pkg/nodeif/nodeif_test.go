@@ -74,9 +74,7 @@ func (n *node) mustCleanup(t *testing.T) {
 
 func (n *node) checkRestored(t *testing.T, want string) {
 	t.Helper()
-	if got := n.UplinkSnapshot(t); got != want {
-		t.Fatalf("node-if not restored\n--- want\n%s\n--- got\n%s", want, got)
-	}
+	n.CheckUplinkRestored(t, want)
 	if j, err := nodeif.LoadJournal(n.stateDir); err != nil || j != nil {
 		t.Fatalf("journal after cleanup: %+v, %v", j, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
@@ -119,6 +120,22 @@ func (tp *Topology) UplinkSnapshot(t testing.TB) string {
 			"net.ipv6.conf."+Uplink+".disable_ipv6"),
 	}
 	return normalize(strings.Join(parts, "\n"))
+}
+
+// CheckUplinkRestored fails t unless UplinkSnapshot becomes want within a
+// few seconds: the kernel re-adds an interface's IPv6 link-local route
+// on its own time after the interface comes back up.
+func (tp *Topology) CheckUplinkRestored(t testing.TB, want string) {
+	t.Helper()
+	var got string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if got = tp.UplinkSnapshot(t); got == want || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got != want {
+		t.Fatalf("node-if not restored\n--- want\n%s\n--- got\n%s", want, got)
+	}
 }
 
 // NodeSnapshot is every link, address and route of the node: what a re-run
