@@ -109,8 +109,13 @@ func AttachedPods(pinDir string) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	for _, e := range entries {
-		name, _, ok := strings.Cut(e.Name(), "-")
-		if ok && !seen[name] {
+		// <name>-<dir>: names may hold dashes themselves (node-br-int).
+		i := strings.LastIndexByte(e.Name(), '-')
+		if i <= 0 {
+			continue
+		}
+		name := e.Name()[:i]
+		if !seen[name] {
 			seen[name] = true
 			out = append(out, name)
 		}

@@ -25,6 +25,9 @@ type Options struct {
 	// started get their programs attached at the first Sync.
 	Bridge    string
 	OVSRunDir string
+	// NodeNetns is the network namespace holding the node's interface on
+	// Bridge (default: this process's, as in the DaemonSet).
+	NodeNetns string
 	Timeout   time.Duration
 	Log       *zap.Logger
 }
@@ -399,7 +402,8 @@ func (b *Backend) attachExisting(ctx context.Context) {
 		b.log.Warn("cannot list the node's pods from OVS", zap.Error(err))
 		return
 	}
-	live := map[string]bool{}
+	live := map[string]bool{nodeLinkName(b.opts.Bridge): true}
+	b.attachNode()
 	for _, p := range pods {
 		live[p.Name] = true
 		if err := b.objs.AttachPod(p.Netns, p.IfName, p.Name); err != nil {
@@ -414,6 +418,27 @@ func (b *Backend) attachExisting(ctx context.Context) {
 		if !live[name] {
 			_ = DetachPod(b.opts.PinDir, name)
 		}
+	}
+}
+
+// nodeLinkName names the pinned links of the node's own interface; pod
+// port names start with "nsx", so the two never meet.
+func nodeLinkName(bridge string) string { return "node-" + bridge }
+
+// attachNode attaches the programs to the node's interface on the bridge
+// (its internal port, named like the bridge, which holds the node's
+// addresses): what the node itself and hostNetwork pods send to a
+// ClusterIP leaves through its egress, the replies come back through its
+// ingress. Failing is logged; the next full sync tries again.
+func (b *Backend) attachNode() {
+	netns := b.opts.NodeNetns
+	if netns == "" {
+		netns = "/proc/self/ns/net"
+	}
+	if err := b.objs.AttachPod(netns, b.opts.Bridge, nodeLinkName(b.opts.Bridge)); err != nil {
+		b.log.Warn("attach programs to the node's interface: traffic from the node to ClusterIPs is not served",
+			zap.String("interface", b.opts.Bridge), zap.Error(err))
+		return
 	}
 }
 

@@ -30,7 +30,7 @@ func TestConformance(t *testing.T) {
 			dir = pinDir(t)
 			dirs[e] = dir
 		}
-		b, err := ebpf.New(ebpf.Options{PinDir: dir, Bridge: "br-int", OVSRunDir: e.OVS.RunDir, Timeout: 5 * time.Second,
+		b, err := ebpf.New(ebpf.Options{PinDir: dir, Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeNetns: e.Node.Path, Timeout: 5 * time.Second,
 			Sizes: ebpf.MapSizes{Services: 1024, Backends: 4096, Conntrack: 8192, Affinity: 1024}, Log: zaptest.NewLogger(t)})
 		if err != nil {
 			t.Fatal(err)

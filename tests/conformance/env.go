@@ -44,7 +44,11 @@ type Env struct {
 
 // Subnets of the test VLANs. 103 and 104 hold the two endpoint addresses
 // whose flows collided in the hash-identified OVS driver.
-var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2", 103: "10.1.23", 104: "10.2.7"}
+// nodeVLAN is the node network: the node's own address lives on br-int's
+// internal port, an access port of this VLAN.
+var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2", 103: "10.1.23", 104: "10.2.7", nodeVLAN: "10.0.100"}
+
+const nodeVLAN = 100
 
 // NewEnv builds the node and the fabric stand-in.
 func NewEnv(t testing.TB) *Env {
@@ -102,6 +106,21 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// NodeClient gives the node itself an address on br-int's internal port
+// (the node network, routed by the fabric like a pod subnet) and returns
+// it as a client: what it dials leaves the node's own stack, as kubelet's
+// or a hostNetwork pod's connections do.
+func (e *Env) NodeClient() *Pod {
+	t := e.T
+	t.Helper()
+	ip := netip.MustParseAddr(vlanSubnets[nodeVLAN] + ".2")
+	e.OVS.Vsctl(t, "set", "Port", "br-int", fmt.Sprintf("tag=%d", nodeVLAN))
+	e.Node.Run(t, "ip", "addr", "add", ip.String()+"/24", "dev", "br-int")
+	e.Node.Run(t, "ip", "link", "set", "br-int", "up")
+	e.Node.Run(t, "ip", "route", "add", "default", "via", vlanSubnets[nodeVLAN]+".1")
+	return &Pod{Name: "node", NS: e.Node, IP: ip, VLAN: nodeVLAN}
 }
 
 // Serve runs TCP and UDP servers on port in the pod. The TCP server writes

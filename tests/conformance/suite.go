@@ -195,6 +195,24 @@ var Cases = []Case{
 			t.Fatalf("server saw source %q (%v), want the client pod's %s", source, err, client.IP)
 		}
 	}},
+	{Name: "the node itself reaches a ClusterIP (TCP and UDP), its source kept", Row: "17", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		eps := []*Pod{a, b}
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), Frontend(80, dataplane.UDP, eps, 8080)))
+		node := e.NodeClient()
+		if got := keys(servers(t, node, addr(80), 20, false)); got != "a,b" {
+			t.Fatalf("TCP from the node reached %s, want a,b", got)
+		}
+		if got := keys(servers(t, node, addr(80), 20, true)); got != "a,b" {
+			t.Fatalf("UDP from the node reached %s, want a,b", got)
+		}
+		_, source, err := node.Get(addr(80), timeout)
+		if err != nil || source != node.IP.String() {
+			t.Fatalf("server saw source %q (%v), want the node's %s", source, err, node.IP)
+		}
+	}},
 	{Name: "multiport service maps each port to its target port", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
 		client := e.AddPod("client", 101, 50)
