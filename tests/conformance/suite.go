@@ -159,6 +159,32 @@ func servers(t *testing.T, client *Pod, a string, n int, udp bool) map[string]in
 	return seen
 }
 
+// reachesEveryEndpoint serves port 8080 on eps, syncs TCP and UDP
+// frontends on port 80 over them, and checks that client reaches every
+// endpoint over both and that the endpoints see client's own address.
+func reachesEveryEndpoint(t *testing.T, inst *Instance, client *Pod, eps ...*Pod) {
+	t.Helper()
+	var names []string
+	for _, p := range eps {
+		p.Serve(t, 8080)
+		names = append(names, p.Name)
+	}
+	sort.Strings(names)
+	want := strings.Join(names, ",")
+	syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), Frontend(80, dataplane.UDP, eps, 8080)))
+	n := 15 * len(eps)
+	if got := keys(servers(t, client, addr(80), n, false)); got != want {
+		t.Fatalf("TCP from %s reached %s, want %s", client.Name, got, want)
+	}
+	if got := keys(servers(t, client, addr(80), n, true)); got != want {
+		t.Fatalf("UDP from %s reached %s, want %s", client.Name, got, want)
+	}
+	_, source, err := client.Get(addr(80), timeout)
+	if err != nil || source != client.IP.String() {
+		t.Fatalf("server saw source %q (%v), want %s's %s", source, err, client.Name, client.IP)
+	}
+}
+
 func keys(m map[string]int) string {
 	var k []string
 	for s := range m {
@@ -177,41 +203,12 @@ func isTimeout(err error) bool {
 // Cases is the behaviour table.
 var Cases = []Case{
 	{Name: "TCP and UDP on one port reach every endpoint, source IP kept", Row: "1, 8, 10", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
-		a, b, c := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30)
 		client := e.AddPod("client", 101, 50)
-		for _, p := range []*Pod{a, b, c} {
-			p.Serve(t, 8080)
-		}
-		eps := []*Pod{a, b, c}
-		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), Frontend(80, dataplane.UDP, eps, 8080)))
-		if got := keys(servers(t, client, addr(80), 40, false)); got != "a,b,c" {
-			t.Fatalf("TCP reached %s, want a,b,c", got)
-		}
-		if got := keys(servers(t, client, addr(80), 40, true)); got != "a,b,c" {
-			t.Fatalf("UDP reached %s, want a,b,c", got)
-		}
-		_, source, err := client.Get(addr(80), timeout)
-		if err != nil || source != client.IP.String() {
-			t.Fatalf("server saw source %q (%v), want the client pod's %s", source, err, client.IP)
-		}
+		reachesEveryEndpoint(t, inst, client, e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30))
 	}},
 	{Name: "the node itself reaches a ClusterIP (TCP and UDP), its source kept", Row: "17", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
-		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
-		a.Serve(t, 8080)
-		b.Serve(t, 8080)
-		eps := []*Pod{a, b}
-		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), Frontend(80, dataplane.UDP, eps, 8080)))
-		node := e.NodeClient()
-		if got := keys(servers(t, node, addr(80), 20, false)); got != "a,b" {
-			t.Fatalf("TCP from the node reached %s, want a,b", got)
-		}
-		if got := keys(servers(t, node, addr(80), 20, true)); got != "a,b" {
-			t.Fatalf("UDP from the node reached %s, want a,b", got)
-		}
-		_, source, err := node.Get(addr(80), timeout)
-		if err != nil || source != node.IP.String() {
-			t.Fatalf("server saw source %q (%v), want the node's %s", source, err, node.IP)
-		}
+		eps := []*Pod{e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)}
+		reachesEveryEndpoint(t, inst, e.NodeClient(), eps...)
 	}},
 	{Name: "multiport service maps each port to its target port", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
