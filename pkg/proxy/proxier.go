@@ -493,10 +493,12 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 		p.m.partialSyncDuration.Observe(took.Seconds())
 	}
 
-	if err == nil {
-		// Load balancers probing a health check follow the dataplane,
-		// never run ahead of it. Outside mu: closing a server waits for
-		// its probes, which read the proxy's health under mu.
+	// Load balancers probing a health check follow the dataplane, never
+	// run ahead of it; a frontend the dataplane refused does not hold
+	// back the other Services' checks. Outside mu: closing a server waits
+	// for its probes, which read the proxy's health under mu.
+	var refused *dataplane.FrontendErrors
+	if err == nil || errors.As(err, &refused) {
 		p.svcHealth.sync(p.healthChecks)
 	}
 	p.mu.Lock()

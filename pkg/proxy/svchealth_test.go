@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +13,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
 
 // freePort returns a TCP port nothing listens on at the moment.
@@ -130,5 +134,32 @@ func TestServiceHealthCheckPortTaken(t *testing.T) {
 	waitFor(t, "a served after its port was freed (next resync)", func() bool {
 		_, body, _, err := probe(taken)
 		return err == nil && body == hcBody("ns", "a", 0, true)
+	})
+}
+
+// A frontend the dataplane keeps refusing (another Service's) does not
+// hold back the health checks: they follow every sync that applied the
+// rest.
+func TestServiceHealthCheckDespiteRefusedFrontend(t *testing.T) {
+	port := freePort(t)
+	fb := &fakeBackend{}
+	fb.setHook(func(context.Context, int) error {
+		return &dataplane.FrontendErrors{Failed: []dataplane.FrontendError{{Key: fk("10.96.0.99", 80, dataplane.TCP),
+			Name: dataplane.ServicePortName{Namespace: "ns", Name: "bad"}, Err: errors.New("refused")}}}
+	})
+	lb := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeLoadBalancer
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = port
+	}
+	_, client := start(t, fb, Options{ServiceHealthHost: "127.0.0.1"}, mkService("ns", "web", lb),
+		mkService("ns", "bad", withIPs("10.96.0.99")))
+	s := mkSlice("ns", "web", "web-1", discovery.AddressTypeIPv4, httpEP, endpoint("10.1.0.1", testNode, readyC))
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Create(bg, s, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "200 for web while bad is refused", func() bool {
+		code, body, _, err := probe(port)
+		return err == nil && code == http.StatusOK && body == hcBody("ns", "web", 1, true)
 	})
 }
