@@ -438,7 +438,6 @@ func (b *Backend) attachNode() {
 	if err := b.objs.AttachPod(netns, b.opts.Bridge, nodeLinkName(b.opts.Bridge)); err != nil {
 		b.log.Warn("attach programs to the node's interface: traffic from the node to ClusterIPs is not served",
 			zap.String("interface", b.opts.Bridge), zap.Error(err))
-		return
 	}
 }
 

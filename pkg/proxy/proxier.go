@@ -584,13 +584,16 @@ func (p *Proxier) reportRefused(err error, lister corelisters.ServiceLister) {
 // frontend equal to the one in the model keeps the old pointer.
 func (p *Proxier) updateService(lister corelisters.ServiceLister, key types.NamespacedName) int {
 	var fresh map[dataplane.FrontendKey]*dataplane.Frontend
-	delete(p.healthChecks, key)
 	svc, err := lister.Services(key.Namespace).Get(key.Name)
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
+	if err != nil && !apierrors.IsNotFound(err) {
+		// Keep what is served (frontends, health check) until the cache
+		// answers.
 		p.log.Error("reading Service from the cache", zap.Stringer("service", key), zap.Error(err))
 		return 0
+	}
+	delete(p.healthChecks, key)
+	switch {
+	case apierrors.IsNotFound(err):
 	case !p.svcSel.Matches(labels.Set(svc.Labels)):
 		// The API server filters watches by label; this also holds when
 		// a cache was fed without that filter.
