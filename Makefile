@@ -26,7 +26,7 @@ help:
 	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
 	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"
-	@echo "make tools  build kube-apiserver, kubelet, ... $(KUBE_VERSION), e2e.test, containerd, CoreDNS into _output/tools (once per machine)"
+	@echo "make tools  build kube-apiserver, kubelet, ... $(KUBE_VERSION), containerd, CoreDNS into _output/tools (once per machine; e2e.test only for make test and make conformance)"
 	@echo "make conformance [DATAPLANE=ovs|ebpf] [WIDE=1]  the upstream e2e conformance tests on a real-node cluster (kubelet + containerd), counts printed"
 	@echo "make cluster [DATAPLANE=ovs|ebpf] [NODES=n]  a real-node cluster to try kubectl against, until Ctrl-C"
 
@@ -88,7 +88,8 @@ demo: deps build tools
 	@NSX_DEMO_NODES=$(NODES) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
 
 # The upstream Kubernetes e2e tests against a real-node cluster: the
-# Services and Networking conformance tests (CI runs them in make test), or
+# Services, Networking and HostPort conformance tests (CI runs them in make
+# test, without the known failures), or
 # with WIDE=1 Cilium's set ([Conformance]|[sig-network], minus the skips
 # tests/realnode/conformance_test.go lists with their reasons).
 DATAPLANE ?= ovs,ebpf
