@@ -127,7 +127,7 @@ func Start(t testing.TB, o Options) *Cluster {
 
 func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	t.Helper()
-	n := &Node{Name: nodeName(i), Index: i, NS: harness.NewNetNS(t), Dir: t.TempDir(), dataplane: c.opts.Dataplane, c: c}
+	n := &Node{Name: nodeName(i), Index: i, NS: harness.NewNetNS(t), Dir: harness.TempDir(t), dataplane: c.opts.Dataplane, c: c}
 	c.progress("%s: network namespace, uplink eth0 to the fabric", n.Name)
 	n.IP = c.Fabric.ConnectNode(t, n.NS, "eth0", i).Addr()
 	c.API.ExposeIn(t, n.NS)

@@ -32,7 +32,6 @@ import (
 // /opt/cni/bin/nsx called by containerd, as on a production node.
 
 const (
-	cgroupFS = "/sys/fs/cgroup"
 	// nodeReadyTimeout covers kubelet's start, its first status with the
 	// CNI config found and the node lease.
 	nodeReadyTimeout = 2 * time.Minute
@@ -45,8 +44,8 @@ var imagesOnce struct {
 	err  error
 }
 
-// e2eImages returns the tarball of tests/images' images, built into dir on
-// first use.
+// e2eImages returns the tarball of tests/images' images, built into binDir
+// by the first call of this test binary (later calls get that tarball).
 func e2eImages(binDir string) (string, error) {
 	imagesOnce.Do(func() {
 		agnhost, err := harness.ToolBinary("agnhost")
@@ -199,8 +198,8 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 		t.Fatal(err)
 	}
 	resolv := filepath.Join(n.Dir, "resolv.conf")
-	// No DNS server runs in the test network, and pods must not query the
-	// machine's: an empty search-only resolv.conf.
+	// For hostNetwork pods and dnsPolicy Default: never the machine's
+	// resolvers (cluster pods get CoreDNS through clusterDNS).
 	if err := os.WriteFile(resolv, []byte("search cluster.local\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -149,7 +149,7 @@ func (f *Fabric) ConnectNode(t testing.TB, node *harness.NetNS, nodeIf string, i
 	})
 	addr := netip.PrefixFrom(nthAddr(f.nodeNet, firstNodeHost+index), f.nodeNet.Bits())
 	node.Run(t, "ip", "addr", "add", addr.String(), "dev", nodeIf)
-	node.Run(t, "ip", "route", "add", "default", "via", nthAddr(f.nodeNet, 1).String())
+	node.Run(t, "ip", "route", "add", "default", "via", f.NodeGateway().String())
 	return addr
 }
 

@@ -34,7 +34,6 @@ egressSelections:
 type egressProxy struct {
 	path string
 	ln   net.Listener
-	wg   sync.WaitGroup
 
 	mu   sync.Mutex
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -46,16 +45,15 @@ func startEgressProxy(path string) (*egressProxy, error) {
 		return nil, fmt.Errorf("egress proxy: %w", err)
 	}
 	p := &egressProxy{path: path, ln: ln}
-	p.wg.Add(1)
+	// The accept loop ends when close closes ln; each tunnel ends with
+	// its connections.
 	go func() {
-		defer p.wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			p.wg.Add(1)
-			go func() { defer p.wg.Done(); p.serve(c) }()
+			go p.serve(c)
 		}
 	}()
 	return p, nil

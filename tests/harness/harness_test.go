@@ -97,6 +97,7 @@ func TestSweep(t *testing.T) {
 	if err := shim.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = shim.Process.Kill() }) // if the test fails before the sweep
 	shimExited := make(chan error, 1)
 	go func() { shimExited <- shim.Wait() }()
 	if err := os.WriteFile(filepath.Join(cgroupFS, "pids", root, "pod", "cgroup.procs"), []byte(strconv.Itoa(shim.Process.Pid)), 0o644); err != nil {

@@ -107,18 +107,17 @@ func TestDeploymentPodsWiredByContainerd(t *testing.T) {
 
 func waitPodReady(t *testing.T, c *cluster.Cluster, ns, name string) *corev1.Pod {
 	t.Helper()
-	var pod *corev1.Pod
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		p, err := c.Client.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{})
 		if err == nil && cluster.PodReady(p) {
 			return p
 		}
-		if err == nil {
-			pod = p
-		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pod %s/%s not ready: %v", ns, name, pod.Status)
+			if err != nil {
+				t.Fatalf("pod %s/%s not ready: %v", ns, name, err)
+			}
+			t.Fatalf("pod %s/%s not ready: %v", ns, name, p.Status)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
