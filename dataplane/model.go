@@ -73,6 +73,36 @@ const (
 	Drop
 )
 
+// FrontendKind says which address of a Service a frontend serves.
+type FrontendKind uint8
+
+// The frontend kinds. Every kind but ClusterIP is external: kube-proxy's
+// externalTrafficPolicy applies to it, and traffic for it may arrive from
+// outside the node.
+const (
+	ClusterIP      FrontendKind = iota
+	NodePort                    // a node address and the Service's nodePort
+	ExternalIP                  // spec.externalIPs
+	LoadBalancerIP              // status.loadBalancer.ingress[].ip with ipMode VIP
+)
+
+func (k FrontendKind) String() string {
+	switch k {
+	case ClusterIP:
+		return "ClusterIP"
+	case NodePort:
+		return "NodePort"
+	case ExternalIP:
+		return "ExternalIP"
+	case LoadBalancerIP:
+		return "LoadBalancerIP"
+	}
+	return fmt.Sprintf("FrontendKind(%d)", uint8(k))
+}
+
+// External reports whether the kind is reachable from outside the cluster.
+func (k FrontendKind) External() bool { return k != ClusterIP }
+
 // Frontend is one service frontend and the endpoints the dataplane must
 // balance over. Endpoints is already the kube-proxy selection (ready, else
 // serving+terminating; only local ones under internalTrafficPolicy Local),
@@ -84,12 +114,25 @@ const (
 type Frontend struct {
 	Key  FrontendKey
 	Name ServicePortName
+	Kind FrontendKind
 	// AffinityTimeout > 0 enables ClientIP session affinity with that
 	// inactivity timeout.
 	AffinityTimeout time.Duration
-	// Local is internalTrafficPolicy Local.
-	Local     bool
-	Endpoints []Endpoint
+	// Local is the traffic policy Local: internalTrafficPolicy for a
+	// ClusterIP frontend, externalTrafficPolicy for an external one.
+	Local bool
+	// SNAT, when valid, is the node address that connections arriving at
+	// an external frontend from outside the node are source-NATed to
+	// (externalTrafficPolicy Cluster), so that their replies come back
+	// through this node to be un-NATed. Connections from this node's pods
+	// and from the node itself keep their source: their replies pass
+	// through this node anyway.
+	SNAT netip.Addr
+	// SourceRanges, when not empty, are the only client addresses an
+	// external frontend accepts (loadBalancerSourceRanges); packets from
+	// other sources are dropped.
+	SourceRanges []netip.Prefix
+	Endpoints    []Endpoint
 	// IfEmpty applies when Endpoints is empty.
 	IfEmpty NoEndpointsAction
 }

@@ -77,13 +77,14 @@ func run() error {
 	}
 	kp := cfg.KubeProxy
 	p := proxy.New(env.Client, backend, proxy.Options{
-		NodeName:         env.NodeName,
-		ServiceProxyName: kp.ServiceProxyName,
-		SyncPeriod:       kp.SyncPeriod,
-		MinSyncPeriod:    kp.MinSyncPeriod,
-		HealthzBindAddr:  kp.HealthzBindAddr,
-		MetricsBindAddr:  kp.MetricsBindAddr,
-		Log:              log,
+		NodeName:          env.NodeName,
+		ServiceProxyName:  kp.ServiceProxyName,
+		SyncPeriod:        kp.SyncPeriod,
+		MinSyncPeriod:     kp.MinSyncPeriod,
+		HealthzBindAddr:   kp.HealthzBindAddr,
+		MetricsBindAddr:   kp.MetricsBindAddr,
+		NodePortAddresses: kp.NodePortAddresses,
+		Log:               log,
 	})
 	log.Info("nsx-kube-proxy starting", zap.String("node", env.NodeName), zap.String("dataplane", backend.Name()))
 	if err := p.Run(ctx); err != nil && ctx.Err() == nil {

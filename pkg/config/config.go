@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -168,12 +169,31 @@ func (c *Config) fields() []field {
 		{SectionKubeProxy, "min_sync_period", &kp.MinSyncPeriod, nonNegative(&kp.MinSyncPeriod)},
 		{SectionKubeProxy, "healthz_bind_address", &kp.HealthzBindAddr, hostPort(&kp.HealthzBindAddr)},
 		{SectionKubeProxy, "metrics_bind_address", &kp.MetricsBindAddr, hostPort(&kp.MetricsBindAddr)},
+		{SectionKubeProxy, "nodeport_addresses", &kp.NodePortAddresses, nil},
 		{SectionKubeProxy, "bpf_pin_dir", &kp.BPFPinDir, absPath(&kp.BPFPinDir, false)},
 		{SectionKubeProxy, "bpf_services_map_size", &kp.BPFServicesMapSize, between(&kp.BPFServicesMapSize, 16, 1<<24)},
 		{SectionKubeProxy, "bpf_backends_map_size", &kp.BPFBackendsMapSize, between(&kp.BPFBackendsMapSize, 16, 1<<26)},
 		{SectionKubeProxy, "bpf_conntrack_map_size", &kp.BPFConntrackMapSize, between(&kp.BPFConntrackMapSize, 1024, 1<<26)},
 		{SectionKubeProxy, "bpf_affinity_map_size", &kp.BPFAffinityMapSize, between(&kp.BPFAffinityMapSize, 16, 1<<26)},
 	}
+}
+
+// parsePrefixes reads a comma-separated list of CIDRs; "" and "primary"
+// are the empty list (kube-proxy's --nodeport-addresses spells its default
+// "primary").
+func parsePrefixes(v string) ([]netip.Prefix, string) {
+	if v = strings.TrimSpace(v); v == "" || v == "primary" {
+		return nil, ""
+	}
+	var out []netip.Prefix
+	for _, s := range strings.Split(v, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Sprintf("%q is not a CIDR (a comma-separated list of CIDRs, or primary)", strings.TrimSpace(s))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, ""
 }
 
 // maxSeconds keeps seconds*time.Second from overflowing.
@@ -205,6 +225,12 @@ func set(ptr any, v string) string {
 			return "out of range"
 		}
 		*p = time.Duration(n) * time.Second
+	case *[]netip.Prefix:
+		ps, reason := parsePrefixes(v)
+		if reason != "" {
+			return reason
+		}
+		*p = ps
 	default:
 		panic(fmt.Sprintf("config: unsupported field type %T", ptr))
 	}

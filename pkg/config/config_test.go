@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -89,6 +90,7 @@ min_sync_period = 1
 healthz_bind_address =
 metrics_bind_address = [::1]:9000
 bpf_pin_dir = /sys/fs/bpf/x
+nodeport_addresses = 10.0.0.0/8, fd00::/64 ,192.168.1.7/24
 bpf_services_map_size = 1000
 bpf_backends_map_size = 20000
 bpf_conntrack_map_size = 40000
@@ -109,6 +111,8 @@ bpf_affinity_map_size = 3000
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ebpf", ServiceProxyName: "nsx", SyncPeriod: 15 * time.Second,
 			MinSyncPeriod: time.Second, HealthzBindAddr: "", MetricsBindAddr: "[::1]:9000", BPFPinDir: "/sys/fs/bpf/x",
+			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64"),
+				netip.MustParsePrefix("192.168.1.0/24")},
 			BPFServicesMapSize: 1000, BPFBackendsMapSize: 20000, BPFConntrackMapSize: 40000, BPFAffinityMapSize: 3000,
 		},
 	}
@@ -185,6 +189,8 @@ func TestInvalid(t *testing.T) {
 		{"nsx_kube_proxy", "bpf_pin_dir", "bpf", "absolute"},
 		{"nsx_kube_proxy", "bpf_conntrack_map_size", "10", "1024"},
 		{"nsx_kube_proxy", "bpf_services_map_size", "many", "integer"},
+		{"nsx_kube_proxy", "nodeport_addresses", "10.0.0.0/8,eth0", `"eth0" is not a CIDR`},
+		{"nsx_kube_proxy", "nodeport_addresses", "10.0.0.1", "not a CIDR"},
 	} {
 		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
 			c, err := Parse([]byte(fmt.Sprintf("[%s]\n%s = %s\n", tc.section, tc.key, tc.value)), nil)

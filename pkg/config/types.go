@@ -2,7 +2,10 @@
 // ncp.ini for every nsx-ujo daemon.
 package config
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // Config is ncp.ini. Field comments name the section and key.
 type Config struct {
@@ -79,6 +82,10 @@ type KubeProxy struct {
 	HealthzBindAddr  string        // healthz_bind_address (0.0.0.0:10256)
 	MetricsBindAddr  string        // metrics_bind_address (127.0.0.1:10249)
 	BPFPinDir        string        // bpf_pin_dir (/sys/fs/bpf/nsx-ujo)
+	// nodeport_addresses (primary): CIDRs selecting the node addresses
+	// NodePorts are served on, as kube-proxy's --nodeport-addresses; empty
+	// ("primary") is the Node's first InternalIP of each family.
+	NodePortAddresses []netip.Prefix
 	// eBPF map sizes (entries); changing one needs `Cleanup` of the pinned
 	// maps (switching dataplane and back does it).
 	BPFServicesMapSize  int // bpf_services_map_size (65536): frontends

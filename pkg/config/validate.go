@@ -50,6 +50,15 @@ func format(ptr any) string {
 		return strconv.FormatBool(*p)
 	case *time.Duration:
 		return strconv.FormatFloat(p.Seconds(), 'f', -1, 64)
+	case *[]netip.Prefix:
+		if len(*p) == 0 {
+			return "primary"
+		}
+		s := make([]string, len(*p))
+		for i, pf := range *p {
+			s[i] = pf.String()
+		}
+		return strings.Join(s, ",")
 	}
 	panic(fmt.Sprintf("config: unsupported field type %T", ptr))
 }

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -82,41 +83,135 @@ func affinityTimeout(svc *v1.Service) time.Duration {
 	return defaultAffinityTimeout
 }
 
+// Node is what building frontends needs to know about this node.
+type Node struct {
+	Name string
+	// Addresses are the node addresses NodePorts are served on
+	// (nodeport_addresses, resolved). The first of each family is also the
+	// address connections from outside the node are source-NATed to under
+	// externalTrafficPolicy Cluster.
+	Addresses []netip.Addr
+}
+
+// snatAddr is the node address of ip's family, or invalid.
+func (n Node) snatAddr(v6 bool) netip.Addr {
+	for _, a := range n.Addresses {
+		if a.Is6() == v6 {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+// externalAddrs are the Service's external addresses of one family that
+// this node serves, with their kind: externalIPs, then load-balancer
+// ingress IPs whose ipMode is VIP (Proxy is left to the load balancer,
+// which sends to the nodePort itself).
+func externalAddrs(svc *v1.Service, v6 bool) (addrs []netip.Addr, kinds []dataplane.FrontendKind) {
+	add := func(s string, kind dataplane.FrontendKind) {
+		a, err := netip.ParseAddr(strings.TrimSpace(s))
+		if err != nil || a.Zone() != "" || a.Is6() != v6 || slices.Contains(addrs, a) {
+			return // API validation refuses such values; nothing to serve
+		}
+		addrs, kinds = append(addrs, a), append(kinds, kind)
+	}
+	for _, s := range svc.Spec.ExternalIPs {
+		add(s, dataplane.ExternalIP)
+	}
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			if in.IP != "" && (in.IPMode == nil || *in.IPMode == v1.LoadBalancerIPModeVIP) {
+				add(in.IP, dataplane.LoadBalancerIP)
+			}
+		}
+	}
+	return addrs, kinds
+}
+
+// sourceRanges parses loadBalancerSourceRanges (kube-proxy trims spaces).
+func sourceRanges(svc *v1.Service) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range svc.Spec.LoadBalancerSourceRanges {
+		if p, err := netip.ParsePrefix(strings.TrimSpace(s)); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
 // BuildFrontends computes the frontends of one Service from its
-// EndpointSlices: one per (cluster IP, service port), each with the
-// endpoints kube-proxy would use from nodeName. svc must not be skipped
-// (skipReason ""). slices may be in any order. Exported for the dataplane
-// conformance suite, which checks the selection with real traffic.
-func BuildFrontends(svc *v1.Service, slices []*discovery.EndpointSlice, nodeName string) map[dataplane.FrontendKey]*dataplane.Frontend {
+// EndpointSlices, each with the endpoints kube-proxy would use on node:
+// one per (cluster IP, service port); and, for the families of its
+// cluster IPs, one per (node address, nodePort), (external IP, port) and
+// (load-balancer IP, port). svc must not be skipped (skipReason "").
+// slices may be in any order. Exported for the dataplane conformance
+// suite, which checks the selection with real traffic.
+func BuildFrontends(svc *v1.Service, slices []*discovery.EndpointSlice, node Node) map[dataplane.FrontendKey]*dataplane.Frontend {
 	// Deterministic iteration, so duplicate endpoints resolve the same way
 	// every time.
 	sorted := append([]*discovery.EndpointSlice(nil), slices...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 
-	local := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	itpLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+	etpLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 	affinity := affinityTimeout(svc)
+	ranges := sourceRanges(svc)
 	out := map[dataplane.FrontendKey]*dataplane.Frontend{}
 	for _, ip := range clusterIPs(svc) {
+		v6 := ip.Is6()
 		family := discovery.AddressTypeIPv4
-		if ip.Is6() {
+		if v6 {
 			family = discovery.AddressTypeIPv6
+		}
+		ext, extKinds := externalAddrs(svc, v6)
+		snat := netip.Addr{}
+		if !etpLocal {
+			snat = node.snatAddr(v6)
 		}
 		for _, sp := range svc.Spec.Ports {
 			proto, ok := protocol(sp.Protocol)
 			if !ok || sp.Port <= 0 || sp.Port > 65535 {
 				continue
 			}
-			all := collectEndpoints(sorted, family, sp.Name, sp.Protocol, ip.Is6())
-			eps, ifEmpty := selectEndpoints(all, local, nodeName)
+			all := collectEndpoints(sorted, family, sp.Name, sp.Protocol, v6)
+			name := dataplane.ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name}
+			eps, ifEmpty := selectEndpoints(all, itpLocal, node.Name)
 			fe := &dataplane.Frontend{
 				Key:             dataplane.FrontendKey{IP: ip, Port: uint16(sp.Port), Protocol: proto},
-				Name:            dataplane.ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: sp.Name},
+				Name:            name,
+				Kind:            dataplane.ClusterIP,
 				AffinityTimeout: affinity,
-				Local:           local,
+				Local:           itpLocal,
 				Endpoints:       eps,
 				IfEmpty:         ifEmpty,
 			}
 			out[fe.Key] = fe
+			if sp.NodePort == 0 && len(ext) == 0 {
+				continue
+			}
+			// External frontends share one selection (and one slice).
+			eps, ifEmpty = selectEndpoints(all, etpLocal, node.Name)
+			external := func(kind dataplane.FrontendKind, a netip.Addr, port int32) {
+				fe := &dataplane.Frontend{
+					Key:  dataplane.FrontendKey{IP: a, Port: uint16(port), Protocol: proto},
+					Name: name, Kind: kind, AffinityTimeout: affinity, Local: etpLocal, SNAT: snat,
+					Endpoints: eps, IfEmpty: ifEmpty,
+				}
+				if kind == dataplane.LoadBalancerIP {
+					fe.SourceRanges = ranges
+				}
+				out[fe.Key] = fe
+			}
+			if sp.NodePort > 0 && sp.NodePort <= 65535 {
+				for _, a := range node.Addresses {
+					if a.Is6() == v6 {
+						external(dataplane.NodePort, a, sp.NodePort)
+					}
+				}
+			}
+			for i, a := range ext {
+				external(extKinds[i], a, sp.Port)
+			}
 		}
 	}
 	return out
@@ -225,6 +320,7 @@ func selectEndpoints(all []dataplane.Endpoint, local bool, nodeName string) ([]d
 
 // frontendEqual reports whether two frontends program the same thing.
 func frontendEqual(a, b *dataplane.Frontend) bool {
-	return a.Key == b.Key && a.Name == b.Name && a.AffinityTimeout == b.AffinityTimeout && a.Local == b.Local &&
+	return a.Key == b.Key && a.Name == b.Name && a.Kind == b.Kind && a.AffinityTimeout == b.AffinityTimeout &&
+		a.Local == b.Local && a.SNAT == b.SNAT && slices.Equal(a.SourceRanges, b.SourceRanges) &&
 		a.IfEmpty == b.IfEmpty && slices.Equal(a.Endpoints, b.Endpoints)
 }

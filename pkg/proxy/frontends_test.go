@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/netip"
 	"reflect"
 	"testing"
 	"time"
@@ -231,7 +232,7 @@ func TestBuildFrontends(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := BuildFrontends(tc.svc, tc.slices, testNode)
+			got := BuildFrontends(tc.svc, tc.slices, Node{Name: testNode})
 			want := map[dataplane.FrontendKey]*dataplane.Frontend{}
 			for _, f := range tc.want {
 				want[f.Key] = f
@@ -298,5 +299,79 @@ func TestBackoff(t *testing.T) {
 	}
 	if got := backoff(1000, 30*time.Second); got != 30*time.Second {
 		t.Errorf("backoff(1000) = %v, want the cap", got)
+	}
+}
+
+func TestBuildExternalFrontends(t *testing.T) {
+	const ns, name = "ns", "web"
+	node := Node{Name: testNode, Addresses: []netip.Addr{netip.MustParseAddr("10.0.100.2"), netip.MustParseAddr("fd00:100::2")}}
+	snat4 := netip.MustParseAddr("10.0.100.2")
+	slice := mkSlice(ns, name, "s4", discovery.AddressTypeIPv4, []discovery.EndpointPort{eport("http", v1.ProtocolTCP, 8080)},
+		endpoint("10.1.0.1", testNode, servingTermC), endpoint("10.1.0.2", "node-b", readyC))
+	here, there := dep("10.1.0.1", 8080, testNode, false, true, true), readyEP("10.1.0.2", 8080, "node-b")
+	spn := dataplane.ServicePortName{Namespace: ns, Name: name, Port: "http"}
+	nodePort := func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	}
+	for _, tc := range []struct {
+		name string
+		svc  *v1.Service
+		want []*dataplane.Frontend
+	}{
+		{
+			name: "NodePort, Cluster policy: every node address of the Service's families, SNAT to the node",
+			svc:  mkService(ns, name, nodePort),
+			want: []*dataplane.Frontend{
+				{Key: fk("10.96.0.10", 80, dataplane.TCP), Name: spn, Endpoints: []dataplane.Endpoint{there}},
+				{Key: fk("10.0.100.2", 30080, dataplane.TCP), Name: spn, Kind: dataplane.NodePort, SNAT: snat4,
+					Endpoints: []dataplane.Endpoint{there}},
+			},
+		},
+		{
+			name: "NodePort, Local policy: local serving+terminating endpoints, no SNAT; ClusterIP keeps the cluster set",
+			svc: mkService(ns, name, nodePort, func(s *v1.Service) {
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			}),
+			want: []*dataplane.Frontend{
+				{Key: fk("10.96.0.10", 80, dataplane.TCP), Name: spn, Endpoints: []dataplane.Endpoint{there}},
+				{Key: fk("10.0.100.2", 30080, dataplane.TCP), Name: spn, Kind: dataplane.NodePort, Local: true,
+					Endpoints: []dataplane.Endpoint{here}, IfEmpty: dataplane.Drop},
+			},
+		},
+		{
+			name: "externalIPs and VIP-mode load-balancer IPs; Proxy mode and the other family are left out; source ranges on LB IPs only",
+			svc: mkService(ns, name, func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.ExternalIPs = []string{"192.0.2.10", "2001:db8::10", "bogus"}
+				s.Spec.LoadBalancerSourceRanges = []string{" 198.51.100.0/24 ", "203.0.113.7/32"}
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "192.0.2.20"},
+					{IP: "192.0.2.21", IPMode: ptr.To(v1.LoadBalancerIPModeVIP)},
+					{IP: "192.0.2.22", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)}, {Hostname: "lb.example.com"}}
+			}),
+			want: []*dataplane.Frontend{
+				{Key: fk("10.96.0.10", 80, dataplane.TCP), Name: spn, Endpoints: []dataplane.Endpoint{there}},
+				{Key: fk("192.0.2.10", 80, dataplane.TCP), Name: spn, Kind: dataplane.ExternalIP, SNAT: snat4,
+					Endpoints: []dataplane.Endpoint{there}},
+				{Key: fk("192.0.2.20", 80, dataplane.TCP), Name: spn, Kind: dataplane.LoadBalancerIP, SNAT: snat4,
+					Endpoints: []dataplane.Endpoint{there}, SourceRanges: []netip.Prefix{
+						netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.7/32")}},
+				{Key: fk("192.0.2.21", 80, dataplane.TCP), Name: spn, Kind: dataplane.LoadBalancerIP, SNAT: snat4,
+					Endpoints: []dataplane.Endpoint{there}, SourceRanges: []netip.Prefix{
+						netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.7/32")}},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := BuildFrontends(tc.svc, []*discovery.EndpointSlice{slice}, node)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %d frontends %v, want %d", len(got), keysOf(got), len(tc.want))
+			}
+			for _, w := range tc.want {
+				if g := got[w.Key]; g == nil || !frontendEqual(g, w) {
+					t.Errorf("frontend %s:\n got %+v\nwant %+v", w.Key, g, *w)
+				}
+			}
+		})
 	}
 }

@@ -10,7 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -63,6 +66,12 @@ type Options struct {
 	HealthzBindAddr string
 	// MetricsBindAddr serves /metrics (kube-proxy: 127.0.0.1:10249).
 	MetricsBindAddr string
+	// NodePortAddresses select the node addresses NodePorts are served on,
+	// as kube-proxy's --nodeport-addresses: the node's interface addresses
+	// within these prefixes. Empty: the node's primary addresses, its Node
+	// object's first InternalIP of each family (kube-proxy's default in
+	// nftables mode).
+	NodePortAddresses []netip.Prefix
 	// ServiceHealthHost is the address the per-Service health checks
 	// (healthCheckNodePort) listen on; empty: every address of the node.
 	ServiceHealthHost string
@@ -92,6 +101,7 @@ type Proxier struct {
 	pendingSvc     int
 	pendingEP      int
 	startTime      time.Time // trigger times before it belong to a previous process
+	nodeChanged    bool      // our Node's addresses changed since the last sync took them
 	nodeLister     corelisters.NodeLister
 	healthzAddr    string // bound addresses, for tests
 	metricsAddr    string
@@ -109,6 +119,7 @@ type Proxier struct {
 	svcKeys      map[types.NamespacedName][]dataplane.FrontendKey // the frontends each Service contributes
 	healthChecks map[types.NamespacedName]healthCheck
 	svcHealth    *serviceHealth // set by Run
+	node         Node           // Addresses resolved by the last sync
 }
 
 // MetricsCollector is implemented by a backend with metrics of its own,
@@ -145,6 +156,8 @@ func New(client kubernetes.Interface, backend dataplane.ServiceBackend, o Option
 		frontends:    map[dataplane.FrontendKey]*dataplane.Frontend{},
 		svcKeys:      map[types.NamespacedName][]dataplane.FrontendKey{},
 		healthChecks: map[types.NamespacedName]healthCheck{},
+		node:         Node{Name: o.NodeName},
+		nodeChanged:  true,
 	}
 }
 
@@ -247,6 +260,18 @@ func (p *Proxier) Run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("EndpointSlice informer: %w", err)
 	}
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { p.onNode() },
+		UpdateFunc: func(old, obj any) {
+			o, ok1 := old.(*v1.Node)
+			n, ok2 := obj.(*v1.Node)
+			if !ok1 || !ok2 || !slices.Equal(primaryAddresses(o), primaryAddresses(n)) {
+				p.onNode()
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("Node informer: %w", err)
+	}
 	p.sliceIndexer = sliceInf.Informer().GetIndexer()
 	p.mu.Lock()
 	p.servicesLister = svcInf.Lister()
@@ -340,6 +365,75 @@ func (p *Proxier) onSlice(obj any, deleted bool) {
 		}
 	}
 	p.queue(key, true, trigger)
+}
+
+// onNode notes that our Node's addresses may have changed: the next sync
+// resolves the NodePort addresses again.
+func (p *Proxier) onNode() {
+	p.mu.Lock()
+	p.nodeChanged = true
+	p.mu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// primaryAddresses are a Node's first InternalIP of each family.
+func primaryAddresses(n *v1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		ip, err := netip.ParseAddr(a.Address)
+		if a.Type != v1.NodeInternalIP || err != nil || slices.ContainsFunc(out, func(o netip.Addr) bool { return o.Is6() == ip.Is6() }) {
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out
+}
+
+// nodePortAddresses resolves Options.NodePortAddresses on this node,
+// sorted. An error leaves the caller with the previous addresses.
+func (p *Proxier) nodePortAddresses() ([]netip.Addr, error) {
+	var out []netip.Addr
+	if len(p.o.NodePortAddresses) == 0 {
+		p.mu.Lock()
+		lister := p.nodeLister
+		p.mu.Unlock()
+		if lister == nil {
+			return nil, nil
+		}
+		n, err := lister.Get(p.o.NodeName)
+		if apierrors.IsNotFound(err) {
+			return nil, nil // kubelet has not registered the node yet
+		}
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", p.o.NodeName, err)
+		}
+		out = primaryAddresses(n)
+	} else {
+		addrs, err := net.InterfaceAddrs()
+		if err != nil {
+			return nil, fmt.Errorf("listing the node's addresses for nodeport_addresses: %w", err)
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if slices.ContainsFunc(p.o.NodePortAddresses, func(pf netip.Prefix) bool { return pf.Contains(ip) }) &&
+				!slices.Contains(out, ip) {
+				out = append(out, ip)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Addr) int { return a.Compare(b) })
+	return out, nil
 }
 
 // queue marks a Service dirty and wakes the sync loop.
@@ -457,12 +551,27 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	p.inflightSince, p.queuedSince = p.queuedSince, time.Time{}
 	nSvc, nEP := p.pendingSvc, p.pendingEP
 	p.pendingSvc, p.pendingEP = 0, 0
+	nodeChanged := p.nodeChanged
+	p.nodeChanged = false
 	p.m.servicePending.Set(0)
 	p.m.endpointPending.Set(0)
 	lister := p.servicesLister
 	p.mu.Unlock()
 
 	recompute := dirty
+	if nodeChanged {
+		addrs, err := p.nodePortAddresses()
+		if err != nil {
+			p.log.Error("resolving the NodePort addresses; keeping the previous ones", zap.Error(err))
+			p.mu.Lock()
+			p.nodeChanged = true // retried by the next sync
+			p.mu.Unlock()
+		} else if !slices.Equal(addrs, p.node.Addresses) {
+			p.log.Info("NodePort addresses", zap.Stringers("addresses", addrs))
+			p.node.Addresses = addrs
+			full = true // every NodePort and SNAT address changes
+		}
+	}
 	if full {
 		// Recompute everything: a cheap guard against a missed event, and
 		// unchanged frontends keep their pointers anyway.
@@ -603,7 +712,7 @@ func (p *Proxier) updateService(lister corelisters.ServiceLister, key types.Name
 			p.log.Debug("Service skipped", zap.Stringer("service", key), zap.String("reason", reason))
 		} else {
 			slices := p.slicesOf(key)
-			fresh = BuildFrontends(svc, slices, p.o.NodeName)
+			fresh = BuildFrontends(svc, slices, p.node)
 			if hc, ok := serviceHealthCheck(svc, slices, p.o.NodeName); ok {
 				p.healthChecks[key] = hc
 			}
@@ -667,5 +776,5 @@ func (p *Proxier) slicesOf(key types.NamespacedName) []*discovery.EndpointSlice 
 func (p *Proxier) pending() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.dirty) > 0
+	return len(p.dirty) > 0 || p.nodeChanged
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -372,5 +373,36 @@ func TestProxierReportsRefusedFrontend(t *testing.T) {
 			}
 		}
 		return false
+	})
+}
+
+// NodePorts follow the Node's InternalIP: registered after the proxy
+// started, then changed.
+func TestProxierNodePortFollowsNodeAddress(t *testing.T) {
+	fb := &fakeBackend{}
+	svc := mkService("ns", "web", func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = 30080
+	})
+	_, client := start(t, fb, Options{}, svc)
+	waitModel(t, fb, "the ClusterIP frontend, no NodePort before the Node exists", func(m *dataplane.Model) bool {
+		return len(m.Frontends) == 1 && m.Frontends[fk("10.96.0.10", 80, dataplane.TCP)] != nil
+	})
+	node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: testNode}, Status: v1.NodeStatus{Addresses: []v1.NodeAddress{
+		{Type: v1.NodeHostName, Address: "node-a"}, {Type: v1.NodeInternalIP, Address: "10.0.100.2"},
+		{Type: v1.NodeInternalIP, Address: "10.0.100.3"}}}}
+	if _, err := client.CoreV1().Nodes().Create(bg, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitModel(t, fb, "the NodePort on the first InternalIP", func(m *dataplane.Model) bool {
+		f := m.Frontends[fk("10.0.100.2", 30080, dataplane.TCP)]
+		return len(m.Frontends) == 2 && f != nil && f.Kind == dataplane.NodePort && f.SNAT == netip.MustParseAddr("10.0.100.2")
+	})
+	node.Status.Addresses = []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "10.0.100.9"}}
+	if _, err := client.CoreV1().Nodes().UpdateStatus(bg, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitModel(t, fb, "the NodePort moved to the new address", func(m *dataplane.Model) bool {
+		return len(m.Frontends) == 2 && m.Frontends[fk("10.0.100.9", 30080, dataplane.TCP)] != nil
 	})
 }

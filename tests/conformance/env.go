@@ -50,6 +50,9 @@ var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2", 103: "10.1.23", 1
 
 const nodeVLAN = 100
 
+// NodeIP is the node's address (see NodeClient): its NodePorts.
+var NodeIP = netip.MustParseAddr(vlanSubnets[nodeVLAN] + ".2")
+
 // NewEnv builds the node and the fabric stand-in.
 func NewEnv(t testing.TB) *Env {
 	t.Helper()
@@ -115,7 +118,7 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 func (e *Env) NodeClient() *Pod {
 	t := e.T
 	t.Helper()
-	ip := netip.MustParseAddr(vlanSubnets[nodeVLAN] + ".2")
+	ip := NodeIP
 	e.OVS.Vsctl(t, "set", "Port", "br-int", fmt.Sprintf("tag=%d", nodeVLAN))
 	e.Node.Run(t, "ip", "addr", "add", ip.String()+"/24", "dev", "br-int")
 	e.Node.Run(t, "ip", "link", "set", "br-int", "up")

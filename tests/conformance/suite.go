@@ -60,7 +60,7 @@ func Slice(eps ...SliceEndpoint) *discoveryv1.EndpointSlice {
 
 // FromAPI builds the model nsx-kube-proxy's core derives from the objects.
 func FromAPI(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *dataplane.Model {
-	return &dataplane.Model{Frontends: proxy.BuildFrontends(svc, slices, NodeName)}
+	return &dataplane.Model{Frontends: proxy.BuildFrontends(svc, slices, proxy.Node{Name: NodeName, Addresses: []netip.Addr{NodeIP}})}
 }
 
 // Instance is one backend under test.
