@@ -34,7 +34,8 @@ func EBPFOptions(cfg *config.Config, log *zap.Logger) ebpfdp.Options {
 
 func ovsOptions(cfg *config.Config, nodeName string, log *zap.Logger) ovsdp.Options {
 	na := cfg.NodeAgent
-	return ovsdp.Options{Bridge: na.OVSBridge, OVSRunDir: na.OVSRunDir, NodeName: nodeName, Timeout: na.OVSOperationTimeout, Log: log}
+	return ovsdp.Options{Bridge: na.OVSBridge, Uplink: na.OVSUplinkPort, OVSRunDir: na.OVSRunDir, NodeName: nodeName,
+		Timeout: na.OVSOperationTimeout, Log: log}
 }
 
 // New builds the dataplane named by [nsx_kube_proxy] dataplane.

@@ -27,6 +27,11 @@ type Options struct {
 	Bridge    string // ovs_bridge
 	OVSRunDir string // holds db.sock and <bridge>.mgmt
 	NodeName  string // endpoints on this node can hairpin
+	// Uplink is the bridge's port to the fabric (ovs_uplink_port): what
+	// arrives through it for an external frontend (NodePort, external or
+	// load-balancer IP) comes from outside the node. Empty: external
+	// frontends serve pods and the node only.
+	Uplink string
 	// HairpinIP is the source a pod sees when it reaches itself through a
 	// Service; default DefaultHairpinIP.
 	HairpinIP netip.Addr
@@ -79,8 +84,9 @@ type Backend struct {
 	serial          uint32
 	last            *dataplane.Model // for the replay after a reconnection
 
-	reject *rejecter
-	stats  Stats
+	reject       *rejecter
+	stats        Stats
+	uplinkWarned bool
 }
 
 type desiredFlow struct {
@@ -355,7 +361,7 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 		}
 		b.stats.LastChanges = nFlows + nGroups
 		if len(msgs) > 0 {
-			if classifierChanged(objs) {
+			if classifierChanged(objs) || affinityChanged(changes) {
 				b.waitRevalidated(ctx)
 			}
 			b.stats.Bundles++
@@ -387,16 +393,32 @@ func classifierChanged(objs []object) bool {
 	return false
 }
 
+// affinityChanged says whether a change concerns a frontend with session
+// affinity: its datapath flows match the client address, not the
+// connection's 5-tuple, so a new connection of an affine client would take
+// a cached flow of the old tables (an endpoint that is gone).
+func affinityChanged(changes []change) bool {
+	for _, c := range changes {
+		for _, cc := range []*compiled{c.old, c.new} {
+			if cc != nil && cc.src.AffinityTimeout > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // waitRevalidated waits until ovs-vswitchd has revalidated its datapath
-// flows after a frontend appeared or went, or a UDP endpoint went: until
-// then a packet can still take a cached datapath flow of the old tables (a
-// new Service's first SYN would leave un-NATed, matching a flow cached
-// while the VIP was nobody's; a UDP client's next datagram would go to its
-// removed endpoint). Other endpoint changes need no wait: the select groups
-// hash the 5-tuple, so a new connection never matches a cached flow of
-// another one. One unixctl request; it lasts until the revalidators' next
-// round (at most about 500 ms with 100k flows installed, a few ms with
-// few).
+// flows after a frontend appeared or went, a UDP endpoint went, or a
+// frontend with session affinity changed: until then a packet can still
+// take a cached datapath flow of the old tables (a new Service's first SYN
+// would leave un-NATed, matching a flow cached while the VIP was nobody's;
+// a UDP client's next datagram would go to its removed endpoint; an affine
+// client's new connection too, see affinityChanged). Other endpoint changes
+// need no wait: the select groups hash the 5-tuple, so a new connection
+// never matches a cached flow of another one. One unixctl request; it lasts
+// until the revalidators' next round (at most about 500 ms with 100k flows
+// installed, a few ms with few).
 func (b *Backend) waitRevalidated(ctx context.Context) {
 	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
 		b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
@@ -606,6 +628,7 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 			return err
 		}
 	}
+	b.refreshUplink(ctx)
 	dumped, err := b.of.DumpFlows(ctx, openflow15.OFPTT_ALL, uint64(compCompiled)<<56, 0xfe00000000000000)
 	if err != nil {
 		return fmt.Errorf("ovs dataplane: dump flows of %s: %w", b.opts.Bridge, err)
@@ -719,6 +742,31 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		return &dataplane.FrontendErrors{Failed: refused}
 	}
 	return nil
+}
+
+// refreshUplink reads the uplink's OpenFlow port, which tells external
+// traffic (see the package comment). Every full sync reads it again: it
+// recompiles every frontend anyway.
+func (b *Backend) refreshUplink(ctx context.Context) {
+	if b.opts.Uplink == "" {
+		return
+	}
+	p, err := b.db.GetPort(ctx, b.opts.Uplink)
+	if err == nil && p.OFPort <= 0 {
+		err = fmt.Errorf("uplink %s has no OpenFlow port (ofport %d, error %q)", b.opts.Uplink, p.OFPort, p.Error)
+	}
+	if err != nil {
+		if !b.uplinkWarned {
+			b.log.Warn("the uplink is unknown: external frontends serve pods and the node only until a full sync finds it",
+				zap.String("uplink", b.opts.Uplink), zap.Error(err))
+			b.uplinkWarned = true
+		}
+		return
+	}
+	if uint32(p.OFPort) != b.co.Uplink {
+		b.log.Info("external traffic arrives through the uplink", zap.String("uplink", b.opts.Uplink), zap.Int("ofport", p.OFPort))
+	}
+	b.co.Uplink, b.uplinkWarned = uint32(p.OFPort), false
 }
 
 func tableNamesMap() map[int]string {

@@ -7,6 +7,10 @@
 // NORMAL flow; only packets that can belong to a Service leave it:
 //
 //	0   Classifier   dst = VIP:port          -> ct(zone=SvcZone, nat) -> SvcLB
+//	                 in_port = uplink, dst = external frontend (NodePort, external IP, LB IP): the
+//	                                            same, after loading reg0 = external (+SNAT), reg1 = SNAT tag
+//	                 (LB source ranges: the two flows above drop; one pair per range, above them, serves)
+//	                 dst = SNAT address      -> ct(zone=SNATZone, nat) -> SvcSNATReply
 //	                 dst = hairpin address   -> ct(zone=HairpinZone, nat) -> SvcHairpinReply
 //	                 any other IP            -> ct(zone=SvcZone, nat) -> SvcReply (un-DNAT of replies, from
 //	                                            any port; replies of connections to endpoints that have
@@ -16,18 +20,34 @@
 //	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin;
 //	                 affinity frontends without a learned endpoint -> their group
 //	73  SvcHairpin   src == dst == local endpoint -> ct(commit, zone=HairpinZone, nat(src=hairpin address))
+//	                 external + SNAT: ct(commit, zone=SNATZone, nat(src=node address)) -> SvcExternalOut
+//	                 external: SvcExternalOut
 //	74  SvcHairpinOut   swap MACs, back out of the ingress port
 //	75  SvcHairpinReply +rpl: ct(zone=SvcZone, nat) -> SvcHairpinReplyOut
 //	76  SvcHairpinReplyOut swap MACs, back out of the ingress port
 //	77  SvcReply     NORMAL
 //	78  SvcAffinityLearn  learn client->endpoint for the frontend, then SvcDNAT (OVS runs bucket
 //	                 actions as an action set, which drops learn: it cannot sit in the bucket)
+//	79  SvcExternalOut    swap MACs, back out of the ingress port (to the router that sent it)
+//	80  SvcSNATReply +rpl: ct(zone=SvcZone, nat) -> SvcSNATReplyOut; else ct(zone=SvcZone, nat) -> SvcReply
+//	81  SvcSNATReplyOut   from the uplink: SvcExternalOut; from a local endpoint: NORMAL (to its gateway)
 //
 // After DNAT a packet keeps the gateway's MAC and leaves by NORMAL through
 // the uplink: in NSX mode the fabric routes it, the node bridge never
 // shortcuts pod-to-pod traffic. Only a pod reaching itself (hairpin) is
 // turned around locally, with its source rewritten so it does not see its
 // own address.
+//
+// External frontends are reached from outside the node through the
+// uplink: the router sends the packet to the node (the node's address
+// lives on the bridge's internal interface; an external IP is routed to
+// it). After DNAT such a packet goes back to that router (MACs swapped,
+// out of the uplink), which routes it to the endpoint. Under externalTrafficPolicy Cluster it
+// is also source-NATed to the node (SNATZone), so the endpoint's replies
+// come back here to be un-NATed in both zones and sent back the same way.
+// Pods and the node itself reach the same frontends through the first
+// flow: their packets are addressed to their gateway, and the replies pass
+// through this node anyway, so they keep their source.
 package ovs
 
 import (
@@ -49,19 +69,49 @@ const (
 	tHairpinReplyOut = 76
 	tReply           = 77
 	tAffinityLearn   = 78
+	tExternalOut     = 79
+	tSNATReply       = 80
+	tSNATReplyOut    = 81
 )
 
 var tableNames = map[int]string{
 	tLB: "SvcLB", tAffinity: "SvcAffinity", tDNAT: "SvcDNAT", tHairpin: "SvcHairpin", tHairpinOut: "SvcHairpinOut",
 	tHairpinReply: "SvcHairpinReply", tHairpinReplyOut: "SvcHairpinReplyOut", tReply: "SvcReply",
-	tAffinityLearn: "SvcAffinityLearn",
+	tAffinityLearn: "SvcAffinityLearn", tExternalOut: "SvcExternalOut", tSNATReply: "SvcSNATReply",
+	tSNATReplyOut: "SvcSNATReplyOut",
 }
 
 // Conntrack zones of our own.
 const (
 	SvcZone     = 65520
 	HairpinZone = 65521
+	SNATZone    = 65522
 )
+
+// reg0 flags an external frontend's classifier flow sets.
+const (
+	flagExternal = 1 << 0 // arrived from outside the node: back out to the router after NAT
+	flagSNAT     = 1 << 1 // and source-NAT it to the node (reg1: which address)
+)
+
+// SNAT source ports: above Linux's ephemeral range's start and the
+// default NodePort range, so a reply to a SNATed connection never matches a
+// NodePort frontend (the classifier sees the NodePort flows first).
+const (
+	snatPortMin = 32768
+	snatPortMax = 65535
+)
+
+// snatTag names a SNAT address in reg1: its low 32 bits (a node's
+// addresses differ there).
+func snatTag(a netip.Addr) uint32 {
+	b := a.As16()
+	t := uint32(b[12])<<24 | uint32(b[13])<<16 | uint32(b[14])<<8 | uint32(b[15])
+	if t == 0 {
+		t = 1 // 0 means "no tag" in a Match; such an address is never a node's
+	}
+	return t
+}
 
 // DefaultHairpinIP is the source a pod sees when it reaches itself through
 // a Service (link-local: never routed off the node).
@@ -113,6 +163,10 @@ func isOurGroup(id uint32) bool {
 type compileOptions struct {
 	NodeName  string
 	HairpinIP netip.Addr
+	// Uplink is the uplink's OpenFlow port: packets from it to an external
+	// frontend come from outside the node. 0: not known (yet); external
+	// frontends then serve pods and the node only.
+	Uplink uint32
 }
 
 // compiled is everything one frontend contributes.
@@ -167,8 +221,10 @@ func compileFrontend(f *dataplane.Frontend, id uint32, o compileOptions) *compil
 	vip := vipMatch(k)
 	gid := frontendGroupID(id)
 	c := &compiled{src: f, id: id}
-	c.flows = append(c.flows, Flow{Table: tClassifier, Priority: 200, Match: vip,
-		Actions: []Action{CT{Table: tLB, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}, Owner: id})
+	c.flows = append(c.flows, classifierFlows(f, id, o)...)
+	if f.Kind.External() && f.SNAT.IsValid() && o.Uplink != 0 {
+		c.shared = append(c.shared, snatFlows(f.SNAT)...)
+	}
 
 	affinity := f.AffinityTimeout > 0 && len(f.Endpoints) > 0
 	var lb []Action
@@ -224,6 +280,70 @@ func compileFrontend(f *dataplane.Frontend, id uint32, o compileOptions) *compil
 	return c
 }
 
+// classifierFlows send the frontend's packets to conntrack and SvcLB: one
+// flow for every source; for an external frontend, one more for packets
+// from outside the node (flags); with source ranges, the flows above serve
+// only those sources and the catch-alls drop.
+func classifierFlows(f *dataplane.Frontend, id uint32, o compileOptions) []Flow {
+	vip := vipMatch(f.Key)
+	ct := CT{Table: tLB, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}
+	serve := []Action{ct}
+	external := f.Kind.External() && o.Uplink != 0
+	var fromOutside []Action
+	if external {
+		lf := LoadFlags{Flags: flagExternal}
+		if f.SNAT.IsValid() {
+			lf = LoadFlags{Flags: flagExternal | flagSNAT, SNATTag: snatTag(f.SNAT)}
+		}
+		fromOutside = []Action{lf, ct}
+	}
+	ranged := f.Kind.External() && len(f.SourceRanges) > 0
+	flow := func(prio uint16, m Match, acts []Action) Flow {
+		return Flow{Table: tClassifier, Priority: prio, Match: m, Actions: acts, Owner: id}
+	}
+	outside := vip
+	outside.InPort = o.Uplink
+	var out []Flow
+	if ranged {
+		out = append(out, flow(200, vip, nil))
+		if external {
+			out = append(out, flow(201, outside, nil))
+		}
+		for _, p := range f.SourceRanges {
+			if p.Addr().Is6() != f.Key.IP.Is6() {
+				continue
+			}
+			in, inOutside := vip, outside
+			in.SrcPrefix, inOutside.SrcPrefix = p, p
+			out = append(out, flow(202, in, serve))
+			if external {
+				out = append(out, flow(203, inOutside, fromOutside))
+			}
+		}
+		return out
+	}
+	out = append(out, flow(200, vip, serve))
+	if external {
+		out = append(out, flow(201, outside, fromOutside))
+	}
+	return out
+}
+
+// snatFlows are the flows of one SNAT address, shared by the frontends
+// using it: the SNAT of new connections from outside, and the un-SNAT of
+// their replies.
+func snatFlows(a netip.Addr) []Flow {
+	eth := ethTypeOf(a)
+	return []Flow{
+		{Table: tHairpin, Priority: 150,
+			Match: Match{EthType: eth, Flags: flagSNAT, FlagsMask: flagSNAT, SNATTag: snatTag(a), CTState: ctNew | ctTrk, CTMask: ctNew | ctTrk},
+			Actions: []Action{CT{Commit: true, Table: tExternalOut, Zone: SNATZone,
+				NAT: NAT{Kind: NATSrc, Addr: a, Port: snatPortMin, PortMax: snatPortMax}}}},
+		{Table: tClassifier, Priority: 195, Match: Match{EthType: eth, IPDst: a},
+			Actions: []Action{CT{Table: tSNATReply, Zone: SNATZone, NAT: NAT{Kind: NATPlain}}}},
+	}
+}
+
 // endpointFlows are the flows every frontend with this endpoint shares:
 // DNAT, and (local endpoints) hairpin.
 func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compileOptions) []Flow {
@@ -258,6 +378,26 @@ func staticFlows(o compileOptions) []Flow {
 		{Table: tHairpinReply, Priority: 0},
 		{Table: tHairpinReplyOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
 		{Table: tReply, Priority: 0, Actions: []Action{Normal}},
+		{Table: tExternalOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
+		{Table: tSNATReplyOut, Priority: 0, Actions: []Action{Normal}},
+	}
+	if o.Uplink != 0 {
+		fl = append(fl, Flow{Table: tSNATReplyOut, Priority: 100, Match: Match{InPort: o.Uplink}, Actions: []Action{Resubmit(tExternalOut)}})
+	}
+	for _, eth := range []uint16{ethIPv4, ethIPv6} {
+		fl = append(fl,
+			// Later packets of a SNATed connection from outside: SNAT as committed.
+			Flow{Table: tHairpin, Priority: 150, Match: Match{EthType: eth, Flags: flagSNAT, FlagsMask: flagSNAT, CTState: ctTrk, CTMask: ctNew | ctTrk},
+				Actions: []Action{CT{Table: tExternalOut, Zone: SNATZone, NAT: NAT{Kind: NATPlain}}}},
+			Flow{Table: tHairpin, Priority: 140, Match: Match{EthType: eth, Flags: flagExternal, FlagsMask: flagExternal},
+				Actions: []Action{Resubmit(tExternalOut)}},
+			// Replies to the SNAT address: un-DNAT, then back to the router
+			// (SNATed connections) or on as any other packet.
+			Flow{Table: tSNATReply, Priority: 100, Match: Match{EthType: eth, CTState: ctRpl | ctTrk, CTMask: ctRpl | ctTrk},
+				Actions: []Action{CT{Table: tSNATReplyOut, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
+			Flow{Table: tSNATReply, Priority: 0, Match: Match{EthType: eth},
+				Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
+		)
 	}
 	if o.HairpinIP.IsValid() {
 		fl = append(fl, Flow{Table: tClassifier, Priority: 210, Match: Match{EthType: ethIPv4, IPDst: o.HairpinIP},

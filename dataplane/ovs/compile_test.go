@@ -164,11 +164,19 @@ func TestFlowsEncodeAndKeysDecode(t *testing.T) {
 	aff.AffinityTimeout = time.Hour
 	aff6 := fe("fd00::12", 80, dataplane.UDP, "[fd00:1::7]:80")
 	aff6.AffinityTimeout = time.Hour
+	np := fe("10.0.100.2", 30080, dataplane.TCP, "10.0.1.5:8080")
+	np.Kind, np.SNAT = dataplane.NodePort, netip.MustParseAddr("10.0.100.2")
+	lb := fe("192.0.2.10", 80, dataplane.UDP, "10.0.1.5:8080")
+	lb.Kind, lb.Local = dataplane.LoadBalancerIP, true
+	lb.SourceRanges = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.7/32")}
+	lb6 := fe("2001:db8::10", 80, dataplane.TCP, "[fd00:1::5]:8080")
+	lb6.Kind, lb6.SNAT = dataplane.ExternalIP, netip.MustParseAddr("fd00:100::2")
+	lb6.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
 	var flows []Flow
-	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP}
+	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP, Uplink: 7}
 	for _, f := range []*dataplane.Frontend{fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080"),
 		fe("10.96.0.11", 9000, dataplane.SCTP, "10.0.1.6:9000"), fe("fd00::10", 53, dataplane.UDP, "[fd00:1::5]:5353"),
-		aff, aff6, fe("10.96.0.13", 80, dataplane.TCP)} {
+		aff, aff6, fe("10.96.0.13", 80, dataplane.TCP), np, lb, lb6} {
 		c := compileFrontend(f, 3, o)
 		flows = append(append(flows, c.flows...), c.shared...)
 		for _, g := range c.groups {

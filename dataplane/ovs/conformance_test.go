@@ -13,7 +13,7 @@ import (
 
 func TestConformance(t *testing.T) {
 	conformance.Run(t, func(t *testing.T, e *conformance.Env) *conformance.Instance {
-		b, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName,
+		b, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", Uplink: conformance.Uplink, OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName,
 			Timeout: 5 * time.Second, Log: zaptest.NewLogger(t)})
 		if err != nil {
 			t.Fatal(err)

@@ -19,9 +19,16 @@ func decodeKey(fd *openflow15.FlowDesc) (flowKey, bool) {
 		switch {
 		case f.Class == openflow15.OXM_CLASS_OPENFLOW_BASIC:
 			if f.HasMask && f.Field != openflow15.OXM_FIELD_ETH_TYPE {
-				return k, false
+				p, ok := srcPrefix(f)
+				if !ok {
+					return k, false
+				}
+				m.SrcPrefix = p
+				continue
 			}
 			switch v := f.Value.(type) {
+			case *openflow15.InPortField:
+				m.InPort = v.InPort
 			case *openflow15.EthTypeField:
 				m.EthType = v.EthType
 			case *openflow15.IpProtoField:
@@ -77,7 +84,44 @@ func decodeKey(fd *openflow15.FlowDesc) (flowKey, bool) {
 			return k, false
 		}
 	}
+	m.Flags, m.FlagsMask = regs.take(0)
+	if v, mask := regs.take(1); mask == 0xffffffff {
+		m.SNATTag = v
+	} else if mask != 0 {
+		return k, false
+	}
 	return k, regs.endpoint(m)
+}
+
+// srcPrefix reads a masked IPv4 or IPv6 source match as a prefix; false
+// for any other masked field or a mask that is not a prefix.
+func srcPrefix(f openflow15.MatchField) (netip.Prefix, bool) {
+	var ip, mask net.IP
+	switch v := f.Value.(type) {
+	case *openflow15.Ipv4SrcField:
+		mk, ok := f.Mask.(*openflow15.Ipv4SrcField)
+		if !ok {
+			return netip.Prefix{}, false
+		}
+		ip, mask = v.Ipv4Src, mk.Ipv4Src
+	case *openflow15.Ipv6SrcField:
+		mk, ok := f.Mask.(*openflow15.Ipv6SrcField)
+		if !ok {
+			return netip.Prefix{}, false
+		}
+		ip, mask = v.Ipv6Src, mk.Ipv6Src
+	default:
+		return netip.Prefix{}, false
+	}
+	a := addrOf(ip)
+	if len(mask) == 16 && a.Is4() {
+		mask = mask[12:]
+	}
+	ones, bits := net.IPMask(mask).Size()
+	if bits == 0 || !a.IsValid() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
 }
 
 // oxmClassPacketRegs is OFPXMC_PACKET_REGS: OpenFlow 1.5's 64-bit registers.
@@ -119,6 +163,13 @@ func (r *regFile) setBytes(i int, f openflow15.MatchField) bool {
 		}
 	}
 	return true
+}
+
+// take returns register i's match and forgets it.
+func (r *regFile) take(i int) (val, mask uint32) {
+	val, mask = r.val[i], r.mask[i]
+	r.val[i], r.mask[i] = 0, 0
+	return val, mask
 }
 
 // endpoint reads the endpoint registers back (reg3 or reg4..7, reg2's low

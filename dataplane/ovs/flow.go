@@ -30,17 +30,27 @@ const (
 // is comparable: equal (Table, Priority, Match) is the same OpenFlow flow,
 // which is how the backend identifies flows.
 type Match struct {
+	InPort  uint32     // 0: any
 	EthType uint16     // 0: any; 0x0800 or 0x86dd
 	IPProto uint8      // 0: any
 	IPSrc   netip.Addr // exact; invalid: any
-	IPDst   netip.Addr
-	TPDst   uint16 // 0: any (needs IPProto)
+	// SrcPrefix matches the source under a mask; invalid: any. (A flow
+	// uses IPSrc or SrcPrefix, not both.)
+	SrcPrefix netip.Prefix
+	IPDst     netip.Addr
+	TPDst     uint16 // 0: any (needs IPProto)
 	// CTState/CTMask: ct_state bits that must be set (within the mask).
 	CTState, CTMask uint32
 	// Endpoint registers (see regLoads): reg3 or xxreg1 = EPAddr and
 	// reg2[0..15] = EPPort; invalid EPAddr: any.
 	EPAddr netip.Addr
 	EPPort uint16
+	// Flags/FlagsMask: reg0 bits that must be set (within the mask); see
+	// flagExternal.
+	Flags, FlagsMask uint32
+	// SNATTag: reg1 must equal it (the SNAT address's low 32 bits, see
+	// snatTag); 0: any.
+	SNATTag uint32
 }
 
 const (
@@ -70,6 +80,15 @@ func ethTypeOf(a netip.Addr) uint16 {
 // String prints the match as ovs-ofctl does (without table and priority).
 func (m Match) String() string {
 	var parts []string
+	if m.InPort != 0 {
+		parts = append(parts, fmt.Sprintf("in_port=%d", m.InPort))
+	}
+	if m.FlagsMask != 0 {
+		parts = append(parts, fmt.Sprintf("reg0=0x%x/0x%x", m.Flags, m.FlagsMask))
+	}
+	if m.SNATTag != 0 {
+		parts = append(parts, fmt.Sprintf("reg1=0x%x", m.SNATTag))
+	}
 	if m.CTMask != 0 {
 		parts = append(parts, "ct_state="+ctString(m.CTState, m.CTMask))
 	}
@@ -95,6 +114,9 @@ func (m Match) String() string {
 	}
 	if m.IPSrc.IsValid() {
 		parts = append(parts, ipf+"src="+m.IPSrc.String())
+	}
+	if m.SrcPrefix.IsValid() {
+		parts = append(parts, ipf+"src="+m.SrcPrefix.String())
 	}
 	if m.IPDst.IsValid() {
 		parts = append(parts, ipf+"dst="+m.IPDst.String())
@@ -134,6 +156,9 @@ func ctString(state, mask uint32) string {
 // fields encodes the match in prerequisite order.
 func (m Match) fields() []openflow15.MatchField {
 	var fs []*openflow15.MatchField
+	if m.InPort != 0 {
+		fs = append(fs, openflow15.NewInPortField(m.InPort))
+	}
 	if m.EthType != 0 {
 		fs = append(fs, openflow15.NewEthTypeField(m.EthType))
 	}
@@ -145,6 +170,14 @@ func (m Match) fields() []openflow15.MatchField {
 			fs = append(fs, openflow15.NewIpv4SrcField(net.IP(m.IPSrc.AsSlice()), nil))
 		} else {
 			fs = append(fs, openflow15.NewIpv6SrcField(net.IP(m.IPSrc.AsSlice()), nil))
+		}
+	}
+	if p := m.SrcPrefix; p.IsValid() {
+		mask := net.IP(net.CIDRMask(p.Bits(), p.Addr().BitLen()))
+		if p.Addr().Is4() {
+			fs = append(fs, openflow15.NewIpv4SrcField(net.IP(p.Addr().AsSlice()), &mask))
+		} else {
+			fs = append(fs, openflow15.NewIpv6SrcField(net.IP(p.Addr().AsSlice()), &mask))
 		}
 	}
 	if m.IPDst.IsValid() {
@@ -163,6 +196,12 @@ func (m Match) fields() []openflow15.MatchField {
 		case 132:
 			fs = append(fs, openflow15.NewSctpDstField(m.TPDst))
 		}
+	}
+	if m.FlagsMask != 0 {
+		fs = append(fs, openflow15.NewRegMatchFieldWithMask(0, m.Flags, m.FlagsMask))
+	}
+	if m.SNATTag != 0 {
+		fs = append(fs, openflow15.NewRegMatchField(1, m.SNATTag, nil))
 	}
 	if m.CTMask != 0 {
 		fs = append(fs, openflow15.NewCTStateMatchField(&openflow15.CTStates{Data: m.CTState, Mask: m.CTMask}))
@@ -215,6 +254,9 @@ type NAT struct {
 	Kind NATKind
 	Addr netip.Addr
 	Port uint16 // 0: keep the port
+	// PortMax > Port makes Port..PortMax the range conntrack picks the
+	// port from.
+	PortMax uint16
 }
 
 // CT sends the packet through conntrack. Comparable: two CT actions are
@@ -245,6 +287,9 @@ func (a CT) String() string {
 		if a.NAT.Port != 0 {
 			addr = natAddr(netip.AddrPortFrom(a.NAT.Addr, a.NAT.Port))
 		}
+		if a.NAT.PortMax > a.NAT.Port {
+			addr += fmt.Sprintf("-%d", a.NAT.PortMax)
+		}
 		fmt.Fprintf(&b, ",nat(%s=%s)", dir, addr)
 	}
 	b.WriteString(")")
@@ -273,9 +318,9 @@ func (a CT) of() []openflow15.Action {
 				n.SetRangeIPv6Max(ip)
 			}
 			if a.NAT.Port != 0 {
-				p := a.NAT.Port
-				n.SetRangeProtoMin(&p)
-				n.SetRangeProtoMax(&p)
+				lo, hi := a.NAT.Port, max(a.NAT.Port, a.NAT.PortMax)
+				n.SetRangeProtoMin(&lo)
+				n.SetRangeProtoMax(&hi)
 			}
 		}
 		ct.AddAction(n)
@@ -349,6 +394,29 @@ func (a LoadEndpoint) of() []openflow15.Action {
 		out = append(out, openflow15.NewActionSetField(*xx))
 	}
 	return append(out, openflow15.NewActionSetField(*openflow15.NewRegMatchFieldWithMask(2, uint32(ep.Port()), 0xffff)))
+}
+
+// LoadFlags sets reg0 (flags) and, when SNATTag is not 0, reg1: what an
+// external frontend's classifier flow tells the tables after it.
+type LoadFlags struct {
+	Flags   uint32
+	SNATTag uint32
+}
+
+func (a LoadFlags) String() string {
+	s := fmt.Sprintf("load:0x%x->NXM_NX_REG0[]", a.Flags)
+	if a.SNATTag != 0 {
+		s += fmt.Sprintf(",load:0x%x->NXM_NX_REG1[]", a.SNATTag)
+	}
+	return s
+}
+
+func (a LoadFlags) of() []openflow15.Action {
+	out := []openflow15.Action{openflow15.NewActionSetField(*openflow15.NewRegMatchField(0, a.Flags, nil))}
+	if a.SNATTag != 0 {
+		out = append(out, openflow15.NewActionSetField(*openflow15.NewRegMatchField(1, a.SNATTag, nil)))
+	}
+	return out
 }
 
 // SwapMACs swaps the Ethernet source and destination (through the

@@ -37,9 +37,11 @@ type Env struct {
 	Router *harness.NetNS
 	DB     *ovs.Client
 
-	podnet *podnet.Manager
-	ports  *ports.Manager
-	n      int
+	podnet   *podnet.Manager
+	ports    *ports.Manager
+	n        int
+	node     *Pod // NodeClient, once set up
+	external *Pod
 }
 
 // Subnets of the test VLANs. 103 and 104 hold the two endpoint addresses
@@ -50,6 +52,9 @@ var vlanSubnets = map[int]string{101: "10.0.1", 102: "10.0.2", 103: "10.1.23", 1
 
 const nodeVLAN = 100
 
+// Uplink is br-int's port to the fabric (ncp.ini ovs_uplink_port).
+const Uplink = "patch-fabric"
+
 // NodeIP is the node's address (see NodeClient): its NodePorts.
 var NodeIP = netip.MustParseAddr(vlanSubnets[nodeVLAN] + ".2")
 
@@ -58,14 +63,20 @@ func NewEnv(t testing.TB) *Env {
 	t.Helper()
 	node := harness.NewNetNS(t)
 	o := harness.StartOVS(t, harness.OVSOptions{NetNS: node, Bridges: []string{"br-int", "br-fabric"}})
-	o.Vsctl(t, "add-port", "br-int", "patch-fabric", "--", "set", "Interface", "patch-fabric", "type=patch", "options:peer=patch-int",
-		"--", "add-port", "br-fabric", "patch-int", "--", "set", "Interface", "patch-int", "type=patch", "options:peer=patch-fabric")
+	o.Vsctl(t, "add-port", "br-int", Uplink, "--", "set", "Interface", Uplink, "type=patch", "options:peer=patch-int",
+		"--", "add-port", "br-fabric", "patch-int", "--", "set", "Interface", "patch-int", "type=patch", "options:peer="+Uplink)
 	router := harness.NewNetNS(t)
 	router.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
 	for vlan, subnet := range vlanSubnets {
 		fab, gw := fmt.Sprintf("fab%d", vlan), fmt.Sprintf("gw%d", vlan)
 		harness.VethPair(t, node, fab, router, gw)
 		node.Run(t, "ethtool", "-K", fab, "tx", "off")
+		// The fabric's ports live in the node's namespace (one OVS per
+		// namespace): isolate them from the node's stack as nsx-ovs
+		// isolates the uplink on the userspace datapath, or the node would
+		// answer ARP and take packets arriving there itself.
+		node.Run(t, "sysctl", "-qw", "net.ipv4.conf."+fab+".rp_filter=1", "net.ipv4.conf."+fab+".arp_ignore=8",
+			"net.ipv6.conf."+fab+".disable_ipv6=1")
 		router.Run(t, "ethtool", "-K", gw, "tx", "off")
 		router.Run(t, "ip", "addr", "add", subnet+".1/24", "dev", gw)
 		o.Vsctl(t, "add-port", "br-fabric", fab, fmt.Sprintf("tag=%d", vlan))
@@ -118,12 +129,47 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 func (e *Env) NodeClient() *Pod {
 	t := e.T
 	t.Helper()
+	if e.node != nil {
+		return e.node
+	}
 	ip := NodeIP
 	e.OVS.Vsctl(t, "set", "Port", "br-int", fmt.Sprintf("tag=%d", nodeVLAN))
 	e.Node.Run(t, "ip", "addr", "add", ip.String()+"/24", "dev", "br-int")
 	e.Node.Run(t, "ip", "link", "set", "br-int", "up")
 	e.Node.Run(t, "ip", "route", "add", "default", "via", vlanSubnets[nodeVLAN]+".1")
-	return &Pod{Name: "node", NS: e.Node, IP: ip, VLAN: nodeVLAN}
+	e.node = &Pod{Name: "node", NS: e.Node, IP: ip, VLAN: nodeVLAN}
+	return e.node
+}
+
+// ExternalSubnet is where ExternalClient lives: outside the cluster,
+// behind the router.
+const ExternalSubnet = "192.168.50"
+
+// ExternalClient gives the node its address (NodeClient) and returns a
+// client outside the cluster: a namespace behind the fabric's router, which
+// routes it to the node network and, with RouteToNode, to external IPs.
+func (e *Env) ExternalClient() *Pod {
+	t := e.T
+	t.Helper()
+	if e.external != nil {
+		return e.external
+	}
+	e.NodeClient()
+	ns := harness.NewNetNS(t)
+	harness.VethPair(t, ns, "eth0", e.Router, "gwext")
+	e.Router.Run(t, "ip", "addr", "add", ExternalSubnet+".1/24", "dev", "gwext")
+	ip := netip.MustParseAddr(ExternalSubnet + ".2")
+	ns.Run(t, "ip", "addr", "add", ip.String()+"/24", "dev", "eth0")
+	ns.Run(t, "ip", "route", "add", "default", "via", ExternalSubnet+".1")
+	e.external = &Pod{Name: "external", NS: ns, IP: ip}
+	return e.external
+}
+
+// RouteToNode makes the router send a to the node, as a network
+// administrator routes an external or load-balancer IP to a node.
+func (e *Env) RouteToNode(a netip.Addr) {
+	e.T.Helper()
+	e.Router.Run(e.T, "ip", "route", "add", a.String()+"/32", "via", NodeIP.String())
 }
 
 // Serve runs TCP and UDP servers on port in the pod. The TCP server writes

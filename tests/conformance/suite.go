@@ -117,6 +117,27 @@ func Frontend(port uint16, proto dataplane.Protocol, eps []*Pod, targetPort uint
 	return fe
 }
 
+// NodePortNumber is the nodePort of the test Service.
+const NodePortNumber = 30080
+
+// External turns fe into an external frontend of kind on address a:
+// externalTrafficPolicy Local (only local endpoints, drop without one) or
+// Cluster (SNAT to the node, as proxy.BuildFrontends sets it).
+func External(fe *dataplane.Frontend, kind dataplane.FrontendKind, a netip.Addr, port uint16, local bool) *dataplane.Frontend {
+	fe.Key.IP, fe.Key.Port, fe.Kind, fe.Local = a, port, kind, local
+	if local {
+		fe.IfEmpty = dataplane.Drop
+	} else {
+		fe.SNAT = NodeIP
+	}
+	return fe
+}
+
+// NodePort is the NodePort frontend on the node's address.
+func NodePort(proto dataplane.Protocol, eps []*Pod, local bool) *dataplane.Frontend {
+	return External(Frontend(80, proto, eps, 8080), dataplane.NodePort, NodeIP, NodePortNumber, local)
+}
+
 // Model collects frontends.
 func Model(fes ...*dataplane.Frontend) *dataplane.Model {
 	m := &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{}}
@@ -209,6 +230,112 @@ var Cases = []Case{
 	{Name: "the node itself reaches a ClusterIP (TCP and UDP), its source kept", Row: "17", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		eps := []*Pod{e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)}
 		reachesEveryEndpoint(t, inst, e.NodeClient(), eps...)
+	}},
+	{Name: "NodePort from outside the node (SNAT to the node), from a pod and from the node; TCP and UDP", Row: "18, 22", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		eps := []*Pod{e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)}
+		for _, p := range eps {
+			p.Serve(t, 8080)
+		}
+		outside, pod, node := e.ExternalClient(), e.AddPod("client", 101, 50), e.NodeClient()
+		syncModel(t, inst, Model(Frontend(80, dataplane.TCP, eps, 8080), NodePort(dataplane.TCP, eps, false), NodePort(dataplane.UDP, eps, false)))
+		np := netip.AddrPortFrom(NodeIP, NodePortNumber).String()
+		for _, c := range []struct {
+			client *Pod
+			source netip.Addr
+		}{{outside, NodeIP}, {pod, pod.IP}} {
+			for _, udp := range []bool{false, true} {
+				if got := keys(servers(t, c.client, np, 30, udp)); got != "a,b" {
+					t.Fatalf("%s over UDP=%v reached %s, want a,b", c.client.Name, udp, got)
+				}
+			}
+			conn, err := c.client.Dial(np, timeout)
+			if err != nil {
+				t.Fatalf("%s: %v", c.client.Name, err)
+			}
+			for i := 0; i < 3; i++ {
+				if err := conn.Echo(fmt.Sprint("line ", i), timeout); err != nil {
+					t.Fatalf("%s: established NodePort connection: %v", c.client.Name, err)
+				}
+			}
+			conn.Close()
+			if conn.Source != c.source.String() {
+				t.Fatalf("from %s the server saw %s, want %s", c.client.Name, conn.Source, c.source)
+			}
+		}
+		// The node reaching another node's NodePort is that node's
+		// business; its own NodePort it reaches through the kernel (see
+		// the dataplane docs), so only the frontend's ClusterIP here.
+		if got := keys(servers(t, node, addr(80), 10, false)); got != "a,b" {
+			t.Fatalf("node reached %s", got)
+		}
+		// Session affinity holds for clients outside the node.
+		aff := NodePort(dataplane.TCP, eps, false)
+		aff.AffinityTimeout = time.Minute
+		syncModel(t, inst, Model(aff))
+		if seen := servers(t, outside, np, 10, false); len(seen) != 1 {
+			t.Fatalf("affinity on a NodePort did not stick for a client outside the node: %v", seen)
+		}
+		// Without endpoints: rejected from outside too.
+		syncModel(t, inst, Model(NodePort(dataplane.TCP, nil, false)))
+		if srv, _, err := outside.Get(np, 5*time.Second); !isRefused(err) {
+			t.Fatalf("NodePort without endpoints from outside: %v (server %q), want connection refused", err, srv)
+		}
+	}},
+	{Name: "externalTrafficPolicy Local keeps the client's source; no local endpoint drops", Row: "19", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		a.Serve(t, 8080)
+		outside := e.ExternalClient()
+		np := netip.AddrPortFrom(NodeIP, NodePortNumber).String()
+		syncModel(t, inst, Model(NodePort(dataplane.TCP, []*Pod{a}, true), NodePort(dataplane.UDP, []*Pod{a}, true)))
+		for _, udp := range []bool{false, true} {
+			var source string
+			var err error
+			if udp {
+				var reply string
+				reply, err = outside.UDP(np, timeout)
+				_, source, _ = strings.Cut(reply, " ")
+			} else {
+				_, source, err = outside.Get(np, timeout)
+			}
+			if err != nil || source != outside.IP.String() {
+				t.Fatalf("UDP=%v: server saw %q (%v), want the client's %s", udp, source, err, outside.IP)
+			}
+		}
+		syncModel(t, inst, Model(NodePort(dataplane.TCP, nil, true)))
+		if _, _, err := outside.Get(np, time.Second); !isTimeout(err) {
+			t.Fatalf("Local policy without a local endpoint: %v, want the connection dropped (timeout)", err)
+		}
+	}},
+	{Name: "external IPs and load-balancer IPs; loadBalancerSourceRanges enforced", Row: "21", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		a.Serve(t, 8080)
+		outside, pod := e.ExternalClient(), e.AddPod("client", 102, 50)
+		extIP, lbIP := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.20")
+		e.RouteToNode(extIP)
+		e.RouteToNode(lbIP)
+		ext := External(Frontend(80, dataplane.TCP, []*Pod{a}, 8080), dataplane.ExternalIP, extIP, 80, false)
+		lb := func(ranges ...string) *dataplane.Frontend {
+			fe := External(Frontend(80, dataplane.TCP, []*Pod{a}, 8080), dataplane.LoadBalancerIP, lbIP, 80, false)
+			for _, r := range ranges {
+				fe.SourceRanges = append(fe.SourceRanges, netip.MustParsePrefix(r))
+			}
+			return fe
+		}
+		syncModel(t, inst, Model(ext, lb(ExternalSubnet+".0/24", "10.0.2.0/24")))
+		for _, c := range []*Pod{outside, pod} {
+			for _, to := range []netip.Addr{extIP, lbIP} {
+				if _, _, err := c.Get(netip.AddrPortFrom(to, 80).String(), timeout); err != nil {
+					t.Fatalf("%s to %s: %v", c.Name, to, err)
+				}
+			}
+		}
+		syncModel(t, inst, Model(ext, lb("10.0.2.0/24")))
+		if _, _, err := outside.Get(netip.AddrPortFrom(lbIP, 80).String(), time.Second); !isTimeout(err) {
+			t.Fatalf("a client outside loadBalancerSourceRanges: %v, want dropped (timeout)", err)
+		}
+		if _, _, err := pod.Get(netip.AddrPortFrom(lbIP, 80).String(), timeout); err != nil {
+			t.Fatalf("a client inside loadBalancerSourceRanges: %v", err)
+		}
 	}},
 	{Name: "multiport service maps each port to its target port", Row: "1", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
