@@ -1,13 +1,21 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
-// ClusterIP NAT for nsx-ujo's eBPF dataplane. Attached with TCX to each
-// pod's interface inside the pod's network namespace:
-//   egress  (packets the pod sends): forward DNAT of service VIPs, new
-//           connections pick a backend, established ones follow conntrack;
-//           services without endpoints answer with a TCP RST / ICMP port
-//           unreachable (or drop, under internalTrafficPolicy Local);
-//           a pod reaching itself is SNATed to the hairpin address and
-//           turned around into its own ingress.
-//   ingress (packets to the pod): reverse NAT of replies.
+// Service NAT for nsx-ujo's eBPF dataplane. Attached with TCX to each
+// pod's interface inside the pod's network namespace, and to the node's
+// interface on the integration bridge:
+//   egress  (packets the pod or the node sends): forward DNAT of service
+//           frontends, new connections pick a backend, established ones
+//           follow conntrack; services without endpoints answer with a TCP
+//           RST / ICMP port unreachable (or drop, under a Local traffic
+//           policy); a pod reaching itself is SNATed to the hairpin address
+//           and turned around into its own ingress; a pod's replies on a
+//           connection an external frontend sent it get the frontend's
+//           address back.
+//   ingress (packets to the pod or the node): reverse NAT of replies. On the
+//           node's interface (nsx_node_ingress) also the external frontends (NodePort,
+//           external and load-balancer IPs) for clients outside the node:
+//           DNAT, and SNAT to the node under externalTrafficPolicy Cluster,
+//           then back out to the router that sent the packet; their
+//           replies the same way.
 // Packets that are not ours return TCX_NEXT so other TC programs keep
 // working (under TCX, TCX_PASS would end the chain). IPv4 only.
 #include <linux/bpf.h>
@@ -41,10 +49,16 @@ struct icmphdr {
 enum {
 	SVC_F_AFFINITY = 1,  // ClientIP session affinity
 	SVC_F_DROP = 2,      // no endpoints: drop (else reject)
+	SVC_F_EXTERNAL = 4,  // served to clients outside the node too (node ingress)
+	SVC_F_RANGES = 8,    // only sources in nsx_ranges (loadBalancerSourceRanges)
 };
 
 enum { CT_FWD = 0, CT_REV = 1, CT_HAIRPIN_REPLY = 2 };
-enum { CT_F_HAIRPIN = 1 };
+enum {
+	CT_F_HAIRPIN = 1,
+	CT_F_EXTERNAL = 2,  // opened from outside the node through an external frontend
+	CT_F_SNAT = 4,      // and source-NATed to the node (client_* hold the client, or in CT_FWD the SNAT source)
+};
 
 enum {
 	STAT_CT_FULL = 0,   // a conntrack insert failed
@@ -52,6 +66,7 @@ enum {
 	STAT_REJECTED = 2,
 	STAT_DROPPED = 3,
 	STAT_NATED = 4,     // new connections NATed
+	STAT_SNAT_FULL = 5, // no free SNAT source port
 	STAT_MAX = 8,
 };
 
@@ -67,6 +82,7 @@ struct svc_val {
 	__u16 count;         // usable backends in slots 0..count-1
 	__u16 flags;
 	__u32 affinity_sec;  // ClientIP affinity inactivity timeout
+	__u32 snat_ip;       // network order; 0: external clients keep their source
 };
 
 struct be_key {
@@ -95,7 +111,16 @@ struct ct_val {
 	__u16 port;
 	__u16 flags;
 	__u32 svc_id;
-	__u32 pad;
+	__u32 client_ip;    // CT_F_SNAT: CT_REV the client, CT_FWD the SNAT source
+	__u16 client_port;
+	__u16 pad;
+};
+
+// loadBalancerSourceRanges: an LPM key of svc_id (32 bits) then the source.
+struct range_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__u32 ip;
 };
 
 struct aff_key {
@@ -142,6 +167,15 @@ struct {
 	__uint(max_entries, 131072);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsx_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct range_key);
+	__type(value, __u8);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_ranges SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -254,9 +288,11 @@ static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int is
 	return 0;
 }
 
-// turn_around swaps the Ethernet addresses and sends the packet into the
-// interface's own ingress: back to the pod, as if from its gateway.
-static __always_inline int turn_around(struct __sk_buff *skb)
+// turn_around swaps the Ethernet addresses and sends the packet back where
+// it came from: at a pod's egress into the interface's own ingress (back to
+// the pod, as if from its gateway); at the node's ingress out of its egress
+// (back into the bridge, to the router that sent it).
+static __always_inline int turn_around(struct __sk_buff *skb, int to_ingress)
 {
 	__u8 macs[12], swapped[12];
 	if (bpf_skb_load_bytes(skb, ETH_OFF, macs, sizeof(macs)) < 0)
@@ -265,7 +301,7 @@ static __always_inline int turn_around(struct __sk_buff *skb)
 	__builtin_memcpy(swapped + 6, macs, 6);
 	if (bpf_skb_store_bytes(skb, ETH_OFF, swapped, sizeof(swapped), 0) < 0)
 		return TC_ACT_SHOT;
-	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+	return bpf_redirect(skb->ifindex, to_ingress ? BPF_F_INGRESS : 0);
 }
 
 static __always_inline __u16 fold(__u64 sum)
@@ -276,8 +312,8 @@ static __always_inline __u16 fold(__u64 sum)
 }
 
 // reject_tcp turns the SYN (or any segment) into the RST that answers it,
-// from the VIP, and sends it back into the pod.
-static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p)
+// from the VIP, and sends it back where it came from (see turn_around).
+static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p, int to_ingress)
 {
 	struct tcphdr th;
 	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
@@ -317,12 +353,12 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p)
 	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &rst, sizeof(rst), 0) < 0)
 		return TC_ACT_SHOT;
 	count(STAT_REJECTED);
-	return turn_around(skb);
+	return turn_around(skb, to_ingress);
 }
 
 // reject_icmp answers with an ICMP port unreachable quoting the packet's
 // IP header and 8 bytes of its payload.
-static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int to_ingress)
 {
 	__u32 hl = p->ip.ihl * 4;
 	if (hl != sizeof(struct iphdr))
@@ -358,7 +394,7 @@ static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p)
 	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip) + sizeof(ic), quote, sizeof(quote), 0) < 0)
 		return TC_ACT_SHOT;
 	count(STAT_REJECTED);
-	return turn_around(skb);
+	return turn_around(skb, to_ingress);
 }
 
 // pick chooses the backend of a new connection (affinity first).
@@ -394,9 +430,51 @@ static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_va
 	return 0;
 }
 
+// in_ranges says whether the frontend admits the source
+// (loadBalancerSourceRanges; every source when it has none).
+static __always_inline int in_ranges(struct svc_val *svc, __u32 src)
+{
+	if (!(svc->flags & SVC_F_RANGES))
+		return 1;
+	struct range_key k = {.prefixlen = 64, .svc_id = svc->id, .ip = src};
+	return bpf_map_lookup_elem(&nsx_ranges, &k) != NULL;
+}
+
+// no_endpoints answers a new connection to a frontend without endpoints.
+static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, struct svc_val *svc, int to_ingress)
+{
+	if (svc->flags & SVC_F_DROP) {
+		count(STAT_DROPPED);
+		return TC_ACT_SHOT;
+	}
+	if (p->ip.protocol == IPPROTO_TCP)
+		return reject_tcp(skb, p, to_ingress);
+	return reject_icmp(skb, p, to_ingress);
+}
+
+// reply_external gives a reply on a connection that an external frontend
+// opened from outside the node the frontend's address as its source, and
+// (SNATed connections) the client as its destination.
+static __always_inline int reply_external(struct __sk_buff *skb, struct pkt *p, struct ct_val *rv)
+{
+	__u32 vip = rv->ip, client = rv->client_ip;
+	__u16 vport = rv->port, cport = rv->client_port;
+	if ((rv->flags & CT_F_SNAT) && set_addr(skb, p, 0, client, cport) < 0)
+		return -1;
+	return set_addr(skb, p, 1, vip, vport);
+}
+
+static __always_inline int is_syn(struct pkt *p)
+{
+	return p->ip.protocol == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02;
+}
+
 SEC("tcx/egress")
 int nsx_egress(struct __sk_buff *skb)
 {
+	// Sent back out by nsx_ingress on the node's interface: translated.
+	if (skb->ingress_ifindex == skb->ifindex)
+		return TCX_NEXT;
 	struct pkt p = {};
 	if (parse(skb, &p) < 0)
 		return TCX_NEXT;
@@ -413,13 +491,13 @@ int nsx_egress(struct __sk_buff *skb)
 		__u32 self = p.ip.saddr;
 		if (set_addr(skb, &p, 0, self, p.dport) < 0 || set_addr(skb, &p, 1, vip, vport) < 0)
 			return TC_ACT_SHOT;
-		return turn_around(skb);
+		return turn_around(skb, 1);
 	}
 
 	// A SYN opens a new connection: it never follows the conntrack entry
 	// of an earlier connection that happened to use the same ports (the
 	// LRU keeps entries of closed connections), it picks afresh.
-	int syn = p.ip.protocol == IPPROTO_TCP && (p.tcp_flags & 0x12) == 0x02;
+	int syn = is_syn(&p);
 	struct ct_key fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
 			    .proto = p.ip.protocol, .dir = CT_FWD};
 	struct ct_val *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
@@ -435,25 +513,32 @@ int nsx_egress(struct __sk_buff *skb)
 		struct svc_key sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
 		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
 		if (!svc) {
-			// A direct connection reusing the ports of a closed service
-			// connection to the same backend: its replies must not be
-			// un-NATed by the old reverse entry.
+			struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+					    .proto = p.ip.protocol, .dir = CT_REV};
 			if (syn) {
+				// A direct connection reusing the ports of a closed
+				// service connection to the same backend: its replies
+				// must not be un-NATed by the old reverse entry.
 				struct ct_key stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
 						       .proto = IPPROTO_TCP, .dir = CT_REV};
 				bpf_map_delete_elem(&nsx_conntrack, &stale);
+				return TCX_NEXT;
 			}
-			return TCX_NEXT;
-		}
-		if (svc->count == 0) {
-			if (svc->flags & SVC_F_DROP) {
-				count(STAT_DROPPED);
+			// This pod answering a client that an external frontend
+			// sent it from outside the node.
+			struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+			if (!rv || !(rv->flags & CT_F_EXTERNAL))
+				return TCX_NEXT;
+			if (reply_external(skb, &p, rv) < 0)
 				return TC_ACT_SHOT;
-			}
-			if (p.ip.protocol == IPPROTO_TCP)
-				return reject_tcp(skb, &p);
-			return reject_icmp(skb, &p);
+			return TCX_PASS;
 		}
+		if (!in_ranges(svc, p.ip.saddr)) {
+			count(STAT_DROPPED);
+			return TC_ACT_SHOT;
+		}
+		if (svc->count == 0)
+			return no_endpoints(skb, &p, svc, 1);
 		if (pick(&p, svc, &be) < 0)
 			return TC_ACT_SHOT;
 		svc_id = svc->id;
@@ -481,11 +566,104 @@ int nsx_egress(struct __sk_buff *skb)
 	if (ctflags & CT_F_HAIRPIN) {
 		if (set_addr(skb, &p, 1, hairpin_ip, p.sport) < 0)
 			return TC_ACT_SHOT;
-		return turn_around(skb);
+		return turn_around(skb, 1);
 	}
 	return TCX_PASS;
 }
 
+// SNAT source ports when the client's own is taken: above the start of
+// Linux's ephemeral range and the default NodePort range.
+#define SNAT_PORT_MIN 32768
+#define SNAT_TRIES 8
+
+// external_in serves a packet from outside the node to an external
+// frontend, at the node's ingress: DNAT (and SNAT), then back out to the
+// bridge and the router that sent it, which routes it to the backend.
+static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
+{
+	int syn = is_syn(p);
+	struct ct_key fk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
+			    .proto = p->ip.protocol, .dir = CT_FWD};
+	struct ct_val *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
+	__u32 be_ip, snat_ip = 0;
+	__u16 be_port, snat_port = 0, flags;
+	if (cv) {
+		if (!(cv->flags & CT_F_EXTERNAL))
+			return TCX_NEXT;
+		be_ip = cv->ip;
+		be_port = cv->port;
+		flags = cv->flags;
+		snat_ip = cv->client_ip;
+		snat_port = cv->client_port;
+	} else {
+		struct svc_key sk = {.vip = p->ip.daddr, .port = p->dport, .proto = p->ip.protocol};
+		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
+		if (!svc || !(svc->flags & SVC_F_EXTERNAL))
+			return TCX_NEXT;
+		if (!in_ranges(svc, p->ip.saddr)) {
+			count(STAT_DROPPED);
+			return TC_ACT_SHOT;
+		}
+		if (svc->count == 0)
+			return no_endpoints(skb, p, svc, 0);
+		struct be_val be;
+		if (pick(p, svc, &be) < 0)
+			return TC_ACT_SHOT;
+		be_ip = be.ip;
+		be_port = be.port;
+		flags = CT_F_EXTERNAL;
+		struct ct_key rk = {.src = be.ip, .dst = p->ip.saddr, .sport = be.port, .dport = p->sport,
+				    .proto = p->ip.protocol, .dir = CT_REV};
+		if (svc->snat_ip) {
+			// The client's port when free at the SNAT address, else a
+			// random one.
+			flags |= CT_F_SNAT;
+			snat_ip = svc->snat_ip;
+			rk.dst = snat_ip;
+			__u16 port = p->sport;
+			int found = 0;
+			for (int i = 0; i < SNAT_TRIES; i++) {
+				rk.dport = port;
+				struct ct_val *o = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+				if (!o || ((o->flags & CT_F_SNAT) && o->client_ip == p->ip.saddr && o->client_port == p->sport)) {
+					found = 1;
+					break;
+				}
+				port = bpf_htons(SNAT_PORT_MIN + (bpf_get_prandom_u32() & 0x7fff));
+			}
+			if (!found) {
+				count(STAT_SNAT_FULL);
+				return TC_ACT_SHOT;
+			}
+			snat_port = port;
+		}
+		struct ct_val fv = {.ip = be.ip, .port = be.port, .flags = flags, .svc_id = svc->id,
+				    .client_ip = snat_ip, .client_port = snat_port};
+		struct ct_val rv = {.ip = p->ip.daddr, .port = p->dport, .flags = flags, .svc_id = svc->id,
+				    .client_ip = p->ip.saddr, .client_port = p->sport};
+		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
+		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
+			count(STAT_CT_FULL);
+			return TC_ACT_SHOT;
+		}
+		count(STAT_NATED);
+	}
+	if ((flags & CT_F_SNAT) && set_addr(skb, p, 1, snat_ip, snat_port) < 0)
+		return TC_ACT_SHOT;
+	if (set_addr(skb, p, 0, be_ip, be_port) < 0)
+		return TC_ACT_SHOT;
+	return turn_around(skb, 0);
+}
+
+// rev_nat un-NATs a reply: its source becomes the frontend it was sent to.
+static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct ct_val *rv)
+{
+	if (set_addr(skb, p, 1, rv->ip, rv->port) < 0)
+		return TC_ACT_SHOT;
+	return TCX_PASS;
+}
+
+// nsx_ingress runs at a pod's interface: replies to the pod.
 SEC("tcx/ingress")
 int nsx_ingress(struct __sk_buff *skb)
 {
@@ -497,9 +675,30 @@ int nsx_ingress(struct __sk_buff *skb)
 	struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
 	if (!rv)
 		return TCX_NEXT;
-	if (set_addr(skb, &p, 1, rv->ip, rv->port) < 0)
-		return TC_ACT_SHOT;
-	return TCX_PASS;
+	return rev_nat(skb, &p, rv);
+}
+
+// nsx_node_ingress runs at the node's interface on the bridge: replies to
+// the node, and external frontends for clients outside the node.
+SEC("tcx/ingress")
+int nsx_node_ingress(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	if (parse(skb, &p) < 0)
+		return TCX_NEXT;
+	struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+			    .proto = p.ip.protocol, .dir = CT_REV};
+	struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+	if (!rv)
+		return external_in(skb, &p);
+	if (rv->flags & CT_F_EXTERNAL) {
+		// The backend's reply to a client outside the node, which
+		// reached the node (SNAT): back out to the router.
+		if (reply_external(skb, &p, rv) < 0)
+			return TC_ACT_SHOT;
+		return turn_around(skb, 0);
+	}
+	return rev_nat(skb, &p, rv);
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

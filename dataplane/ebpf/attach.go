@@ -26,6 +26,16 @@ func linkPath(pinDir, name, dir string) string {
 // upgrade replaces programs without a gap); a defunct one (its interface
 // is gone) is replaced.
 func (o *Objects) AttachPod(netnsPath, ifName, name string) error {
+	return o.attach(netnsPath, ifName, name, o.NsxIngress)
+}
+
+// AttachNode is AttachPod for the node's interface on the bridge, whose
+// ingress also serves external frontends to clients outside the node.
+func (o *Objects) AttachNode(netnsPath, ifName, name string) error {
+	return o.attach(netnsPath, ifName, name, o.NsxNodeIngress)
+}
+
+func (o *Objects) attach(netnsPath, ifName, name string, ingress *ebpf.Program) error {
 	if o.PinDir == "" {
 		return errors.New("ebpf: attaching needs a pin dir")
 	}
@@ -35,13 +45,13 @@ func (o *Objects) AttachPod(netnsPath, ifName, name string) error {
 	return ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
 		iface, err := net.InterfaceByName(ifName)
 		if err != nil {
-			return fmt.Errorf("ebpf: pod interface %s in %s: %w", ifName, netnsPath, err)
+			return fmt.Errorf("ebpf: interface %s in %s: %w", ifName, netnsPath, err)
 		}
 		for _, a := range []struct {
 			dir    string
 			prog   *ebpf.Program
 			attach ebpf.AttachType
-		}{{"egress", o.NsxEgress, ebpf.AttachTCXEgress}, {"ingress", o.NsxIngress, ebpf.AttachTCXIngress}} {
+		}{{"egress", o.NsxEgress, ebpf.AttachTCXEgress}, {"ingress", ingress, ebpf.AttachTCXIngress}} {
 			if err := attachOne(iface.Index, a.prog, a.attach, linkPath(o.PinDir, name, a.dir)); err != nil {
 				return fmt.Errorf("ebpf: %s of %s (%s): %w", a.dir, ifName, name, err)
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -35,6 +36,8 @@ type Options struct {
 const (
 	flagAffinity = 1
 	flagDrop     = 2
+	flagExternal = 4
+	flagRanges   = 8
 	ctDirFwd     = 0
 	ctDirRev     = 1
 	protoTCP     = 6
@@ -48,6 +51,7 @@ type installedSvc struct {
 	key      nsxSvcKey
 	val      nsxSvcVal
 	backends []nsxBeVal
+	ranges   []nsxRangeKey // loadBalancerSourceRanges
 }
 
 // Backend implements dataplane.ServiceBackend with the TC programs and
@@ -163,6 +167,21 @@ func (b *Backend) desired(f *dataplane.Frontend) *installedSvc {
 	if len(f.Endpoints) == 0 && f.IfEmpty == dataplane.Drop {
 		s.val.Flags |= flagDrop
 	}
+	if f.Kind.External() {
+		s.val.Flags |= flagExternal
+		if f.SNAT.Is4() {
+			s.val.SnatIp = be32(f.SNAT)
+		}
+		for _, r := range f.SourceRanges {
+			if r.Addr().Is4() {
+				s.ranges = append(s.ranges, nsxRangeKey{Prefixlen: 32 + uint32(r.Bits()), SvcId: s.val.Id, Ip: be32(r.Masked().Addr())})
+			}
+		}
+		if len(f.SourceRanges) > 0 {
+			// With only other-family ranges nothing of this family passes.
+			s.val.Flags |= flagRanges
+		}
+	}
 	for _, e := range f.Endpoints {
 		s.backends = append(s.backends, nsxBeVal{Ip: be32(e.IP), Port: be16(e.Port)})
 	}
@@ -245,6 +264,19 @@ func (b *Backend) write(cur, want *installedSvc) error {
 	if err := b.putBackends(keys, vals); err != nil {
 		return err
 	}
+	// Source ranges too, before the entry that makes them checked.
+	var oldRanges []nsxRangeKey
+	if cur != nil {
+		oldRanges = cur.ranges
+	}
+	for _, r := range want.ranges {
+		if !slices.Contains(oldRanges, r) {
+			if err := m.NsxRanges.Put(r, uint8(1)); err != nil {
+				return fmt.Errorf("source ranges map: %w", err)
+			}
+			b.count(1)
+		}
+	}
 	// 2. The service entry that makes them visible.
 	if cur == nil || cur.val != want.val || cur.key != want.key {
 		if err := m.NsxServices.Put(want.key, want.val); err != nil {
@@ -252,13 +284,28 @@ func (b *Backend) write(cur, want *installedSvc) error {
 		}
 		b.count(1)
 	}
-	// 3. Stale slots, no longer counted.
+	// 3. Stale slots and ranges, no longer counted.
 	for i := len(want.backends); i < len(old); i++ {
 		if err := m.NsxBackends.Delete(nsxBeKey{SvcId: want.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("backends map: %w", err)
 		}
 		b.count(1)
 	}
+	for _, r := range oldRanges {
+		if !slices.Contains(want.ranges, r) {
+			if err := b.deleteRange(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (b *Backend) deleteRange(r nsxRangeKey) error {
+	if err := b.objs.NsxRanges.Delete(r); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("source ranges map: %w", err)
+	}
+	b.count(1)
 	return nil
 }
 
@@ -291,6 +338,11 @@ func (b *Backend) remove(cur *installedSvc) error {
 			return fmt.Errorf("backends map: %w", err)
 		}
 		b.count(1)
+	}
+	for _, r := range cur.ranges {
+		if err := b.deleteRange(r); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -326,6 +378,29 @@ func (b *Backend) adopt() error {
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("ebpf dataplane: read services map: %w", err)
+	}
+	bySvc := map[uint32]*installedSvc{}
+	for _, s := range b.installed {
+		bySvc[s.val.Id] = s
+	}
+	var rk nsxRangeKey
+	var one uint8
+	var orphans []nsxRangeKey
+	rit := b.objs.NsxRanges.Iterate()
+	for rit.Next(&rk, &one) {
+		if s := bySvc[rk.SvcId]; s != nil {
+			s.ranges = append(s.ranges, rk)
+		} else {
+			orphans = append(orphans, rk)
+		}
+	}
+	if err := rit.Err(); err != nil {
+		return fmt.Errorf("ebpf dataplane: read source ranges map: %w", err)
+	}
+	for _, r := range orphans {
+		if err := b.deleteRange(r); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
 	}
 	b.adopted = true
 	return nil
@@ -429,13 +504,14 @@ func nodeLinkName(bridge string) string { return "node-" + bridge }
 // (its internal port, named like the bridge, which holds the node's
 // addresses): what the node itself and hostNetwork pods send to a
 // ClusterIP leaves through its egress, the replies come back through its
-// ingress. Failing is logged; the next full sync tries again.
+// ingress, where clients outside the node also reach the external
+// frontends. Failing is logged; the next full sync tries again.
 func (b *Backend) attachNode() {
 	netns := b.opts.NodeNetns
 	if netns == "" {
 		netns = "/proc/self/ns/net"
 	}
-	if err := b.objs.AttachPod(netns, b.opts.Bridge, nodeLinkName(b.opts.Bridge)); err != nil {
+	if err := b.objs.AttachNode(netns, b.opts.Bridge, nodeLinkName(b.opts.Bridge)); err != nil {
 		b.log.Warn("attach programs to the node's interface: traffic from the node to ClusterIPs is not served",
 			zap.String("interface", b.opts.Bridge), zap.Error(err))
 	}
@@ -464,7 +540,7 @@ func CleanupPins(pinDir string) error {
 		errs = append(errs, DetachPod(pinDir, name))
 	}
 	_ = os.Remove(filepath.Join(pinDir, "links"))
-	for _, m := range []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxStats} {
+	for _, m := range []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxRanges, nsxMapNsxStats} {
 		if err := os.Remove(filepath.Join(pinDir, m)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -52,12 +52,21 @@ type nsxCtKey struct {
 }
 
 type nsxCtVal struct {
-	_     structs.HostLayout
-	Ip    uint32
-	Port  uint16
-	Flags uint16
-	SvcId uint32
-	Pad   uint32
+	_          structs.HostLayout
+	Ip         uint32
+	Port       uint16
+	Flags      uint16
+	SvcId      uint32
+	ClientIp   uint32
+	ClientPort uint16
+	Pad        uint16
+}
+
+type nsxRangeKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	SvcId     uint32
+	Ip        uint32
 }
 
 type nsxSvcKey struct {
@@ -74,20 +83,23 @@ type nsxSvcVal struct {
 	Count       uint16
 	Flags       uint16
 	AffinitySec uint32
+	SnatIp      uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	nsxMapNsxAffinity  = "nsx_affinity"
-	nsxMapNsxBackends  = "nsx_backends"
-	nsxMapNsxConntrack = "nsx_conntrack"
-	nsxMapNsxServices  = "nsx_services"
-	nsxMapNsxStats     = "nsx_stats"
-	nsxProgNsxEgress   = "nsx_egress"
-	nsxProgNsxIngress  = "nsx_ingress"
-	nsxVarHairpinIp    = "hairpin_ip"
+	nsxMapNsxAffinity     = "nsx_affinity"
+	nsxMapNsxBackends     = "nsx_backends"
+	nsxMapNsxConntrack    = "nsx_conntrack"
+	nsxMapNsxRanges       = "nsx_ranges"
+	nsxMapNsxServices     = "nsx_services"
+	nsxMapNsxStats        = "nsx_stats"
+	nsxProgNsxEgress      = "nsx_egress"
+	nsxProgNsxIngress     = "nsx_ingress"
+	nsxProgNsxNodeIngress = "nsx_node_ingress"
+	nsxVarHairpinIp       = "hairpin_ip"
 )
 
 // loadNsx returns the embedded CollectionSpec for nsx.
@@ -132,8 +144,9 @@ type nsxSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nsxProgramSpecs struct {
-	NsxEgress  *ebpf.ProgramSpec `ebpf:"nsx_egress"`
-	NsxIngress *ebpf.ProgramSpec `ebpf:"nsx_ingress"`
+	NsxEgress      *ebpf.ProgramSpec `ebpf:"nsx_egress"`
+	NsxIngress     *ebpf.ProgramSpec `ebpf:"nsx_ingress"`
+	NsxNodeIngress *ebpf.ProgramSpec `ebpf:"nsx_node_ingress"`
 }
 
 // nsxMapSpecs contains maps before they are loaded into the kernel.
@@ -143,6 +156,7 @@ type nsxMapSpecs struct {
 	NsxAffinity  *ebpf.MapSpec `ebpf:"nsx_affinity"`
 	NsxBackends  *ebpf.MapSpec `ebpf:"nsx_backends"`
 	NsxConntrack *ebpf.MapSpec `ebpf:"nsx_conntrack"`
+	NsxRanges    *ebpf.MapSpec `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.MapSpec `ebpf:"nsx_services"`
 	NsxStats     *ebpf.MapSpec `ebpf:"nsx_stats"`
 }
@@ -177,6 +191,7 @@ type nsxMaps struct {
 	NsxAffinity  *ebpf.Map `ebpf:"nsx_affinity"`
 	NsxBackends  *ebpf.Map `ebpf:"nsx_backends"`
 	NsxConntrack *ebpf.Map `ebpf:"nsx_conntrack"`
+	NsxRanges    *ebpf.Map `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.Map `ebpf:"nsx_services"`
 	NsxStats     *ebpf.Map `ebpf:"nsx_stats"`
 }
@@ -186,6 +201,7 @@ func (m *nsxMaps) Close() error {
 		m.NsxAffinity,
 		m.NsxBackends,
 		m.NsxConntrack,
+		m.NsxRanges,
 		m.NsxServices,
 		m.NsxStats,
 	)
@@ -202,14 +218,16 @@ type nsxVariables struct {
 //
 // It can be passed to loadNsxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nsxPrograms struct {
-	NsxEgress  *ebpf.Program `ebpf:"nsx_egress"`
-	NsxIngress *ebpf.Program `ebpf:"nsx_ingress"`
+	NsxEgress      *ebpf.Program `ebpf:"nsx_egress"`
+	NsxIngress     *ebpf.Program `ebpf:"nsx_ingress"`
+	NsxNodeIngress *ebpf.Program `ebpf:"nsx_node_ingress"`
 }
 
 func (p *nsxPrograms) Close() error {
 	return _NsxClose(
 		p.NsxEgress,
 		p.NsxIngress,
+		p.NsxNodeIngress,
 	)
 }
 

@@ -310,3 +310,49 @@ func BenchmarkEgress(b *testing.B) {
 		})
 	}
 }
+
+// Two clients outside the node using the same source port reach one
+// backend through a NodePort: the second gets another SNAT port, and each
+// reply goes back to its own client with the NodePort as source.
+func TestExternalSNATPortCollision(t *testing.T) {
+	o := load(t)
+	nodeIP := netip.MustParseAddr("10.0.100.2")
+	c1, c2 := netip.MustParseAddr("192.168.50.2"), netip.MustParseAddr("192.168.50.3")
+	if err := o.NsxBackends.Put(nsxBeKey{SvcId: 7}, nsxBeVal{Ip: be32(backend1), Port: be16(8080)}); err != nil {
+		t.Fatal(err)
+	}
+	v := nsxSvcVal{Id: 7, Count: 1, Flags: flagExternal | flagRanges, SnatIp: be32(nodeIP)}
+	if err := o.NsxServices.Put(nsxSvcKey{Vip: be32(nodeIP), Port: be16(30080), Proto: protoTCP}, v); err != nil {
+		t.Fatal(err)
+	}
+	// Source range 192.168.50.0/30 holds both clients, not .4.
+	if err := o.NsxRanges.Put(nsxRangeKey{Prefixlen: 32 + 30, SvcId: 7, Ip: be32(netip.MustParseAddr("192.168.50.0"))}, uint8(1)); err != nil {
+		t.Fatal(err)
+	}
+	snat := map[netip.Addr]uint16{}
+	for _, c := range []netip.Addr{c1, c2} {
+		ret, out := runOut(t, o.NsxNodeIngress, packet(protoTCP, c, nodeIP, 40000, 30080, 0x02))
+		p := parse(t, out)
+		if ret != tcRedirect || p.src != nodeIP || p.dst != backend1 || p.dport != 8080 || !p.ipOK || !p.l4OK {
+			t.Fatalf("SYN from %s: ret %d, %s:%d -> %s:%d", c, int32(ret), p.src, p.sport, p.dst, p.dport)
+		}
+		snat[c] = p.sport
+	}
+	if snat[c1] != 40000 || snat[c2] == 40000 || snat[c2] < 32768 {
+		t.Fatalf("SNAT ports %v: the first client keeps its port, the second gets another one >= 32768", snat)
+	}
+	for _, c := range []netip.Addr{c1, c2} {
+		ret, out := runOut(t, o.NsxNodeIngress, packet(protoTCP, backend1, nodeIP, 8080, snat[c], 0x12))
+		p := parse(t, out)
+		if ret != tcRedirect || p.src != nodeIP || p.sport != 30080 || p.dst != c || p.dport != 40000 || !p.ipOK || !p.l4OK {
+			t.Fatalf("reply to %s: ret %d, %s:%d -> %s:%d", c, int32(ret), p.src, p.sport, p.dst, p.dport)
+		}
+	}
+	if ret, _ := runOut(t, o.NsxNodeIngress, packet(protoTCP, netip.MustParseAddr("192.168.50.4"), nodeIP, 40000, 30080, 0x02)); ret != tcActShot {
+		t.Fatalf("a source outside the ranges: ret %d, want drop", int32(ret))
+	}
+	// Pods' ingress program never serves external frontends.
+	if ret, _ := runOut(t, o.NsxIngress, packet(protoTCP, c1, nodeIP, 40001, 30080, 0x02)); ret != tcxNext {
+		t.Fatalf("pod ingress: ret %d, want TCX_NEXT", int32(ret))
+	}
+}
