@@ -7,15 +7,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	ebpfdp "github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 )
 
 // ErrUnknown is a dataplane name this build does not have.
@@ -38,7 +41,9 @@ func ovsOptions(cfg *config.Config, nodeName string, log *zap.Logger) ovsdp.Opti
 		Timeout: na.OVSOperationTimeout, Log: log}
 }
 
-// New builds the dataplane named by [nsx_kube_proxy] dataplane.
+// New builds the dataplane named by [nsx_kube_proxy] dataplane, with the
+// node's own connections to its NodePorts served beside it (see
+// WithLocalNodePorts).
 func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.ServiceBackend, error) {
 	switch dp := cfg.KubeProxy.Dataplane; dp {
 	case "ovs":
@@ -46,16 +51,60 @@ func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.Servic
 		if err != nil {
 			return nil, err
 		}
-		return b, nil
+		return WithLocalNodePorts(b, nftables.New(nftables.Options{})), nil
 	case "ebpf":
 		b, err := ebpfdp.New(EBPFOptions(cfg, log))
 		if err != nil {
 			return nil, err
 		}
-		return b, nil
+		return WithLocalNodePorts(b, nftables.New(nftables.Options{})), nil
 	default:
 		return nil, fmt.Errorf("ncp.ini [nsx_kube_proxy] dataplane = %q: %w", dp, ErrUnknown)
 	}
+}
+
+// WithLocalNodePorts adds to b what no dataplane sees: the node's own
+// connections to a NodePort on its own addresses, which the kernel
+// delivers over loopback. After each Sync of b, np redirects them to the
+// Service's cluster IP (nftables, output hook), which b serves like any
+// connection from the node. Sync's error joins both (a FrontendErrors of b
+// stays visible to errors.As); Cleanup removes both. The result forwards
+// b's optional Collectors and Close.
+func WithLocalNodePorts(b dataplane.ServiceBackend, np *nftables.NodePorts) dataplane.ServiceBackend {
+	return &localNodePorts{ServiceBackend: b, np: np}
+}
+
+type localNodePorts struct {
+	dataplane.ServiceBackend
+	np *nftables.NodePorts
+}
+
+func (l *localNodePorts) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.SyncOptions) error {
+	err := l.ServiceBackend.Sync(ctx, m, opts)
+	if nerr := l.np.Sync(nftables.FromModel(m)); nerr != nil {
+		err = errors.Join(err, fmt.Errorf("NodePorts from the node itself: %w", nerr))
+	}
+	return err
+}
+
+func (l *localNodePorts) Cleanup(ctx context.Context) error {
+	return errors.Join(l.ServiceBackend.Cleanup(ctx), l.np.Cleanup())
+}
+
+// Collectors forwards the backend's metrics (see proxy.MetricsCollector).
+func (l *localNodePorts) Collectors() []prometheus.Collector {
+	if c, ok := l.ServiceBackend.(interface{ Collectors() []prometheus.Collector }); ok {
+		return c.Collectors()
+	}
+	return nil
+}
+
+// Close closes the backend.
+func (l *localNodePorts) Close() error {
+	if c, ok := l.ServiceBackend.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // CleanupOthers removes the state of every dataplane but the configured

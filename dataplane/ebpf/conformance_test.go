@@ -8,7 +8,9 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/nsx-ujo/nsx-ujo/dataplane/backends"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
@@ -36,7 +38,7 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return &conformance.Instance{
-			Backend: b,
+			Backend: backends.WithLocalNodePorts(b, nftables.New(nftables.Options{NetNS: e.Node.Path})),
 			Close:   func() { b.Close() },
 			Leftovers: func() []string {
 				var left []string

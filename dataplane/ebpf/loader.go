@@ -85,7 +85,7 @@ func Load(pinDir string, sizes MapSizes) (*Objects, error) {
 	o := &Objects{PinDir: pinDir}
 	if err := spec.LoadAndAssign(&o.nsxObjects, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("ebpf: a map pinned in %s has another definition (map size changed?): remove the old pins with the dataplane cleanup: %w", pinDir, err)
+			return nil, fmt.Errorf("ebpf: a map pinned in %s has another definition (a map size changed, or this version changed its layout): remove the old pins with the dataplane cleanup: %w", pinDir, err)
 		}
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {

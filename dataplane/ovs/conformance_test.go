@@ -7,7 +7,9 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/nsx-ujo/nsx-ujo/dataplane/backends"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 )
 
@@ -19,7 +21,7 @@ func TestConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		return &conformance.Instance{
-			Backend: b,
+			Backend: backends.WithLocalNodePorts(b, nftables.New(nftables.Options{NetNS: e.Node.Path})),
 			Close:   func() { b.Close() },
 			Leftovers: func() []string {
 				var left []string

@@ -262,11 +262,10 @@ var Cases = []Case{
 				t.Fatalf("from %s the server saw %s, want %s", c.client.Name, conn.Source, c.source)
 			}
 		}
-		// The node reaching another node's NodePort is that node's
-		// business; its own NodePort it reaches through the kernel (see
-		// the dataplane docs), so only the frontend's ClusterIP here.
-		if got := keys(servers(t, node, addr(80), 10, false)); got != "a,b" {
-			t.Fatalf("node reached %s", got)
+		// The node reaches its own NodePort through loopback, redirected
+		// to the ClusterIP (backends.WithLocalNodePorts).
+		if got := keys(servers(t, node, np, 30, false)); got != "a,b" {
+			t.Fatalf("the node reaching its own NodePort reached %s, want a,b", got)
 		}
 		// Session affinity holds for clients outside the node.
 		aff := NodePort(dataplane.TCP, eps, false)

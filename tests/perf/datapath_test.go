@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,7 +35,9 @@ type pathResult struct {
 
 // BenchmarkDatapath measures a client pod talking to a server pod on
 // another subnet (routed by the fabric stand-in), through the ClusterIP
-// and, as the baseline in the same run, straight to the pod IP; with 1 and
+// and, as the baseline in the same run, straight to the pod IP; and a
+// client outside the node through the NodePort (SNAT to the node) beside
+// the same client straight to the pod IP; with 1 and
 // with 10k services installed (NSX_BENCH_DATAPATH_SERVICES); for both
 // dataplanes. TCP_RR-style: one connection, one line each way per round;
 // and connect/request/close rate. Each environment is set up once and
@@ -43,20 +46,27 @@ func BenchmarkDatapath(b *testing.B) {
 	reps := repeats(b)
 	for _, dp := range []string{"ovs", "ebpf"} {
 		for _, n := range benchSizes(b, "NSX_BENCH_DATAPATH_SERVICES", []int{1, 10000}) {
-			recordDatapath(b, benchPath(b, dp, n, reps))
+			reps := benchPath(b, dp, n, reps)
+			for _, pair := range pathPairs {
+				recordDatapath(b, reps, pair)
+			}
 		}
 	}
-	record.Note("datapath: client pod -> server pod on another subnet; per repetition %d request/response rounds on one connection "+
-		"and %d new connections per path, ClusterIP and direct pod IP interleaved in %d rounds; N = services installed; "+
+	record.Note("datapath: client pod -> server pod on another subnet, and a client outside the node (behind the fabric's router) -> "+
+		"the NodePort on the node's address (externalTrafficPolicy Cluster: SNAT to the node) or the pod IP; per repetition %d "+
+		"request/response rounds on one connection and %d new connections per path, all paths interleaved in %d rounds; N = services installed; "+
 		"the direct path goes to a second server port (%d) so that its connections never share a 5-tuple with a ClusterIP one.",
 		rrRounds, crrRounds, rrRoundsSplit, directPort)
 	record.Table(os.Stdout, "datapath")
 }
 
-// recordDatapath adds the figures of one dataplane and service count:
-// ClusterIP beside the direct pod IP, one value per repetition.
-func recordDatapath(b *testing.B, reps [][]pathResult) {
-	direct, cip := reps[0][0], reps[0][1]
+// pathPairs are the (baseline, subject) indexes into benchPath's paths.
+var pathPairs = [][2]int{{0, 1}, {2, 3}}
+
+// recordDatapath adds the figures of one dataplane and service count: the
+// subject path beside its baseline, one value per repetition.
+func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int) {
+	direct, cip := reps[0][pair[0]], reps[0][pair[1]]
 	figs := []struct {
 		metric, unit string
 		higher       bool
@@ -72,26 +82,27 @@ func recordDatapath(b *testing.B, reps [][]pathResult) {
 			Subject: "nsx " + cip.dataplane + " " + cip.path, Baseline: "nsx " + direct.dataplane + " " + direct.path,
 			Unit: fg.unit, HigherIsBetter: fg.higher}
 		for _, rep := range reps {
-			f.BaselineValues = append(f.BaselineValues, fg.v(rep[0]))
-			f.Values = append(f.Values, fg.v(rep[1]))
+			f.BaselineValues = append(f.BaselineValues, fg.v(rep[pair[0]]))
+			f.Values = append(f.Values, fg.v(rep[pair[1]]))
 		}
 		record.Add(f)
 		if fg.metric == "RR/s" {
 			if r, ok := f.Ratio(); ok {
-				b.ReportMetric(r, fmt.Sprintf("%s-%dsvc-rr-ratio", cip.dataplane, cip.services))
+				b.ReportMetric(r, fmt.Sprintf("%s-%dsvc-%s-rr-ratio", cip.dataplane, cip.services, strings.ReplaceAll(cip.path, " ", "-")))
 			}
 		}
 	}
 }
 
 // benchPath sets up one dataplane with n services and measures both paths
-// reps times; it returns [repetition][direct pod IP, ClusterIP].
+// reps times; it returns [repetition][path] (see the targets).
 func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 	sc := newScope(b) // this environment goes before the next one starts
 	defer sc.close()
 	e := conformance.NewEnv(sc)
 	server := e.AddPod("server", 102, 20)
 	client := e.AddPod("client", 101, 50)
+	outside := e.ExternalClient()
 	// The direct path gets its own server port. On one port, a direct
 	// connection that reuses the client port of a recently closed ClusterIP
 	// connection has the same 5-tuple at the server as that connection,
@@ -105,7 +116,8 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 	var be dataplane.ServiceBackend
 	switch dp {
 	case "ovs":
-		o, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName, Timeout: 60 * time.Second, Log: zap.NewNop()})
+		o, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", Uplink: conformance.Uplink, OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName,
+			Timeout: 60 * time.Second, Log: zap.NewNop()})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -113,7 +125,7 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 		be = o
 	case "ebpf":
 		dir := harness.TempDir(sc)
-		eb, err := ebpfdp.New(ebpfdp.Options{PinDir: dir, Bridge: "br-int", OVSRunDir: e.OVS.RunDir, Log: zap.NewNop(),
+		eb, err := ebpfdp.New(ebpfdp.Options{PinDir: dir, Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeNetns: e.Node.Path, Log: zap.NewNop(),
 			Sizes: ebpfdp.MapSizes{Services: uint32(2*n + 16), Backends: uint32(2*n*endpointsPerService + 16)}})
 		if err != nil {
 			b.Fatal(err)
@@ -126,16 +138,25 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 	fe := &dataplane.Frontend{Key: dataplane.FrontendKey{IP: vip, Port: 80, Protocol: dataplane.TCP},
 		Endpoints: []dataplane.Endpoint{{IP: server.IP, Port: 8080, Ready: true, Serving: true, NodeName: "other"}}}
 	m.Frontends[fe.Key] = fe
+	np := conformance.External(&dataplane.Frontend{Key: fe.Key, Endpoints: fe.Endpoints}, dataplane.NodePort,
+		conformance.NodeIP, conformance.NodePortNumber, false)
+	m.Frontends[np.Key] = np
 	if err := be.Sync(context.Background(), m, dataplane.SyncOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	targets := []struct{ path, addr string }{
-		{"direct pod IP", netip.AddrPortFrom(server.IP, directPort).String()},
-		{"ClusterIP", netip.AddrPortFrom(vip, 80).String()},
+	targets := []struct {
+		path   string
+		client *conformance.Pod
+		addr   string
+	}{
+		{"direct pod IP", client, netip.AddrPortFrom(server.IP, directPort).String()},
+		{"ClusterIP", client, netip.AddrPortFrom(vip, 80).String()},
+		{"outside: direct pod IP", outside, netip.AddrPortFrom(server.IP, directPort).String()},
+		{"outside: NodePort", outside, netip.AddrPortFrom(conformance.NodeIP, conformance.NodePortNumber).String()},
 	}
 	conns := make([]*conformance.Conn, len(targets))
 	for i, target := range targets {
-		c, err := client.Dial(target.addr, 5*time.Second)
+		c, err := target.client.Dial(target.addr, 5*time.Second)
 		if err != nil {
 			b.Fatalf("%s %s: %v", dp, target.path, err)
 		}
@@ -167,7 +188,7 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 				out[i].rrWall += time.Since(start)
 				start = time.Now()
 				for j := 0; j < crrRounds/rrRoundsSplit; j++ {
-					if _, _, err := client.Get(targets[i].addr, 5*time.Second); err != nil {
+					if _, _, err := targets[i].client.Get(targets[i].addr, 5*time.Second); err != nil {
 						b.Fatalf("%s %s connection %d: %v", dp, targets[i].path, j, err)
 					}
 				}
