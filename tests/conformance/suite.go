@@ -398,6 +398,25 @@ var Cases = []Case{
 			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
 		}
 	}},
+	{Name: "UDP client outside the node moves on when its NodePort endpoint is removed", Row: "9, 18", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		outside := e.ExternalClient()
+		syncModel(t, inst, Model(NodePort(dataplane.UDP, []*Pod{a}, false)))
+		c, err := outside.UDPConn(netip.AddrPortFrom(NodeIP, NodePortNumber).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
+			t.Fatalf("first answer %q, %v", got, err)
+		}
+		syncModel(t, inst, Model(NodePort(dataplane.UDP, []*Pod{b}, false)))
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
+			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
+		}
+	}},
 	{Name: "deleted service stops serving", Row: "16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		client := e.AddPod("client", 101, 50)
