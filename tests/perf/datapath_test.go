@@ -46,15 +46,18 @@ func BenchmarkDatapath(b *testing.B) {
 	reps := repeats(b)
 	for _, dp := range []string{"ovs", "ebpf"} {
 		for _, n := range benchSizes(b, "NSX_BENCH_DATAPATH_SERVICES", []int{1, 10000}) {
-			reps := benchPath(b, dp, n, reps)
-			for _, pair := range pathPairs {
-				recordDatapath(b, reps, pair)
+			res := benchPath(b, dp, n, reps)
+			for _, busy := range []bool{false, true} {
+				for _, pair := range pathPairs {
+					recordDatapath(b, res[busy], pair, busy)
+				}
 			}
 		}
 	}
 	record.Note("datapath: client pod -> server pod on another subnet, and a client outside the node (behind the fabric's router) -> "+
 		"the NodePort on the node's address (externalTrafficPolicy Cluster: SNAT to the node) or the pod IP; per repetition %d "+
 		"request/response rounds on one connection and %d new connections per path, all paths interleaved in %d rounds; N = services installed; "+
+		"each repetition at rest and with the other core busy; "+
 		"the direct path goes to a second server port (%d) so that its connections never share a 5-tuple with a ClusterIP one.",
 		rrRounds, crrRounds, rrRoundsSplit, directPort)
 	record.Table(os.Stdout, "datapath")
@@ -65,8 +68,12 @@ var pathPairs = [][2]int{{0, 1}, {2, 3}}
 
 // recordDatapath adds the figures of one dataplane and service count: the
 // subject path beside its baseline, one value per repetition.
-func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int) {
+func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int, busy bool) {
 	direct, cip := reps[0][pair[0]], reps[0][pair[1]]
+	load := ""
+	if busy {
+		load = ", other core busy"
+	}
 	figs := []struct {
 		metric, unit string
 		higher       bool
@@ -78,7 +85,7 @@ func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int) {
 		{"conn/s", "conn/s", true, func(r pathResult) float64 { return float64(crrRounds) / r.crrWall.Seconds() }},
 	}
 	for _, fg := range figs {
-		f := Figure{Bench: "datapath", Case: fmt.Sprintf("N=%d %s", cip.services, fg.metric), N: cip.services,
+		f := Figure{Bench: "datapath", Case: fmt.Sprintf("N=%d%s %s", cip.services, load, fg.metric), N: cip.services,
 			Subject: "nsx " + cip.dataplane + " " + cip.path, Baseline: "nsx " + direct.dataplane + " " + direct.path,
 			Unit: fg.unit, HigherIsBetter: fg.higher}
 		for _, rep := range reps {
@@ -86,7 +93,7 @@ func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int) {
 			f.Values = append(f.Values, fg.v(rep[pair[1]]))
 		}
 		record.Add(f)
-		if fg.metric == "RR/s" {
+		if fg.metric == "RR/s" && !busy {
 			if r, ok := f.Ratio(); ok {
 				b.ReportMetric(r, fmt.Sprintf("%s-%dsvc-%s-rr-ratio", cip.dataplane, cip.services, strings.ReplaceAll(cip.path, " ", "-")))
 			}
@@ -95,8 +102,9 @@ func recordDatapath(b *testing.B, reps [][]pathResult, pair [2]int) {
 }
 
 // benchPath sets up one dataplane with n services and measures both paths
-// reps times; it returns [repetition][path] (see the targets).
-func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
+// reps times at rest and reps times with the other core busy; it returns
+// [busy][repetition][path] (see the targets).
+func benchPath(b *testing.B, dp string, n, reps int) map[bool][][]pathResult {
 	sc := newScope(b) // this environment goes before the next one starts
 	defer sc.close()
 	e := conformance.NewEnv(sc)
@@ -168,8 +176,13 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 			}
 		}
 	}
-	var all [][]pathResult
-	for rep := 0; rep < reps; rep++ {
+	all := map[bool][][]pathResult{}
+	for run := 0; run < 2*reps; run++ {
+		busy := run%2 == 1 // alternate, so a slow phase of the machine hits both alike
+		var stop func()
+		if busy {
+			stop = busyCore(b)
+		}
 		out := make([]pathResult, len(targets))
 		for i, target := range targets {
 			out[i] = pathResult{dataplane: dp, path: target.path, services: n}
@@ -195,7 +208,10 @@ func benchPath(b *testing.B, dp string, n, reps int) [][]pathResult {
 				out[i].crrWall += time.Since(start)
 			}
 		}
-		all = append(all, out)
+		if stop != nil {
+			stop()
+		}
+		all[busy] = append(all[busy], out)
 	}
 	return all
 }
