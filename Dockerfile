@@ -1,6 +1,6 @@
 # The nsx-ujo image: every binary of cmd/ (nsx, nsx-node-agent,
-# nsx-kube-proxy, nsx-ovs, nsx-ncp-bootstrap, ...), the loopback CNI plugin and
-# the portmap plugin as nsx-portmap (hostPort) in /usr/local/bin, on Debian 12 with the tools the containers run (OVS,
+# nsx-kube-proxy, nsx-ovs, nsx-ncp-bootstrap, ...) and the loopback CNI plugin
+# in /usr/local/bin, on Debian 12 with the tools the containers run (OVS,
 # iproute2, ethtool, bpftool, apparmor_parser). deploy/ runs it as
 # nsx-ujo:latest.
 #
@@ -26,7 +26,6 @@ ENV CGO_ENABLED=0
 RUN GOFLAGS="-buildvcs=false -ldflags=-X=github.com/nsx-ujo/nsx-ujo/pkg/bootstrap.Version=${VERSION}" \
       make build BINARIES="$(ls cmd | tr '\n' ' ')" \
  && go build -buildvcs=false -o bin/loopback github.com/containernetworking/plugins/plugins/main/loopback \
- && go build -buildvcs=false -o bin/nsx-portmap github.com/containernetworking/plugins/plugins/meta/portmap \
  && ./bin/nsx-ncp-bootstrap version
 
 FROM debian:bookworm-slim

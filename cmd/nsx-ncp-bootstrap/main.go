@@ -50,7 +50,6 @@ func run(args []string) error {
 		fs.StringVar(&configFile, "config-file", configFile, "ncp.ini (for [nsx_node_agent] cni_socket, mtu and cni_version, and logging)")
 		fs.StringVar(&o.PluginSource, "cni-bin-source", "/usr/local/bin/nsx", "the nsx CNI plugin binary to install")
 		fs.StringVar(&o.LoopbackSource, "loopback-bin-source", "/usr/local/bin/loopback", "the loopback CNI plugin binary to install where the host has none")
-		fs.StringVar(&o.PortmapSource, "portmap-bin-source", "/usr/local/bin/nsx-portmap", "the portmap CNI plugin binary (hostPort) to install as "+bootstrap.PortmapPath)
 		if cmd == "monitor" {
 			fs.DurationVar(&interval, "interval", interval, "time between checks of the installed files")
 		}

@@ -136,11 +136,10 @@ mkdir -p "$bin"
 cd "$NSX_SRC"
 # As the Dockerfile does: static, every cmd/ (the Makefile's BINARIES lags
 # behind new commands), the version nsx-ncp-bootstrap writes and compares,
-# the loopback and portmap (nsx-portmap) plugins; plus tests/workload for the cluster benchmarks.
+# the loopback plugin; plus tests/workload for the cluster benchmarks.
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false -ldflags=-X=github.com/nsx-ujo/nsx-ujo/pkg/bootstrap.Version=${NSX_VERSION}"
 make --no-print-directory build BIN="$bin" BINARIES="$(find cmd -mindepth 1 -maxdepth 1 -type d -printf '%f ')"
 go build -o "$bin/loopback" github.com/containernetworking/plugins/plugins/main/loopback
-go build -o "$bin/nsx-portmap" github.com/containernetworking/plugins/plugins/meta/portmap
 go build -o "$bin/workload" ./tests/workload
 "$bin/nsx-ncp-bootstrap" version >&2
 

@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +24,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 )
 
 // ErrCodeInvalidPodConfig is the CNI error code (plugin-specific range)
@@ -43,14 +47,21 @@ type ProgramAttacher interface {
 	Detach(portName string) error
 }
 
+// HostPortServer serves the hostPorts of every pod on the node. Sync
+// replaces the whole set; it is idempotent, and atomic for packets.
+type HostPortServer interface {
+	Sync([]nftables.HostPort) error
+}
+
 // Deps are the agent's collaborators.
 type Deps struct {
-	Log      *zap.Logger
-	Pods     podconfig.Source
-	Ports    *ports.Manager
-	PodNet   *podnet.Manager
-	Programs ProgramAttacher                 // nil unless [nsx_kube_proxy] dataplane = ebpf
-	Healthy  func(ctx context.Context) error // OVS and API server reachable
+	Log       *zap.Logger
+	Pods      podconfig.Source
+	Ports     *ports.Manager
+	PodNet    *podnet.Manager
+	Programs  ProgramAttacher                 // nil unless [nsx_kube_proxy] dataplane = ebpf
+	HostPorts HostPortServer                  // nil: a pod with portMappings is refused
+	Healthy   func(ctx context.Context) error // OVS and API server reachable
 }
 
 // Agent serves CNI requests. Safe for concurrent use: requests for one
@@ -62,6 +73,10 @@ type Agent struct {
 	mu       sync.Mutex
 	locks    map[string]*attachLock // per host interface name
 	inFlight map[string]int
+
+	// hpMu guards hostPorts (by port name) and orders their Syncs.
+	hpMu      sync.Mutex
+	hostPorts map[string][]nftables.HostPort
 }
 
 type attachLock struct {
@@ -71,7 +86,79 @@ type attachLock struct {
 
 // New returns an Agent.
 func New(opts Options, deps Deps) *Agent {
-	return &Agent{opts: opts, Deps: deps, locks: map[string]*attachLock{}, inFlight: map[string]int{}}
+	return &Agent{opts: opts, Deps: deps, locks: map[string]*attachLock{}, inFlight: map[string]int{},
+		hostPorts: map[string][]nftables.HostPort{}}
+}
+
+// RestoreHostPorts serves the hostPorts that the node's pod ports record
+// (after a restart of the agent, or of the node's network stack).
+func (a *Agent) RestoreHostPorts(ctx context.Context) error {
+	if a.HostPorts == nil {
+		return nil
+	}
+	list, err := a.Ports.List(ctx)
+	if err != nil {
+		return err
+	}
+	a.hpMu.Lock()
+	defer a.hpMu.Unlock()
+	for _, p := range list {
+		if ip, err := netip.ParsePrefix(p.IP); err == nil && len(p.HostPorts) > 0 {
+			a.hostPorts[p.Name] = toHostPorts(p.HostPorts, ip.Addr())
+		}
+	}
+	return a.syncHostPortsLocked()
+}
+
+func toHostPorts(ms []cniwire.PortMapping, pod netip.Addr) []nftables.HostPort {
+	out := make([]nftables.HostPort, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, nftables.HostPort{HostIP: m.HostIP, HostPort: m.HostPort, Protocol: m.Protocol, PodIP: pod, ContainerPort: m.ContainerPort})
+	}
+	return out
+}
+
+// setHostPorts records the hostPorts of the port called host (none:
+// forgets it) and serves the node's set when it changed. On error the
+// previous record is kept.
+func (a *Agent) setHostPorts(host string, hps []nftables.HostPort) error {
+	if a.HostPorts == nil {
+		if len(hps) > 0 {
+			return errors.New("hostPorts are not served on this node")
+		}
+		return nil
+	}
+	a.hpMu.Lock()
+	defer a.hpMu.Unlock()
+	old, had := a.hostPorts[host]
+	if len(hps) == 0 && !had || slices.Equal(old, hps) {
+		return nil
+	}
+	if len(hps) == 0 {
+		delete(a.hostPorts, host)
+	} else {
+		a.hostPorts[host] = hps
+	}
+	if err := a.syncHostPortsLocked(); err != nil {
+		if had {
+			a.hostPorts[host] = old
+		} else {
+			delete(a.hostPorts, host)
+		}
+		return err
+	}
+	return nil
+}
+
+// syncHostPortsLocked serves the recorded set; hpMu is held. Two pods
+// claiming one host address, port and protocol: the first by port name
+// wins (the API server's scheduler keeps this from happening on a node).
+func (a *Agent) syncHostPortsLocked() error {
+	var all []nftables.HostPort
+	for _, name := range slices.Sorted(maps.Keys(a.hostPorts)) {
+		all = append(all, a.hostPorts[name]...)
+	}
+	return a.HostPorts.Sync(all)
 }
 
 // InFlight says whether a request for the port called name is running; the
@@ -199,6 +286,14 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 	if _, err := cniwire.ParseNetConf(req.Config); err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
 	}
+	mappings, err := cniwire.PortMappings(req.Config)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid network configuration", err.Error())
+	}
+	if len(mappings) > 0 && a.HostPorts == nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "hostPort not served",
+			"runtimeConfig.portMappings: this agent serves no hostPorts")
+	}
 	host := podnet.HostIfName(req.ContainerID, req.IfName)
 	defer a.lock(host)()
 
@@ -218,8 +313,10 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 	want := &ports.PodPort{
 		Name: host, VLAN: cfg.VLAN, ContainerID: req.ContainerID, PodNamespace: req.PodNamespace,
 		PodName: req.PodName, PodUID: cfg.PodUID, Netns: req.Netns, IfName: req.IfName,
-		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU,
+		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU, HostPorts: mappings,
 	}
+	podIP, _ := netip.AddrFromSlice(cfg.IP.IP)
+	hostPorts := toHostPorts(mappings, podIP.Unmap())
 	if cfg.Gateway != nil {
 		want.Gateway = cfg.Gateway.String()
 	}
@@ -231,6 +328,9 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		a.Log.Info("ADD repeated for an intact attachment", zap.String("port", host))
 		if err := a.attachPrograms(pod, host); err != nil {
 			return nil, err
+		}
+		if err := a.setHostPorts(host, hostPorts); err != nil {
+			return nil, fmt.Errorf("pod %s/%s: hostPorts: %w", req.PodNamespace, req.PodName, err)
 		}
 		return a.result(pod, host, nil), nil
 	} else if have != nil || a.hostLinkExists(host) {
@@ -250,7 +350,13 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		}
 		return nil, fmt.Errorf("pod %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
-	if err := a.attachPrograms(pod, host); err != nil {
+	err = a.attachPrograms(pod, host)
+	if err == nil {
+		if err = a.setHostPorts(host, hostPorts); err != nil {
+			err = fmt.Errorf("hostPorts: %w", err)
+		}
+	}
+	if err != nil {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.opts.OVSOperationTimeout)
 		defer cancel()
 		if rerr := a.remove(rctx, host); rerr != nil {
@@ -276,7 +382,7 @@ func (a *Agent) hostLinkExists(name string) bool {
 func samePort(a, b *ports.PodPort) bool {
 	return a.VLAN == b.VLAN && a.ContainerID == b.ContainerID && a.PodUID == b.PodUID &&
 		a.IfName == b.IfName && a.MAC == b.MAC && a.IP == b.IP && a.Gateway == b.Gateway &&
-		a.MTU == b.MTU && a.Netns == b.Netns
+		a.MTU == b.MTU && a.Netns == b.Netns && slices.Equal(a.HostPorts, b.HostPorts)
 }
 
 // result is a CNI 1.1 result; the plugin converts it to the netconf's
@@ -302,16 +408,17 @@ func (a *Agent) result(pod podnet.Pod, host string, hostMAC net.HardwareAddr) *t
 	return res
 }
 
-// remove deletes the programs' links, the port and the veth of the
-// attachment called host.
+// remove deletes the hostPorts, the programs' links, the port and the
+// veth of the attachment called host.
 func (a *Agent) remove(ctx context.Context, host string) error {
+	herr := a.setHostPorts(host, nil)
 	var derr error
 	if a.Programs != nil {
 		derr = a.Programs.Detach(host)
 	}
 	perr := a.Ports.Delete(ctx, host)
 	lerr := a.PodNet.DeleteHostLink(host)
-	return errors.Join(derr, perr, lerr)
+	return errors.Join(herr, derr, perr, lerr)
 }
 
 // Del removes the attachment's port and veth. Idempotent; it needs neither

@@ -20,6 +20,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
@@ -89,9 +90,16 @@ func newNode(t *testing.T) *node {
 	t.Cleanup(func() { db.Close() })
 	src := &staticSource{cfgs: map[string]string{}, uids: map[string]string{}}
 	pm := ports.New(db, "br-int")
-	a := agent.New(agent.Options{MTU: 1500, ConfigRetryTimeout: time.Second, OVSOperationTimeout: 2 * time.Second},
-		agent.Deps{Log: zaptest.NewLogger(t), Pods: src, Ports: pm, PodNet: podnet.New(podnet.Options{HostNetNS: n.Path})})
-	return &node{ns: n, ovs: o, db: db, src: src, agent: a, ports: pm}
+	nd := &node{ns: n, ovs: o, db: db, src: src, ports: pm}
+	nd.agent = nd.newAgent(t)
+	return nd
+}
+
+// newAgent is a fresh agent process on the node (as after a restart).
+func (nd *node) newAgent(t *testing.T) *agent.Agent {
+	return agent.New(agent.Options{MTU: 1500, ConfigRetryTimeout: time.Second, OVSOperationTimeout: 2 * time.Second},
+		agent.Deps{Log: zaptest.NewLogger(t), Pods: nd.src, Ports: nd.ports, PodNet: podnet.New(podnet.Options{HostNetNS: nd.ns.Path}),
+			HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{NetNS: nd.ns.Path, LocalnetInterface: "br-int"})})
 }
 
 type pod struct {
@@ -270,6 +278,55 @@ func TestDelRemovesEverythingAndIsIdempotent(t *testing.T) {
 	if resp := nd.do(t, gone); resp.Error != nil {
 		t.Fatalf("DEL of unknown attachment: %v", resp.Error)
 	}
+}
+
+// hostPorts follow ADD and DEL, come back after an agent restart from the
+// port's record, and a bad portMappings entry is refused naming its field
+// with nothing left behind.
+func TestHostPortsFollowAddAndDel(t *testing.T) {
+	nd := newNode(t)
+	p := nd.newPod(t, 1, 101)
+	add := p.req(cniwire.CmdAdd)
+	add.Config = json.RawMessage(`{"cniVersion":"1.1.0","name":"nsx","type":"nsx","runtimeConfig":{"portMappings":[
+		{"hostPort":8080,"containerPort":80,"protocol":"tcp"},{"hostPort":8080,"containerPort":80,"protocol":"udp","hostIP":"10.0.100.2"}]}}`)
+	table := func() string {
+		out, _ := nd.ns.Exec(context.Background(), "nft", "list", "table", "ip", nftables.HostPortTable).CombinedOutput()
+		return string(out)
+	}
+	const tcpRule, udpRule = "tcp dport 8080 dnat to 10.0.1.11:80", "udp dport 8080 dnat to 10.0.1.11:80"
+	if resp := nd.do(t, add); resp.Error != nil {
+		t.Fatalf("ADD: %v", resp.Error)
+	}
+	if tb := table(); !strings.Contains(tb, tcpRule) || !strings.Contains(tb, udpRule) || !strings.Contains(tb, "ip daddr 10.0.100.2") {
+		t.Fatalf("hostPort table after ADD:\n%s", tb)
+	}
+	// Restart: the table is gone (say the node's nftables were flushed), a
+	// new agent serves the hostPorts again from the OVS port's record.
+	nd.ns.Run(t, "nft", "delete", "table", "ip", nftables.HostPortTable)
+	nd.agent = nd.newAgent(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := nd.agent.RestoreHostPorts(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tb := table(); !strings.Contains(tb, tcpRule) {
+		t.Fatalf("hostPort table after a restart:\n%s", tb)
+	}
+	if resp := nd.do(t, p.req(cniwire.CmdDel)); resp.Error != nil {
+		t.Fatalf("DEL: %v", resp.Error)
+	}
+	if tb := table(); strings.Contains(tb, "dnat") {
+		t.Fatalf("hostPort table after DEL:\n%s", tb)
+	}
+	nd.assertEmpty(t)
+
+	bad := nd.newPod(t, 2, 101).req(cniwire.CmdAdd)
+	bad.Config = json.RawMessage(`{"cniVersion":"1.1.0","name":"nsx","type":"nsx","runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}`)
+	resp := nd.do(t, bad)
+	if resp.Error == nil || !strings.Contains(resp.Error.Details, "runtimeConfig.portMappings[0].hostPort") {
+		t.Fatalf("ADD with a bad portMappings entry: %+v", resp.Error)
+	}
+	nd.assertEmpty(t)
 }
 
 func TestAddTwiceIsIdempotent(t *testing.T) {

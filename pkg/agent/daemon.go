@@ -19,6 +19,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
 
@@ -76,6 +77,8 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		Ports:    pm,
 		PodNet:   podnet.New(podnet.Options{}),
 		Programs: programs,
+		// hostPorts leave the node by the bridge's internal port.
+		HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{LocalnetInterface: na.OVSBridge}),
 		Healthy: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 			defer cancel()
@@ -91,6 +94,14 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			return nil
 		},
 	})
+
+	rctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
+	if err := a.RestoreHostPorts(rctx); err != nil {
+		// Pods without hostPorts are served all the same; the next ADD or
+		// DEL of a pod with hostPorts writes the whole set again.
+		log.Error("restoring the pods' hostPorts", zap.Error(err))
+	}
+	cancel()
 
 	srv, err := cniserver.Listen(na.CNISocket, a)
 	if err != nil {

@@ -35,12 +35,8 @@ var Version = "0.1.0-dev"
 
 // Host paths the bootstrap manages.
 const (
-	PluginPath   = "/opt/cni/bin/nsx"
-	LoopbackPath = "/opt/cni/bin/loopback"
-	// PortmapPath is the reference portmap plugin under a name of our own:
-	// a node's CNI packages may ship an older portmap (without masqAll),
-	// which must neither be replaced nor be the one that runs.
-	PortmapPath      = "/opt/cni/bin/nsx-portmap"
+	PluginPath       = "/opt/cni/bin/nsx"
+	LoopbackPath     = "/opt/cni/bin/loopback"
 	ConflistPath     = "/etc/cni/net.d/10-nsx.conflist"
 	LoopbackConfPath = "/etc/cni/net.d/99-loopback.conf"
 	ProfilePath      = "/etc/apparmor.d/ncp-apparmor"
@@ -60,7 +56,6 @@ type Options struct {
 	HostRoot       string // the host's / as seen here ("/")
 	PluginSource   string // the nsx binary to install (/usr/local/bin/nsx)
 	LoopbackSource string // the loopback binary to install where absent (/usr/local/bin/loopback)
-	PortmapSource  string // the portmap binary to install as PortmapPath (/usr/local/bin/nsx-portmap)
 	Socket         string // the agent socket written into the conflist (ncp.ini cni_socket default)
 	MTU            int    // the mtu written into the conflist (ncp.ini mtu default)
 	CNIVersion     string // ncp.ini cni_version: config.CNIVersionAuto (default) or a pinned version
@@ -87,9 +82,6 @@ func (o Options) complete() (Options, *version.Version, error) {
 	}
 	if o.LoopbackSource == "" {
 		o.LoopbackSource = "/usr/local/bin/loopback"
-	}
-	if o.PortmapSource == "" {
-		o.PortmapSource = "/usr/local/bin/nsx-portmap"
 	}
 	if o.Socket == "" {
 		o.Socket = d.CNISocket
@@ -165,7 +157,6 @@ func (o *Options) targets(withProfile, chain11 bool) []*target {
 	ts := []*target{
 		{path: PluginPath, mode: 0o755, source: o.PluginSource},
 		{path: LoopbackPath, mode: 0o755, source: o.LoopbackSource, keepExisting: true},
-		{path: PortmapPath, mode: 0o755, source: o.PortmapSource},
 	}
 	if withProfile {
 		ts = append(ts, &target{path: ProfilePath, mode: 0o644, data: Profile})

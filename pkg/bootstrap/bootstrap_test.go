@@ -28,7 +28,6 @@ const (
 	build      = "1.2.0"
 	pluginBin  = "nsx plugin 1.2.0\x00\x01"
 	loopBin    = "loopback plugin\x00"
-	portmapBin = "portmap plugin\x00"
 	testSocket = "/run/test/cni.sock"
 )
 
@@ -69,7 +68,7 @@ func newHost(t *testing.T, osRelease string, apparmor bool) *host {
 		enabled = "Y\n"
 	}
 	h.write(t, "/sys/module/apparmor/parameters/enabled", enabled, 0o644)
-	for name, content := range map[string]string{"nsx": pluginBin, "loopback": loopBin, "nsx-portmap": portmapBin} {
+	for name, content := range map[string]string{"nsx": pluginBin, "loopback": loopBin} {
 		if err := os.WriteFile(filepath.Join(h.src, name), []byte(content), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -81,7 +80,7 @@ const ubuntu = "NAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\nID=ubuntu\nID_LIKE=debian
 
 func (h *host) opts() Options {
 	return Options{HostRoot: h.root, PluginSource: filepath.Join(h.src, "nsx"), LoopbackSource: filepath.Join(h.src, "loopback"),
-		PortmapSource: filepath.Join(h.src, "nsx-portmap"), Socket: testSocket, MTU: 1450, BuildVersion: build, Runner: h.runner, Log: h.log}
+		Socket: testSocket, MTU: 1450, BuildVersion: build, Runner: h.runner, Log: h.log}
 }
 
 func (h *host) path(p string) string { return filepath.Join(h.root, p) }
@@ -196,7 +195,6 @@ var freshInstall = []string{
 	"write " + ManifestPath,
 	"write " + PluginPath,
 	"write " + LoopbackPath,
-	"write " + PortmapPath,
 	"write " + ProfilePath,
 	"write " + LoopbackConfPath,
 	"write " + ConflistPath,
@@ -239,7 +237,7 @@ func TestInstall(t *testing.T) {
 		name: "fresh install",
 		want: freshInstall,
 		check: func(t *testing.T, h *host) {
-			for p, mode := range map[string]fs.FileMode{PluginPath: 0o755, LoopbackPath: 0o755, PortmapPath: 0o755, ProfilePath: 0o644,
+			for p, mode := range map[string]fs.FileMode{PluginPath: 0o755, LoopbackPath: 0o755, ProfilePath: 0o644,
 				LoopbackConfPath: 0o644, ConflistPath: 0o644, ManifestPath: 0o644} {
 				if fi, err := os.Stat(h.path(p)); err != nil || fi.Mode() != mode {
 					t.Errorf("%s: %v, mode %v, want %v", p, err, fi.Mode(), mode)
@@ -249,14 +247,11 @@ func TestInstall(t *testing.T) {
 			if got := h.read(t, LoopbackPath); got != loopBin {
 				t.Errorf("loopback = %q", got)
 			}
-			if got := h.read(t, PortmapPath); got != portmapBin {
-				t.Errorf("nsx-portmap = %q", got)
-			}
 			var m manifest
 			if err := json.Unmarshal([]byte(h.read(t, ManifestPath)), &m); err != nil {
 				t.Fatal(err)
 			}
-			equal(t, "manifest", m.Files, []string{PluginPath, LoopbackPath, PortmapPath, ProfilePath, LoopbackConfPath, ConflistPath})
+			equal(t, "manifest", m.Files, []string{PluginPath, LoopbackPath, ProfilePath, LoopbackConfPath, ConflistPath})
 			equal(t, "apparmor_parser", h.runner.Calls(), []string{"apparmor_parser -r " + h.path(ProfilePath)})
 		},
 	}, {
@@ -279,7 +274,7 @@ func TestInstall(t *testing.T) {
 		name:  "older installed is upgraded",
 		setup: olderInstall,
 		want: []string{"write " + ManifestPath, "remove /etc/cni/net.d/10-nsx.conf", "write " + PluginPath, "write " + LoopbackPath,
-			"write " + PortmapPath, "write " + ProfilePath, "write " + LoopbackConfPath, "write " + ConflistPath, "load-apparmor-profile " + ProfilePath},
+			"write " + ProfilePath, "write " + LoopbackConfPath, "write " + ConflistPath, "load-apparmor-profile " + ProfilePath},
 		check: func(t *testing.T, h *host) {
 			upgraded(t, h)
 			if _, err := os.Stat(h.path("/etc/cni/net.d/10-nsx.conf")); !errors.Is(err, fs.ErrNotExist) {
@@ -362,7 +357,7 @@ func TestForeignLoopbackKept(t *testing.T) {
 	h.write(t, LoopbackPath, "distribution loopback", 0o755)
 	h.write(t, LoopbackConfPath, `{"cniVersion":"0.3.1","name":"distro-lo","type":"loopback"}`, 0o644)
 	cs := h.install(t, h.opts())
-	equal(t, "changes", summary(cs), []string{"write " + ManifestPath, "write " + PluginPath, "write " + PortmapPath,
+	equal(t, "changes", summary(cs), []string{"write " + ManifestPath, "write " + PluginPath,
 		"write " + ProfilePath, "write " + ConflistPath, "load-apparmor-profile " + ProfilePath})
 	if _, err := Cleanup(context.Background(), h.opts()); err != nil {
 		t.Fatal(err)
@@ -390,7 +385,7 @@ func TestCleanupRemovesExactlyInstalled(t *testing.T) {
 		t.Fatal(err)
 	}
 	equal(t, "cleanup", summary(cs), []string{"unload-apparmor-profile " + ProfilePath, "remove " + ConflistPath,
-		"remove " + LoopbackConfPath, "remove " + ProfilePath, "remove " + PortmapPath, "remove " + LoopbackPath, "remove " + PluginPath, "remove " + ManifestPath})
+		"remove " + LoopbackConfPath, "remove " + ProfilePath, "remove " + LoopbackPath, "remove " + PluginPath, "remove " + ManifestPath})
 	equal(t, "apparmor_parser", h.runner.Calls(), []string{"apparmor_parser -r " + h.path(ProfilePath), "apparmor_parser -R " + h.path(ProfilePath)})
 	sameSnapshot(t, before, snapshot(t, h.root))
 
@@ -543,9 +538,9 @@ func TestConflistParses(t *testing.T) {
 			if err != nil {
 				t.Fatalf("libcni: %v\n%s", err, data)
 			}
-			if list.Name != NetworkName || list.CNIVersion != tc.picked || len(list.Plugins) != 3 ||
-				list.Plugins[0].Network.Type != "nsx" || list.Plugins[1].Network.Type != "nsx-portmap" ||
-				list.Plugins[2].Network.Type != "loopback" || !list.Plugins[1].Network.Capabilities["portMappings"] {
+			if list.Name != NetworkName || list.CNIVersion != tc.picked || len(list.Plugins) != 2 ||
+				list.Plugins[0].Network.Type != "nsx" || !list.Plugins[0].Network.Capabilities["portMappings"] ||
+				list.Plugins[1].Network.Type != "loopback" {
 				t.Fatalf("conflist = %+v", list)
 			}
 			var top struct {

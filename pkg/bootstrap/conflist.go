@@ -30,26 +30,18 @@ type conflist struct {
 	Plugins         []any    `json:"plugins"`
 }
 
+// nsxPlugin is our plugin. The portMappings capability makes the runtime
+// pass a pod's hostPorts, which the agent serves itself (nftables DNAT and
+// masquerade, pkg/nftables): no further plugin to exec for them.
 type nsxPlugin struct {
-	Type   string `json:"type"`
-	Socket string `json:"socket"`
-	MTU    int    `json:"mtu"`
+	Type         string          `json:"type"`
+	Capabilities map[string]bool `json:"capabilities"`
+	Socket       string          `json:"socket"`
+	MTU          int             `json:"mtu"`
 }
 
 type plainPlugin struct {
 	Type string `json:"type"`
-}
-
-// portmapPlugin serves hostPort (the runtime passes portMappings because
-// of the capability). MasqAll: in NSX mode a pod's replies go from its
-// port straight to the fabric, not back through the node, so a DNATed
-// connection must come from the node's address for its replies to return
-// through the node's conntrack (the client's source address is not kept).
-type portmapPlugin struct {
-	Type         string          `json:"type"`
-	Capabilities map[string]bool `json:"capabilities"`
-	SNAT         bool            `json:"snat"`
-	MasqAll      bool            `json:"masqAll"`
 }
 
 // ConflistOptions are the values written into 10-nsx.conflist.
@@ -86,11 +78,9 @@ func (c ConflistOptions) versions() (string, []string) {
 }
 
 // Conflist returns the content of 10-nsx.conflist: the nsx plugin, which
-// sets up the pod's interface through the agent on socket, then portmap for
-// the pod's hostPorts (for a pod with none it changes nothing, but the
-// runtime still execs it: ≈30 ms per ADD, README "Performance"), then
-// loopback, chained so that one ADD also brings up the pod's lo (portmap
-// and loopback pass the nsx result through).
+// sets up the pod's interface and its hostPorts through the agent on
+// socket, then loopback, chained so that one ADD also brings up the pod's
+// lo (loopback passes the nsx result through).
 func Conflist(o ConflistOptions) []byte {
 	v, vs := o.versions()
 	c := conflist{
@@ -99,8 +89,7 @@ func Conflist(o ConflistOptions) []byte {
 		Name:            NetworkName,
 		NSXBuildVersion: o.BuildVersion,
 		Plugins: []any{
-			nsxPlugin{Type: "nsx", Socket: o.Socket, MTU: o.MTU},
-			portmapPlugin{Type: "nsx-portmap", Capabilities: map[string]bool{"portMappings": true}, SNAT: true, MasqAll: true},
+			nsxPlugin{Type: "nsx", Capabilities: map[string]bool{"portMappings": true}, Socket: o.Socket, MTU: o.MTU},
 			plainPlugin{Type: "loopback"},
 		},
 	}

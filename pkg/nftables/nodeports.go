@@ -59,14 +59,18 @@ type redirectKey struct {
 // New returns a NodePorts; it touches nothing before the first Sync.
 func New(o Options) *NodePorts { return &NodePorts{o: o} }
 
-func (n *NodePorts) conn() (*nftables.Conn, func(), error) {
-	if n.o.NetNS == "" {
+func (n *NodePorts) conn() (*nftables.Conn, func(), error) { return dial(n.o.NetNS) }
+
+// dial opens a netlink connection to the nftables of the network namespace
+// at path ("": this process's).
+func dial(path string) (*nftables.Conn, func(), error) {
+	if path == "" {
 		c, err := nftables.New()
 		return c, func() {}, err
 	}
-	f, err := os.Open(n.o.NetNS)
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("nftables: netns %s: %w", n.o.NetNS, err)
+		return nil, nil, fmt.Errorf("nftables: netns %s: %w", path, err)
 	}
 	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
 	if err != nil {
@@ -74,6 +78,19 @@ func (n *NodePorts) conn() (*nftables.Conn, func(), error) {
 		return nil, nil, err
 	}
 	return c, func() { f.Close() }, nil
+}
+
+// removeTables deletes name in the ip and ip6 families, present or not.
+func removeTables(c *nftables.Conn, name string) error {
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+		t := &nftables.Table{Name: name, Family: fam}
+		c.AddTable(t) // so that the delete never fails on a missing table
+		c.DelTable(t)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nftables: remove table %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // Sync makes the tables hold exactly rs. It is idempotent (nothing is
@@ -117,13 +134,8 @@ func (n *NodePorts) Cleanup() error {
 		return err
 	}
 	defer done()
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-		t := &nftables.Table{Name: TableName, Family: fam}
-		c.AddTable(t) // so that the delete never fails on a missing table
-		c.DelTable(t)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("nftables: remove table %s: %w", TableName, err)
-		}
+	if err := removeTables(c, TableName); err != nil {
+		return err
 	}
 	n.applied = nil
 	return nil

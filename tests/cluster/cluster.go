@@ -137,8 +137,7 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 
 	c.progress("%s: nsx-ncp-bootstrap installs the CNI plugin and conflist", n.Name)
 	n.run(t, filepath.Join(c.opts.BinDir, "nsx-ncp-bootstrap"), "install", "--config-file", n.INI, "--host-root", n.HostRoot,
-		"--cni-bin-source", filepath.Join(c.opts.BinDir, "nsx"), "--loopback-bin-source", filepath.Join(c.opts.BinDir, "loopback"),
-		"--portmap-bin-source", filepath.Join(c.opts.BinDir, "nsx-portmap"))
+		"--cni-bin-source", filepath.Join(c.opts.BinDir, "nsx"), "--loopback-bin-source", filepath.Join(c.opts.BinDir, "loopback"))
 	list, err := libcni.ConfListFromFile(filepath.Join(n.HostRoot, "etc/cni/net.d/10-nsx.conflist"))
 	if err != nil {
 		t.Fatal(err)

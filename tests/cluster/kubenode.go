@@ -135,8 +135,8 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 		t.Fatal(err)
 	}
 	// Forwarding is a Kubernetes node prerequisite (kubeadm's preflight
-	// refuses a node without it); hostPort needs it: portmap DNATs to the
-	// pod, which the node then routes to the fabric.
+	// refuses a node without it); hostPort needs it: the agent DNATs to
+	// the pod, which the node then routes to the fabric.
 	n.NS.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	// containerd finds its shim as containerd-shim-runc-v2 on PATH.
 	pathDir := filepath.Join(n.Dir, "path")

@@ -37,7 +37,7 @@ func BuildBinaries(dir string) error {
 		"workload":          "./tests/workload",
 		"pause":             "./tests/images/pause",
 		"loopback":          "github.com/containernetworking/plugins/plugins/main/loopback",
-		"nsx-portmap":       "github.com/containernetworking/plugins/plugins/meta/portmap",
+		"portmap":           "github.com/containernetworking/plugins/plugins/meta/portmap", // the bench's comparison
 		"bridge":            "github.com/containernetworking/plugins/plugins/main/bridge",
 		"host-local":        "github.com/containernetworking/plugins/plugins/ipam/host-local",
 	}
@@ -62,7 +62,7 @@ type AgentNode struct {
 	Socket   string
 	HostRoot string // where nsx-ncp-bootstrap installed the CNI
 	CNI      *libcni.CNIConfig
-	List     *libcni.NetworkConfigList // [nsx, nsx-portmap, loopback], as installed
+	List     *libcni.NetworkConfigList // [nsx, loopback], as installed
 	LogFile  string
 }
 
@@ -108,7 +108,7 @@ config_retry_timeout = 20
 	nd.HostRoot = filepath.Join(dir, "host")
 	if out, err := exec.Command(filepath.Join(o.BinDir, "nsx-ncp-bootstrap"), "install", "--config-file", iniPath,
 		"--host-root", nd.HostRoot, "--cni-bin-source", filepath.Join(o.BinDir, "nsx"),
-		"--loopback-bin-source", filepath.Join(o.BinDir, "loopback"), "--portmap-bin-source", filepath.Join(o.BinDir, "nsx-portmap")).CombinedOutput(); err != nil {
+		"--loopback-bin-source", filepath.Join(o.BinDir, "loopback")).CombinedOutput(); err != nil {
 		t.Fatalf("nsx-ncp-bootstrap install: %v\n%s", err, out)
 	}
 	list, err := libcni.ConfListFromFile(nd.ConflistPath())

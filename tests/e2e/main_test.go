@@ -14,7 +14,7 @@ import (
 
 var (
 	api    *harness.APIServer
-	binDir string // nsx, loopback, nsx-portmap, nsx-node-agent
+	binDir string // nsx, loopback, nsx-node-agent, ...
 )
 
 func TestMain(m *testing.M) {

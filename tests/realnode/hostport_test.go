@@ -21,8 +21,8 @@ import (
 // checkHostPort: a pod's hostPort (TCP and UDP on the same port number)
 // answers on its node's address from outside the node (the fabric's
 // router), from the other node and from the node itself: the runtime
-// passes portMappings because the conflist's nsx-portmap advertises the
-// capability.
+// passes portMappings because the conflist's nsx plugin advertises the
+// capability, and the agent serves them (pkg/nftables).
 func checkHostPort(t *testing.T, c *cluster.Cluster) {
 	ctx := context.Background()
 	const hostPort = 31080

@@ -5,11 +5,13 @@ package ports
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
 
@@ -28,6 +30,9 @@ const (
 	KeyIP           = "ip-address"
 	KeyGateway      = "gateway-ip"
 	KeyMTU          = "mtu"
+	// KeyHostPorts holds the pod's hostPorts (runtimeConfig.portMappings)
+	// as JSON: the agent serves them again from it after a restart.
+	KeyHostPorts = "host-ports"
 )
 
 // PodPort is a pod's port as recorded in OVSDB.
@@ -45,6 +50,7 @@ type PodPort struct {
 	Gateway      string
 	MTU          int
 	OFPort       int
+	HostPorts    []cniwire.PortMapping
 }
 
 func (p *PodPort) externalIDs() map[string]string {
@@ -65,6 +71,10 @@ func (p *PodPort) externalIDs() map[string]string {
 	if p.MTU != 0 {
 		m[KeyMTU] = strconv.Itoa(p.MTU)
 	}
+	if len(p.HostPorts) > 0 {
+		b, _ := json.Marshal(p.HostPorts) // plain values: cannot fail
+		m[KeyHostPorts] = string(b)
+	}
 	return m
 }
 
@@ -74,12 +84,20 @@ func fromOVS(p *ovs.Port) (*PodPort, bool) {
 		return nil, false
 	}
 	mtu, _ := strconv.Atoi(ids[KeyMTU])
-	return &PodPort{
+	pp := &PodPort{
 		Name: p.Name, VLAN: p.Tag, OFPort: p.OFPort,
 		ContainerID: ids[KeyContainerID], PodNamespace: ids[KeyPodNamespace], PodName: ids[KeyPodName],
 		PodUID: ids[KeyPodUID], Netns: ids[KeyNetns], IfName: ids[KeyIfName],
 		MAC: ids[KeyAttachedMAC], IP: ids[KeyIP], Gateway: ids[KeyGateway], MTU: mtu,
-	}, true
+	}
+	if s := ids[KeyHostPorts]; s != "" {
+		// Written by us; a record someone mangled serves nothing (and
+		// compares unequal, so a repeated ADD rewrites it).
+		if err := json.Unmarshal([]byte(s), &pp.HostPorts); err != nil {
+			pp.HostPorts = []cniwire.PortMapping{}
+		}
+	}
+	return pp, true
 }
 
 const rollbackTimeout = 5 * time.Second
