@@ -663,6 +663,15 @@ static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct 
 	return TCX_PASS;
 }
 
+// reply_entry is the reverse conntrack entry a packet is a reply of, or
+// NULL.
+static __always_inline struct ct_val *reply_entry(struct pkt *p)
+{
+	struct ct_key rk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
+			    .proto = p->ip.protocol, .dir = CT_REV};
+	return bpf_map_lookup_elem(&nsx_conntrack, &rk);
+}
+
 // nsx_ingress runs at a pod's interface: replies to the pod.
 SEC("tcx/ingress")
 int nsx_ingress(struct __sk_buff *skb)
@@ -670,9 +679,7 @@ int nsx_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &p) < 0)
 		return TCX_NEXT;
-	struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
-			    .proto = p.ip.protocol, .dir = CT_REV};
-	struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+	struct ct_val *rv = reply_entry(&p);
 	if (!rv)
 		return TCX_NEXT;
 	return rev_nat(skb, &p, rv);
@@ -686,9 +693,7 @@ int nsx_node_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &p) < 0)
 		return TCX_NEXT;
-	struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
-			    .proto = p.ip.protocol, .dir = CT_REV};
-	struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+	struct ct_val *rv = reply_entry(&p);
 	if (!rv)
 		return external_in(skb, &p);
 	if (rv->flags & CT_F_EXTERNAL) {

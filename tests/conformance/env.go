@@ -295,6 +295,17 @@ func (p *Pod) Get(addr string, timeout time.Duration) (server, source string, er
 	return c.Server, c.Source, nil
 }
 
+// Ask reaches addr once over TCP (Get) or UDP and returns the server's
+// name and the client address it saw.
+func (p *Pod) Ask(addr string, udp bool, timeout time.Duration) (server, source string, err error) {
+	if !udp {
+		return p.Get(addr, timeout)
+	}
+	reply, err := p.UDP(addr, timeout)
+	server, source, _ = strings.Cut(reply, " ")
+	return server, source, err
+}
+
 // UDPConn is a connected UDP socket of a pod: one 5-tuple for its life.
 type UDPConn struct{ c net.Conn }
 

@@ -163,15 +163,7 @@ func servers(t *testing.T, client *Pod, a string, n int, udp bool) map[string]in
 	t.Helper()
 	seen := map[string]int{}
 	for i := 0; i < n; i++ {
-		var server string
-		var err error
-		if udp {
-			var reply string
-			reply, err = client.UDP(a, timeout)
-			server, _, _ = strings.Cut(reply, " ")
-		} else {
-			server, _, err = client.Get(a, timeout)
-		}
+		server, _, err := client.Ask(a, udp, timeout)
 		if err != nil {
 			t.Fatalf("request %d to %s: %v", i, a, err)
 		}
@@ -287,15 +279,7 @@ var Cases = []Case{
 		np := netip.AddrPortFrom(NodeIP, NodePortNumber).String()
 		syncModel(t, inst, Model(NodePort(dataplane.TCP, []*Pod{a}, true), NodePort(dataplane.UDP, []*Pod{a}, true)))
 		for _, udp := range []bool{false, true} {
-			var source string
-			var err error
-			if udp {
-				var reply string
-				reply, err = outside.UDP(np, timeout)
-				_, source, _ = strings.Cut(reply, " ")
-			} else {
-				_, source, err = outside.Get(np, timeout)
-			}
+			_, source, err := outside.Ask(np, udp, timeout)
 			if err != nil || source != outside.IP.String() {
 				t.Fatalf("UDP=%v: server saw %q (%v), want the client's %s", udp, source, err, outside.IP)
 			}
