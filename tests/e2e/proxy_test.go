@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -46,6 +48,7 @@ func startKubeProxy(t *testing.T, e *conformance.Env, dataplane string) *cluster
 kubeconfig = %s
 [nsx_node_agent]
 ovs_bridge = br-int
+ovs_uplink_port = %s
 ovs_run_dir = %s
 [nsx_kube_proxy]
 dataplane = %s
@@ -53,7 +56,7 @@ bpf_pin_dir = %s
 sync_period = 5
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
-`, api.Kubeconfig, e.OVS.RunDir, dataplane, bpfPinDir(t, e))
+`, api.Kubeconfig, conformance.Uplink, e.OVS.RunDir, dataplane, bpfPinDir(t, e))
 	iniPath := filepath.Join(dir, "ncp.ini")
 	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
@@ -224,6 +227,100 @@ func testKubeProxy(t *testing.T, dataplane string) {
 		}
 		return nil
 	})
+}
+
+// TestKubeProxyServesExternalFromTheAPI: a LoadBalancer Service with
+// externalTrafficPolicy Local through the real API server and the real
+// nsx-kube-proxy: a client outside the node reaches it on the NodePort (on
+// the Node's InternalIP) and on the load-balancer IP, keeping its source;
+// the healthCheckNodePort answers 200 with the local endpoint, then 503
+// once the endpoints moved to another node, and the NodePort then drops.
+func TestKubeProxyServesExternalFromTheAPI(t *testing.T) {
+	for _, dp := range []string{"ovs", "ebpf"} {
+		t.Run(dp, func(t *testing.T) { testKubeProxyExternal(t, dp) })
+	}
+}
+
+func testKubeProxyExternal(t *testing.T, dataplane string) {
+	cs := api.Client(t)
+	ctx := context.Background()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: conformance.NodeName}}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	node, err := cs.CoreV1().Nodes().Get(ctx, conformance.NodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: conformance.NodeIP.String()}}
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e := conformance.NewEnv(t)
+	a := e.AddPod("a", 101, 10)
+	a.Serve(t, 8080)
+	outside := e.ExternalClient()
+	lbIP := "192.0.2.30"
+	e.RouteToNode(netip.MustParseAddr(lbIP))
+	api.ExposeIn(t, e.Node)
+	startKubeProxy(t, e, dataplane)
+	ns := newNamespace(t, cs)
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("http"), Protocol: corev1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lbIP}}
+	if _, err := cs.CoreV1().Services(ns).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, "web", a), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodePort := fmt.Sprintf("%s:%d", conformance.NodeIP, svc.Spec.Ports[0].NodePort)
+	health := fmt.Sprintf("http://%s:%d/", conformance.NodeIP, svc.Spec.HealthCheckNodePort)
+	for _, to := range []string{nodePort, lbIP + ":80"} {
+		eventually(t, "from outside to "+to, func() error {
+			server, source, err := outside.Get(to, time.Second)
+			if err == nil && (server != "a" || source != outside.IP.String()) {
+				err = fmt.Errorf("server %s saw %s, want a seeing the client's %s", server, source, outside.IP)
+			}
+			return err
+		})
+	}
+	eventually(t, "healthCheckNodePort with the local endpoint", func() error {
+		body, err := httpGetIn(outside.NS, health)
+		if err == nil && !strings.Contains(body, `"localEndpoints": 1`) {
+			err = fmt.Errorf("body %q", body)
+		}
+		return err
+	})
+	// The endpoint moves to another node: 503, and the NodePort drops.
+	moved := slice(ns, "web", a)
+	other := "node-elsewhere"
+	moved.Endpoints[0].NodeName = &other
+	cur, err := cs.DiscoveryV1().EndpointSlices(ns).Get(ctx, es.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Endpoints = moved.Endpoints
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "healthCheckNodePort without a local endpoint", func() error {
+		body, err := httpGetIn(outside.NS, health)
+		if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(body, `"localEndpoints": 0`) {
+			return fmt.Errorf("got %q, %v; want 503 with localEndpoints 0", body, err)
+		}
+		return nil
+	})
+	if _, _, err := outside.Get(nodePort, time.Second); err == nil {
+		t.Fatal("the NodePort answered without a local endpoint under externalTrafficPolicy Local")
+	}
 }
 
 // TestSwitchDataplane moves a node ovs -> ebpf -> ovs: each time the
