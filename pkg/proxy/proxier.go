@@ -120,6 +120,7 @@ type Proxier struct {
 	healthChecks map[types.NamespacedName]healthCheck
 	svcHealth    *serviceHealth // set by Run
 	node         Node           // Addresses resolved by the last sync
+	backendStart time.Time      // when the last sync called the backend
 }
 
 // MetricsCollector is implemented by a backend with metrics of its own,
@@ -500,12 +501,13 @@ func (p *Proxier) syncLoop(ctx context.Context) {
 				case <-p.kick:
 				default:
 				}
-				start := time.Now()
 				err := p.sync(ctx, full)
 				if ctx.Err() != nil {
 					return
 				}
-				notBefore = start.Add(p.o.MinSyncPeriod)
+				// From the backend call itself: the spacing is what the
+				// dataplane sees.
+				notBefore = p.backendStart.Add(p.o.MinSyncPeriod)
 				need = false
 				if err != nil {
 					failures++
@@ -593,6 +595,7 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	// The backend gets a snapshot: it may keep the map, and the next sync
 	// edits ours.
 	model := &dataplane.Model{Frontends: maps.Clone(p.frontends)}
+	p.backendStart = time.Now()
 	err := p.backend.Sync(ctx, model, dataplane.SyncOptions{Full: full})
 	took := time.Since(start)
 	p.m.syncDuration.Observe(took.Seconds())
