@@ -42,7 +42,7 @@ type K8s struct {
 // NodeAgent is [nsx_node_agent].
 type NodeAgent struct {
 	OVSBridge                       string        // ovs_bridge (br-int)
-	OVSUplinkPort                   string        // ovs_uplink_port ("": the port with ofport 1)
+	OVSUplinkPort                   string        // ovs_uplink_port ("": none; nsx-ovs only ensures the bridge)
 	MTU                             int           // mtu (1500), 576..9216 // overridden per pod by the annotation
 	NSXRPCCIP                       string        // nsxrpc_cip (169.254.1.0/31), a CIDR
 	NSXRPCPort                      int           // nsxrpc_port (2345)
