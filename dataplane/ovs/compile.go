@@ -15,7 +15,8 @@
 //	                 any other IP            -> ct(zone=SvcZone, nat) -> SvcReply (un-DNAT of replies, from
 //	                                            any port; replies of connections to endpoints that have
 //	                                            since been removed too, so no per-endpoint flow decides it)
-//	70  SvcLB        +new: group, or SvcAffinity then SvcDNAT; reject or drop; +est/+rel: SvcHairpin
+//	70  SvcLB        +new: group, or SvcAffinity then SvcDNAT; reject or drop; -new (est, rel) or +dnat
+//	                 (a SYN sent again before any reply, NATed as committed): SvcHairpin
 //	71  SvcAffinity  learned client->endpoint flows (idle_timeout) load the endpoint registers
 //	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin;
 //	                 affinity frontends without a learned endpoint -> their group
@@ -360,12 +361,17 @@ func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compil
 
 // staticFlows are installed once, whatever the model.
 func staticFlows(o compileOptions) []Flow {
-	est := Match{CTState: ctEst | ctTrk, CTMask: ctEst | ctTrk}
-	rel := Match{CTState: ctRel | ctTrk, CTMask: ctRel | ctTrk}
+	// Every packet of a connection conntrack already holds, NATed as
+	// committed: established and related ones (-new), and a SYN sent again
+	// before any reply (its first copy was lost after the commit), which
+	// conntrack still calls new but has DNATed (+dnat): it no longer
+	// matches its frontend's flow.
+	known := Match{CTState: ctTrk, CTMask: ctNew | ctTrk}
+	renat := Match{CTState: ctDNAT | ctTrk, CTMask: ctDNAT | ctTrk}
 	rpl := Match{EthType: ethIPv4, CTState: ctRpl | ctTrk, CTMask: ctRpl | ctTrk}
 	fl := []Flow{
-		{Table: tLB, Priority: 200, Match: est, Actions: []Action{Resubmit(tHairpin)}},
-		{Table: tLB, Priority: 200, Match: rel, Actions: []Action{Resubmit(tHairpin)}},
+		{Table: tLB, Priority: 200, Match: known, Actions: []Action{Resubmit(tHairpin)}},
+		{Table: tLB, Priority: 200, Match: renat, Actions: []Action{Resubmit(tHairpin)}},
 		{Table: tLB, Priority: 0, Actions: []Action{Normal}},
 		{Table: tClassifier, Priority: 190, Match: Match{EthType: ethIPv4}, Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
 		{Table: tClassifier, Priority: 190, Match: Match{EthType: ethIPv6}, Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},

@@ -19,11 +19,12 @@ import (
 
 // CT states (NXM ct_state bits).
 const (
-	ctNew = 0x01
-	ctEst = 0x02
-	ctRel = 0x04
-	ctRpl = 0x08
-	ctTrk = 0x20
+	ctNew  = 0x01
+	ctEst  = 0x02
+	ctRel  = 0x04
+	ctRpl  = 0x08
+	ctTrk  = 0x20
+	ctDNAT = 0x80
 )
 
 // Match is what a flow matches on: only the fields this pipeline uses. It
@@ -140,7 +141,7 @@ func ctString(state, mask uint32) string {
 	for _, s := range []struct {
 		bit  uint32
 		name string
-	}{{ctNew, "new"}, {ctEst, "est"}, {ctRel, "rel"}, {ctRpl, "rpl"}, {ctTrk, "trk"}} {
+	}{{ctNew, "new"}, {ctEst, "est"}, {ctRel, "rel"}, {ctRpl, "rpl"}, {ctTrk, "trk"}, {ctDNAT, "dnat"}} {
 		if mask&s.bit == 0 {
 			continue
 		}

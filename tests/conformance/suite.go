@@ -272,6 +272,24 @@ var Cases = []Case{
 			t.Fatalf("NodePort without endpoints from outside: %v (server %q), want connection refused", err, srv)
 		}
 	}},
+	{Name: "a SYN from outside whose first copy was lost after the node NATed it connects on its retransmission", Row: "18", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		a.Serve(t, 8080)
+		outside := e.ExternalClient()
+		syncModel(t, inst, Model(NodePort(dataplane.TCP, []*Pod{a}, false)))
+		// The router drops the first NATed SYN on its way to the pod: the
+		// node has committed the connection, the client sends the SYN again
+		// after a second.
+		e.Router.Run(t, "nft", "add table ip lose; add chain ip lose lossy { type filter hook forward priority 0 ; }; "+
+			"add rule ip lose lossy tcp dport 8080 tcp flags syn / syn,ack drop")
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			e.Router.Run(t, "nft", "delete table ip lose")
+		}()
+		if _, _, err := outside.Get(netip.AddrPortFrom(NodeIP, NodePortNumber).String(), 2500*time.Millisecond); err != nil {
+			t.Fatalf("the retransmitted SYN did not connect: %v", err)
+		}
+	}},
 	{Name: "externalTrafficPolicy Local keeps the client's source; no local endpoint drops", Row: "19", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		a.Serve(t, 8080)
