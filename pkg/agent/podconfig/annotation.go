@@ -35,18 +35,25 @@ type annotation struct {
 	MTU        int    `json:"mtu"`
 }
 
-// FieldError names the annotation field that is wrong.
+// FieldError names the config field that is wrong.
 type FieldError struct {
+	// Origin is where the config came from ("annotation
+	// ncp/network_config" when empty).
+	Origin string
 	Field  string
 	Value  string
 	Reason string
 }
 
 func (e *FieldError) Error() string {
-	if e.Value == "" {
-		return fmt.Sprintf("annotation %s: field %q: %s", AnnotationKey, e.Field, e.Reason)
+	origin := e.Origin
+	if origin == "" {
+		origin = "annotation " + AnnotationKey
 	}
-	return fmt.Sprintf("annotation %s: field %q = %q: %s", AnnotationKey, e.Field, e.Value, e.Reason)
+	if e.Value == "" {
+		return fmt.Sprintf("%s: field %q: %s", origin, e.Field, e.Reason)
+	}
+	return fmt.Sprintf("%s: field %q = %q: %s", origin, e.Field, e.Value, e.Reason)
 }
 
 // ErrUIDMismatch is returned (wrapped) when the annotation was written for
@@ -56,6 +63,21 @@ var ErrUIDMismatch = errors.New("pod_uid does not match the pod")
 // Parse decodes and validates an annotation value. podUID, when not empty,
 // must equal the annotation's pod_uid.
 func Parse(value, podUID string) (*Config, error) {
+	return ParseFrom("", value, podUID)
+}
+
+// ParseFrom is Parse for a config in the annotation's schema that came
+// from origin (another source, e.g. HyperBus): its errors name origin.
+func ParseFrom(origin, value, podUID string) (*Config, error) {
+	cfg, err := parse(value, podUID)
+	var fe *FieldError
+	if errors.As(err, &fe) && origin != "" {
+		fe.Origin = origin
+	}
+	return cfg, err
+}
+
+func parse(value, podUID string) (*Config, error) {
 	var a annotation
 	dec := json.NewDecoder(bytes.NewReader([]byte(value)))
 	if err := dec.Decode(&a); err != nil {
