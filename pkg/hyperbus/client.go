@@ -33,7 +33,9 @@ type AckError struct {
 	Msg  string
 }
 
-func (e *AckError) Error() string { return fmt.Sprintf("hyperbus: agent refused %s #%d: %s", e.Type, e.Seq, e.Msg) }
+func (e *AckError) Error() string {
+	return fmt.Sprintf("hyperbus: agent refused %s #%d: %s", e.Type, e.Seq, e.Msg)
+}
 
 // Dial opens a session to the agent at addr for node. heartbeat is how
 // often the client sends heartbeats (0: 5 s).
