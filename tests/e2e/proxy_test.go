@@ -260,7 +260,10 @@ func testKubeProxyExternal(t *testing.T, dataplane string) {
 	a := e.AddPod("a", 101, 10)
 	a.Serve(t, 8080)
 	outside := e.ExternalClient()
-	lbIP := "192.0.2.30"
+	// Each run has its own load-balancer IP: without a namespace
+	// controller here, an earlier run's Service stays in the API and keeps
+	// claiming its IP.
+	lbIP := map[string]string{"ovs": "192.0.2.30", "ebpf": "192.0.2.31"}[dataplane]
 	e.RouteToNode(netip.MustParseAddr(lbIP))
 	api.ExposeIn(t, e.Node)
 	startKubeProxy(t, e, dataplane)
@@ -273,6 +276,7 @@ func testKubeProxyExternal(t *testing.T, dataplane string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cs.CoreV1().Services(ns).Delete(context.Background(), "web", metav1.DeleteOptions{}) })
 	svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: lbIP}}
 	if _, err := cs.CoreV1().Services(ns).UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
