@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +22,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
+	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
@@ -96,9 +99,12 @@ func newNode(t *testing.T) *node {
 }
 
 // newAgent is a fresh agent process on the node (as after a restart).
-func (nd *node) newAgent(t *testing.T) *agent.Agent {
+func (nd *node) newAgent(t *testing.T) *agent.Agent { return nd.newAgentWith(t, nd.src) }
+
+// newAgentWith is newAgent with another pod config source.
+func (nd *node) newAgentWith(t *testing.T, src podconfig.Source) *agent.Agent {
 	return agent.New(agent.Options{MTU: 1500, ConfigRetryTimeout: time.Second, OVSOperationTimeout: 2 * time.Second},
-		agent.Deps{Log: zaptest.NewLogger(t), Pods: nd.src, Ports: nd.ports, PodNet: podnet.New(podnet.Options{HostNetNS: nd.ns.Path}),
+		agent.Deps{Log: zaptest.NewLogger(t), Pods: src, Ports: nd.ports, PodNet: podnet.New(podnet.Options{HostNetNS: nd.ns.Path}),
 			HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{NetNS: nd.ns.Path, LocalnetInterface: "br-int"})})
 }
 
@@ -327,6 +333,74 @@ func TestHostPortsFollowAddAndDel(t *testing.T) {
 		t.Fatalf("ADD with a bad portMappings entry: %+v", resp.Error)
 	}
 	nd.assertEmpty(t)
+}
+
+// HyperBus mode: the agent's internal port on VLAN 4094 carries a session
+// from a hypervisor namespace on that VLAN; a pod's config pushed over it
+// wires the pod; a config pushed for an earlier pod of the same name is
+// never used; switching HyperBus off removes the port.
+func TestHyperBusMode(t *testing.T) {
+	nd := newNode(t)
+	srv := hyperbus.NewServer(hyperbus.ServerOptions{Node: "node-1", Heartbeat: time.Second, Log: zaptest.NewLogger(t)})
+	nd.agent = nd.newAgentWith(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	po := agent.RPCPortOptions{Bridge: "br-int", VLAN: 4094, Addr: netip.MustParsePrefix("169.254.1.0/31"), NetNS: nd.ns.Path, TxChecksumOff: true}
+	for i := 0; i < 2; i++ { // idempotent
+		if err := agent.EnsureRPCPort(ctx, nd.db, po); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var l net.Listener
+	if err := nd.ns.Do(func() (err error) { l, err = net.Listen("tcp", "169.254.1.0:2345"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	sctx, stop := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, l) }()
+	defer func() { stop(); <-served }()
+
+	// The hypervisor: a namespace behind an access port on VLAN 4094.
+	hv := harness.NewNetNS(t)
+	harness.VethPair(t, hv, "eth0", nd.ns, "hv0")
+	hv.Run(t, "ethtool", "-K", "eth0", "tx", "off")
+	nd.ns.Run(t, "ethtool", "-K", "hv0", "tx", "off")
+	hv.Run(t, "ip", "addr", "add", "169.254.1.1/31", "dev", "eth0")
+	nd.ovs.Vsctl(t, "add-port", "br-int", "hv0", "tag=4094")
+	var c *hyperbus.Client
+	if err := hv.Do(func() (err error) { c, err = hyperbus.Dial(ctx, "169.254.1.0:2345", "node-1", time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p := nd.newPod(t, 1, 101)
+	if err := c.Snapshot(ctx, []hyperbus.ContainerConfig{{Node: "node-1", Pod: hyperbus.PodRef{Namespace: "default", Name: p.name, UID: p.uid},
+		Config: json.RawMessage(p.annotation())}}); err != nil {
+		t.Fatal(err)
+	}
+	nd.mustAdd(t, p)
+	if tag := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", podnet.HostIfName(p.container, "eth0"), "tag")); tag != "101" {
+		t.Fatalf("pod port tag %s, want 101 from the HyperBus config", tag)
+	}
+	// The same name, recreated (another uid): its predecessor's config is
+	// never used; the ADD fails after config_retry_timeout, leaving nothing.
+	again := nd.newPod(t, 1, 102)
+	again.uid = "uid-recreated"
+	if resp := nd.do(t, again.req(cniwire.CmdAdd)); resp.Error == nil || !strings.Contains(resp.Error.Details+resp.Error.Msg, "uid") {
+		t.Fatalf("ADD of a recreated pod with only its predecessor's config: %+v", resp.Error)
+	}
+	if resp := nd.do(t, p.req(cniwire.CmdDel)); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	// The audit and GC list pod ports only: never the HyperBus port.
+	if list, err := nd.ports.List(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("pod ports listed: %+v, %v", list, err)
+	}
+	if err := agent.RemoveRPCPort(ctx, nd.db, "br-int"); err != nil {
+		t.Fatal(err)
+	}
+	if out := nd.ovs.Vsctl(t, "list-ports", "br-int"); strings.Contains(out, agent.RPCPortName) {
+		t.Fatalf("HyperBus port left after RemoveRPCPort:\n%s", out)
+	}
 }
 
 func TestAddTwiceIsIdempotent(t *testing.T) {

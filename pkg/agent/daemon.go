@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
+	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
@@ -37,10 +40,6 @@ type DaemonOptions struct {
 func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	na := o.Config.NodeAgent
 	log := o.Log
-	if na.EnableHyperbus {
-		return errors.New("ncp.ini [nsx_node_agent] enable_hyperbus = True: this build reads pod configs from the " +
-			podconfig.AnnotationKey + " annotation only; set enable_hyperbus = False")
-	}
 	dbSock := filepath.Join(na.OVSRunDir, "db.sock")
 	db, err := dialOVS(ctx, log, dbSock, na.OVSOperationTimeout)
 	if err != nil {
@@ -48,14 +47,12 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}
 	defer db.Close()
 
-	src := podconfig.NewAnnotationSource(o.Client, o.NodeName)
-	go src.Run(ctx)
-	log.Info("waiting for the pod informer to sync", zap.String("node", o.NodeName))
-	if !src.WaitForSync(ctx) {
-		return ctx.Err()
+	pm := ports.New(db, na.OVSBridge)
+	pods, ready, err := configSource(ctx, o, db, pm)
+	if err != nil {
+		return err
 	}
 
-	pm := ports.New(db, na.OVSBridge)
 	var programs ProgramAttacher
 	if o.Config.KubeProxy.Dataplane == "ebpf" {
 		eo := backends.EBPFOptions(o.Config, log)
@@ -73,7 +70,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		ProcMountPathPrefix: na.ProcMountPathPrefix,
 	}, Deps{
 		Log:      log,
-		Pods:     src,
+		Pods:     pods,
 		Ports:    pm,
 		PodNet:   podnet.New(podnet.Options{}),
 		Programs: programs,
@@ -85,13 +82,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			if _, err := db.GetBridge(ctx, na.OVSBridge); err != nil {
 				return fmt.Errorf("OVS: %w", err)
 			}
-			if !src.Synced() {
-				return errors.New("pod informer not synced")
-			}
-			if _, err := o.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
-				return fmt.Errorf("kube-apiserver: %w", err)
-			}
-			return nil
+			return ready(ctx)
 		},
 	})
 
@@ -116,12 +107,80 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 
 	aud := audit.New(audit.Options{Interval: na.AuditInterval, NetnsExists: func(p string) bool {
 		return podnet.NetnsExists(a.netnsPath(p))
-	}}, log.Named("audit"), pm, src, a)
+	}}, log.Named("audit"), pm, pods, a)
 	go aud.Run(ctx)
 
 	log.Info("nsx-node-agent serving", zap.String("socket", na.CNISocket), zap.String("bridge", na.OVSBridge),
 		zap.String("node", o.NodeName))
 	return srv.Serve()
+}
+
+// configSource starts the source of pod configs ncp.ini names: the pod
+// annotation (its informer synced), or HyperBus (enable_hyperbus: the
+// internal port on nsxrpc_vlan with nsxrpc_cip, and the session listener
+// on it). ready reports what the source needs to serve ADDs.
+func configSource(ctx context.Context, o DaemonOptions, db *ovs.Client, pm *ports.Manager) (podconfig.Source, func(context.Context) error, error) {
+	na, log := o.Config.NodeAgent, o.Log
+	octx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
+	defer cancel()
+	if !na.EnableHyperbus {
+		if err := RemoveRPCPort(octx, db, na.OVSBridge); err != nil {
+			log.Warn("removing the HyperBus port (enable_hyperbus is off)", zap.Error(err))
+		}
+		src := podconfig.NewAnnotationSource(o.Client, o.NodeName)
+		go src.Run(ctx)
+		log.Info("waiting for the pod informer to sync", zap.String("node", o.NodeName))
+		if !src.WaitForSync(ctx) {
+			return nil, nil, ctx.Err()
+		}
+		return src, func(ctx context.Context) error {
+			if !src.Synced() {
+				return errors.New("pod informer not synced")
+			}
+			if _, err := o.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx); err != nil {
+				return fmt.Errorf("kube-apiserver: %w", err)
+			}
+			return nil
+		}, nil
+	}
+	cip, err := netip.ParsePrefix(na.NSXRPCCIP) // validated with ncp.ini
+	if err != nil {
+		return nil, nil, fmt.Errorf("ncp.ini [nsx_node_agent] nsxrpc_cip = %q: %w", na.NSXRPCCIP, err)
+	}
+	dpType, err := pm.BridgeDatapathType(octx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := EnsureRPCPort(octx, db, RPCPortOptions{Bridge: na.OVSBridge, VLAN: na.NSXRPCVLAN, Addr: cip,
+		TxChecksumOff: dpType == "netdev"}); err != nil {
+		return nil, nil, err
+	}
+	addr := netip.AddrPortFrom(cip.Addr(), uint16(na.NSXRPCPort))
+	l, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("HyperBus listener on %s: %w", addr, err)
+	}
+	hb := hyperbus.NewServer(hyperbus.ServerOptions{Node: o.NodeName, Log: log.Named("hyperbus")})
+	go func() {
+		if err := hb.Serve(ctx, l); err != nil {
+			log.Error("HyperBus listener stopped", zap.Error(err))
+		}
+	}()
+	started := time.Now()
+	log.Info("pod configs come from HyperBus", zap.Stringer("listen", addr), zap.Int("vlan", na.NSXRPCVLAN))
+	return hb, func(context.Context) error {
+		up, lost := hb.Connected()
+		if up {
+			return nil
+		}
+		if lost.IsZero() {
+			lost = started
+		}
+		if d := time.Since(lost); d > na.ConnectRetryTimeout {
+			return fmt.Errorf("no HyperBus session for %s (connect_retry_timeout %s)", d.Round(time.Second), na.ConnectRetryTimeout)
+		}
+		return nil
+	}, nil
 }
 
 // ebpfAttacher attaches the eBPF dataplane's programs (loaded by this

@@ -18,7 +18,7 @@ func TestDefaults(t *testing.T) {
 		CoE: CoE{Cluster: "k8scluster", NodeType: "HOSTVM"},
 		NodeAgent: NodeAgent{
 			OVSBridge: "br-int", MTU: 1500, NSXRPCCIP: "169.254.1.0/31", NSXRPCPort: 2345, NSXRPCVLAN: 4094,
-			ProcMountPathPrefix: "/host", ConfigRetryTimeout: 300 * time.Second, OVSOperationTimeout: 5 * time.Second,
+			ProcMountPathPrefix: "/host", ConfigRetryTimeout: 300 * time.Second, ConnectRetryTimeout: 30 * time.Second, OVSOperationTimeout: 5 * time.Second,
 			OVSRunDir: "/var/run/openvswitch", OVSDBDir: "/etc/openvswitch", OVSDatapathType: "system",
 			StateDir: "/var/lib/nsx-ujo", CNISocket: "/var/run/nsx-ujo/cni.sock", AuditInterval: 60 * time.Second,
 			CNIVersion: "auto",
@@ -71,6 +71,7 @@ nsxrpc_vlan = 100
 enable_hyperbus = 1
 proc_mount_path_prefix =
 config_retry_timeout = 60
+connect_retry_timeout = 45
 ovs_operation_timeout = 10
 is_dhcp_configured_on_ovs_uplink_port = on
 ovs_run_dir = /run/ovs
@@ -103,7 +104,7 @@ bpf_affinity_map_size = 3000
 			CAFile: "/etc/ca.crt", ClientTokenFile: "/etc/token", Insecure: true},
 		NodeAgent: NodeAgent{
 			OVSBridge: "br-nsx", OVSUplinkPort: "eth1", MTU: 9000, NSXRPCCIP: "169.254.9.0/31", NSXRPCPort: 3456,
-			NSXRPCVLAN: 100, EnableHyperbus: true, ProcMountPathPrefix: "", ConfigRetryTimeout: time.Minute,
+			NSXRPCVLAN: 100, EnableHyperbus: true, ProcMountPathPrefix: "", ConfigRetryTimeout: time.Minute, ConnectRetryTimeout: 45 * time.Second,
 			OVSOperationTimeout: 10 * time.Second, IsDHCPConfiguredOnOVSUplinkPort: true, OVSRunDir: "/run/ovs",
 			OVSDBDir: "/etc/ovs", OVSDatapathType: "netdev", StateDir: "/var/lib/x", CNISocket: "/run/x/cni.sock",
 			AuditInterval: 2 * time.Minute, CNIVersion: "0.4.0",
@@ -166,6 +167,7 @@ func TestInvalid(t *testing.T) {
 		{"nsx_node_agent", "ovs_bridge", "br int", "whitespace"},
 		{"nsx_node_agent", "ovs_datapath_type", "dpdk", "one of"},
 		{"nsx_node_agent", "config_retry_timeout", "0", "positive"},
+		{"nsx_node_agent", "connect_retry_timeout", "-3", "positive"},
 		{"nsx_node_agent", "config_retry_timeout", "5s", "not an integer"},
 		{"nsx_node_agent", "config_retry_timeout", "9999999999999", "out of range"},
 		{"nsx_node_agent", "ovs_operation_timeout", "-1", "positive"},

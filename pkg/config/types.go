@@ -50,6 +50,7 @@ type NodeAgent struct {
 	EnableHyperbus                  bool          // enable_hyperbus (False)
 	ProcMountPathPrefix             string        // proc_mount_path_prefix (/host)
 	ConfigRetryTimeout              time.Duration // config_retry_timeout, seconds (300)
+	ConnectRetryTimeout             time.Duration // connect_retry_timeout, seconds (30): HyperBus mode, how long without a session before the agent reports itself not ready
 	OVSOperationTimeout             time.Duration // ovs_operation_timeout, seconds (5)
 	IsDHCPConfiguredOnOVSUplinkPort bool          // is_dhcp_configured_on_ovs_uplink_port (False)
 	// Ours.

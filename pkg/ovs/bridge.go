@@ -49,10 +49,11 @@ type Port struct {
 	Error  string // Interface.error
 }
 
-// PortSpec describes an access port (one system interface, one VLAN tag).
+// PortSpec describes an access port (one interface, one VLAN tag).
 type PortSpec struct {
 	Name        string
-	Tag         int // 1..4094, 0 for none
+	Tag         int    // 1..4094, 0 for none
+	Type        string // Interface type: "" (a system interface) or "internal" (ovs-vswitchd creates it)
 	ExternalIDs map[string]string
 }
 
@@ -74,14 +75,14 @@ func (c *Client) EnsureAccessPort(ctx context.Context, bridge string, spec PortS
 	ops := []Op{WaitExists("Bridge", []Cond{Eq("name", bridge)}, "name", bridge)}
 	if existing == nil {
 		ops = append(ops,
-			Insert("Interface", Row{"name": spec.Name, "external_ids": Map(spec.ExternalIDs)}, "iface"),
+			Insert("Interface", Row{"name": spec.Name, "type": spec.Type, "external_ids": Map(spec.ExternalIDs)}, "iface"),
 			Insert("Port", Row{"name": spec.Name, "interfaces": NamedUUID("iface"), "tag": tag, "external_ids": Map(spec.ExternalIDs)}, "port"),
 			Mutate("Bridge", []Cond{Eq("name", bridge)}, Mutation{"ports", "insert", Set(NamedUUID("port"))}),
 		)
 	} else {
 		ops = append(ops,
 			Update("Port", []Cond{Eq("name", spec.Name)}, Row{"tag": tag, "external_ids": Map(spec.ExternalIDs)}),
-			Update("Interface", []Cond{Eq("name", spec.Name)}, Row{"external_ids": Map(spec.ExternalIDs)}),
+			Update("Interface", []Cond{Eq("name", spec.Name)}, Row{"type": spec.Type, "external_ids": Map(spec.ExternalIDs)}),
 			// Re-parent it if it sits on another bridge; insert is a no-op
 			// when it is already there.
 			Mutate("Bridge", []Cond{Eq("name", bridge)}, Mutation{"ports", "insert", Set(UUID(existing.UUID))}),

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
@@ -104,6 +105,51 @@ func TestAgentWiresPodFromAPIAnnotationThroughLibcni(t *testing.T) {
 	// DEL again, as runtimes do, succeeds.
 	if err := nd.CNI.DelNetworkList(ctx, nd.List, rt); err != nil {
 		t.Fatalf("second DEL: %v", err)
+	}
+}
+
+// The real nsx-node-agent with enable_hyperbus = True: its pod configs
+// come from a HyperBus session on its internal port (VLAN 4094), not from
+// the annotation (the pod has none); STATUS is healthy while a session is
+// up or was lost less than connect_retry_timeout ago.
+func TestAgentInHyperBusMode(t *testing.T) {
+	cs := api.Client(t)
+	nd := cluster.StartAgentNode(t, api, "node-hb", cluster.AgentOptions{BinDir: binDir,
+		ExtraINI: "enable_hyperbus = True\nnsxrpc_cip = 169.254.1.0/31\nconnect_retry_timeout = 60"})
+	hv := harness.NewNetNS(t)
+	harness.VethPair(t, hv, "eth0", nd.NS, "hv0")
+	hv.Run(t, "ethtool", "-K", "eth0", "tx", "off")
+	nd.NS.Run(t, "ethtool", "-K", "hv0", "tx", "off")
+	hv.Run(t, "ip", "addr", "add", "169.254.1.1/31", "dev", "eth0")
+	nd.OVS.Vsctl(t, "add-port", "br-int", "hv0", "tag=4094")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var c *hyperbus.Client
+	if err := hv.Do(func() (err error) { c, err = hyperbus.Dial(ctx, "169.254.1.0:2345", nd.Name, time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ns := newNamespace(t, cs)
+	p := createPod(t, cs, ns, "web-0", nd.Name)
+	cfg := fmt.Sprintf(`{"version":1,"pod_uid":%q,"ip_address":"10.0.2.30/24","mac_address":"02:50:56:00:02:30","gateway_ip":"10.0.2.1","vlan_id":304}`, p.UID)
+	if err := c.Snapshot(ctx, []hyperbus.ContainerConfig{{Node: nd.Name, Pod: hyperbus.PodRef{Namespace: ns, Name: p.Name, UID: string(p.UID)},
+		Config: json.RawMessage(cfg)}}); err != nil {
+		t.Fatal(err)
+	}
+	podNS := harness.NewNetNS(t)
+	rt := cluster.RuntimeConf(p, podNS, "cid-hb-0")
+	r, err := nd.CNI.AddNetworkList(ctx, nd.List, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if res, err := types100.GetResult(r); err != nil || res.IPs[0].Address.String() != "10.0.2.30/24" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if tag := strings.TrimSpace(nd.OVS.Vsctl(t, "get", "Port", podnet.HostIfName("cid-hb-0", "eth0"), "tag")); tag != "304" {
+		t.Fatalf("tag %s, want 304 from HyperBus", tag)
+	}
+	if err := nd.CNI.DelNetworkList(ctx, nd.List, rt); err != nil {
+		t.Fatalf("DEL: %v", err)
 	}
 }
 

@@ -41,3 +41,8 @@ func disableTxChecksum(ifName string) error {
 	}
 	return nil
 }
+
+// DisableTxChecksum turns TX checksum offload off on ifName in the calling
+// thread's network namespace (see disableTxChecksum): for other interfaces
+// on a netdev bridge than pods' veths, e.g. the agent's HyperBus port.
+func DisableTxChecksum(ifName string) error { return disableTxChecksum(ifName) }
