@@ -361,12 +361,7 @@ func TestHyperBusMode(t *testing.T) {
 	defer func() { stop(); <-served }()
 
 	// The hypervisor: a namespace behind an access port on VLAN 4094.
-	hv := harness.NewNetNS(t)
-	harness.VethPair(t, hv, "eth0", nd.ns, "hv0")
-	hv.Run(t, "ethtool", "-K", "eth0", "tx", "off")
-	nd.ns.Run(t, "ethtool", "-K", "hv0", "tx", "off")
-	hv.Run(t, "ip", "addr", "add", "169.254.1.1/31", "dev", "eth0")
-	nd.ovs.Vsctl(t, "add-port", "br-int", "hv0", "tag=4094")
+	hv := nd.ovs.AccessPeer(t, nd.ns, "br-int", "hv0", 4094, "169.254.1.1/31")
 	var c *hyperbus.Client
 	if err := hv.Do(func() (err error) { c, err = hyperbus.Dial(ctx, "169.254.1.0:2345", "node-1", time.Second); return err }); err != nil {
 		t.Fatal(err)

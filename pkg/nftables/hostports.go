@@ -71,16 +71,11 @@ func (h *HostPorts) Sync(hps []HostPort) error {
 			return err
 		}
 	}
-	c, done, err := dial(h.o.NetNS)
-	if err != nil {
+	h.applied = nil // unknown until both families are written
+	if err := eachFamily(h.o.NetNS, func(c *nftables.Conn, fam nftables.TableFamily) error {
+		return replaceHostPortTable(c, fam, want)
+	}); err != nil {
 		return err
-	}
-	defer done()
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-		if err := replaceHostPortTable(c, fam, want); err != nil {
-			h.applied = nil
-			return err
-		}
 	}
 	h.applied = want
 	return nil
@@ -90,13 +85,8 @@ func (h *HostPorts) Sync(hps []HostPort) error {
 func (h *HostPorts) Cleanup() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	c, done, err := dial(h.o.NetNS)
-	if err != nil {
-		return err
-	}
-	defer done()
 	h.applied = nil
-	return removeTables(c, HostPortTable)
+	return removeTables(h.o.NetNS, HostPortTable)
 }
 
 func compareHostPort(a, b HostPort) int {

@@ -59,8 +59,6 @@ type redirectKey struct {
 // New returns a NodePorts; it touches nothing before the first Sync.
 func New(o Options) *NodePorts { return &NodePorts{o: o} }
 
-func (n *NodePorts) conn() (*nftables.Conn, func(), error) { return dial(n.o.NetNS) }
-
 // dial opens a netlink connection to the nftables of the network namespace
 // at path ("": this process's).
 func dial(path string) (*nftables.Conn, func(), error) {
@@ -80,17 +78,35 @@ func dial(path string) (*nftables.Conn, func(), error) {
 	return c, func() { f.Close() }, nil
 }
 
+var families = []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6}
+
+// eachFamily runs fn for the ip and ip6 families on one connection to the
+// nftables of the namespace at path.
+func eachFamily(path string, fn func(*nftables.Conn, nftables.TableFamily) error) error {
+	c, done, err := dial(path)
+	if err != nil {
+		return err
+	}
+	defer done()
+	for _, fam := range families {
+		if err := fn(c, fam); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // removeTables deletes name in the ip and ip6 families, present or not.
-func removeTables(c *nftables.Conn, name string) error {
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
+func removeTables(path, name string) error {
+	return eachFamily(path, func(c *nftables.Conn, fam nftables.TableFamily) error {
 		t := &nftables.Table{Name: name, Family: fam}
 		c.AddTable(t) // so that the delete never fails on a missing table
 		c.DelTable(t)
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("nftables: remove table %s: %w", name, err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // Sync makes the tables hold exactly rs. It is idempotent (nothing is
@@ -110,16 +126,11 @@ func (n *NodePorts) Sync(rs []Redirect) error {
 	if n.applied != nil && maps.Equal(n.applied, want) {
 		return nil
 	}
-	c, done, err := n.conn()
-	if err != nil {
+	n.applied = nil // unknown until both families are written
+	if err := eachFamily(n.o.NetNS, func(c *nftables.Conn, fam nftables.TableFamily) error {
+		return replaceTable(c, fam, want)
+	}); err != nil {
 		return err
-	}
-	defer done()
-	for _, fam := range []nftables.TableFamily{nftables.TableFamilyIPv4, nftables.TableFamilyIPv6} {
-		if err := replaceTable(c, fam, want); err != nil {
-			n.applied = nil
-			return err
-		}
 	}
 	n.applied = want
 	return nil
@@ -129,16 +140,8 @@ func (n *NodePorts) Sync(rs []Redirect) error {
 func (n *NodePorts) Cleanup() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	c, done, err := n.conn()
-	if err != nil {
-		return err
-	}
-	defer done()
-	if err := removeTables(c, TableName); err != nil {
-		return err
-	}
 	n.applied = nil
-	return nil
+	return removeTables(n.o.NetNS, TableName)
 }
 
 var protos = []struct {

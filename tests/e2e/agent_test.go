@@ -116,12 +116,7 @@ func TestAgentInHyperBusMode(t *testing.T) {
 	cs := api.Client(t)
 	nd := cluster.StartAgentNode(t, api, "node-hb", cluster.AgentOptions{BinDir: binDir,
 		ExtraINI: "enable_hyperbus = True\nnsxrpc_cip = 169.254.1.0/31\nconnect_retry_timeout = 60"})
-	hv := harness.NewNetNS(t)
-	harness.VethPair(t, hv, "eth0", nd.NS, "hv0")
-	hv.Run(t, "ethtool", "-K", "eth0", "tx", "off")
-	nd.NS.Run(t, "ethtool", "-K", "hv0", "tx", "off")
-	hv.Run(t, "ip", "addr", "add", "169.254.1.1/31", "dev", "eth0")
-	nd.OVS.Vsctl(t, "add-port", "br-int", "hv0", "tag=4094")
+	hv := nd.OVS.AccessPeer(t, nd.NS, "br-int", "hv0", 4094, "169.254.1.1/31")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var c *hyperbus.Client

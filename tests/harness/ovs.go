@@ -256,3 +256,18 @@ func (o *OVS) KillVSwitchd(t testing.TB, normal ...string) {
 		}
 	}
 }
+
+// AccessPeer puts a new namespace on bridge behind an access port of vlan
+// (a veth called port in node, TX checksum offload off on both ends as the
+// userspace datapath needs) with address cidr on its eth0: a host on that
+// VLAN, e.g. the hypervisor's end of the HyperBus channel.
+func (o *OVS) AccessPeer(t testing.TB, node *NetNS, bridge, port string, vlan int, cidr string) *NetNS {
+	t.Helper()
+	peer := NewNetNS(t)
+	VethPair(t, peer, "eth0", node, port)
+	peer.Run(t, "ethtool", "-K", "eth0", "tx", "off")
+	node.Run(t, "ethtool", "-K", port, "tx", "off")
+	peer.Run(t, "ip", "addr", "add", cidr, "dev", "eth0")
+	o.Vsctl(t, "add-port", bridge, port, fmt.Sprintf("tag=%d", vlan))
+	return peer
+}
