@@ -61,6 +61,7 @@ type Deps struct {
 	PodNet    *podnet.Manager
 	Programs  ProgramAttacher                 // nil unless [nsx_kube_proxy] dataplane = ebpf
 	HostPorts HostPortServer                  // nil: a pod with portMappings is refused
+	Reporter  podconfig.StatusReporter        // nil: nobody hears of attachments
 	Healthy   func(ctx context.Context) error // OVS and API server reachable
 }
 
@@ -206,6 +207,7 @@ func (a *Agent) Handle(ctx context.Context, req *cniwire.Request) *cniwire.Respo
 	switch req.Command {
 	case cniwire.CmdAdd:
 		res, err = a.Add(ctx, req)
+		a.report(podconfig.PodStatus{Namespace: req.PodNamespace, Name: req.PodName, UID: req.PodUID, Attached: err == nil, Err: err})
 	case cniwire.CmdDel:
 		err = a.Del(ctx, req)
 	case cniwire.CmdCheck:
@@ -425,7 +427,64 @@ func (a *Agent) Del(ctx context.Context, req *cniwire.Request) error {
 	defer a.lock(host)()
 	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
 	defer cancel()
-	return a.remove(octx, host)
+	st := podconfig.PodStatus{Namespace: req.PodNamespace, Name: req.PodName, UID: req.PodUID}
+	if a.Reporter != nil && st.UID == "" {
+		// A runtime may leave the pod's UID out of a DEL: the port knows it.
+		if have, err := a.Ports.Get(octx, host); err == nil && have != nil {
+			st = podconfig.PodStatus{Namespace: have.PodNamespace, Name: have.PodName, UID: have.PodUID}
+		}
+	}
+	if err := a.remove(octx, host); err != nil {
+		return err
+	}
+	a.report(st)
+	return nil
+}
+
+// report tells the Reporter of a pod's attachment, if there is one
+// and the pod is named.
+func (a *Agent) report(st podconfig.PodStatus) {
+	if a.Reporter != nil && st.Name != "" {
+		a.Reporter.ReportStatus(st)
+	}
+}
+
+// ReportAttachments reports every pod attached on the node to the Reporter
+// reporter, with an error where the attachment differs from the config the
+// source now holds (it changed while the pod ran: it applies when the pod
+// is recreated, as a running pod's address never changes under it).
+func (a *Agent) ReportAttachments(ctx context.Context) error {
+	if a.Reporter == nil {
+		return nil
+	}
+	octx, cancel := context.WithTimeout(ctx, a.opts.OVSOperationTimeout)
+	defer cancel()
+	list, err := a.Ports.List(octx)
+	if err != nil {
+		return fmt.Errorf("report attachments: %w", err)
+	}
+	now, cancelNow := context.WithCancel(ctx)
+	cancelNow() // Get answers from what it holds, without waiting
+	for _, p := range list {
+		st := podconfig.PodStatus{Namespace: p.PodNamespace, Name: p.PodName, UID: p.PodUID, Attached: true}
+		cfg, err := a.Pods.Get(now, p.PodNamespace, p.PodName, p.PodUID)
+		switch {
+		case err != nil:
+			st.Err = fmt.Errorf("attached, but its config is no longer held: %w", err)
+		case cfg.IP.String() != p.IP || cfg.MAC.String() != p.MAC || cfg.VLAN != p.VLAN || gatewayString(cfg) != p.Gateway:
+			st.Err = fmt.Errorf("attached with ip %s mac %s vlan %d gateway %q; the config held now is ip %s mac %s vlan %d gateway %q: it applies when the pod is recreated",
+				p.IP, p.MAC, p.VLAN, p.Gateway, cfg.IP, cfg.MAC, cfg.VLAN, gatewayString(cfg))
+		}
+		a.report(st)
+	}
+	return nil
+}
+
+func gatewayString(c *podconfig.Config) string {
+	if c.Gateway == nil {
+		return ""
+	}
+	return c.Gateway.String()
 }
 
 // Check verifies the attachment still matches the pod's config.

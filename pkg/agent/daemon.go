@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -48,10 +49,21 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	defer db.Close()
 
 	pm := ports.New(db, na.OVSBridge)
-	pods, ready, err := configSource(ctx, o, db, pm)
+	// The HyperBus source asks the agent, made below, to report every
+	// attachment after each snapshot.
+	var agentRef atomic.Pointer[Agent]
+	reportAll := func() {
+		if a := agentRef.Load(); a != nil {
+			if err := a.ReportAttachments(ctx); err != nil {
+				log.Warn("reporting attachments to HyperBus", zap.Error(err))
+			}
+		}
+	}
+	pods, ready, err := configSource(ctx, o, db, pm, reportAll)
 	if err != nil {
 		return err
 	}
+	reporter, _ := pods.(podconfig.StatusReporter) // nil for the annotation
 
 	var programs ProgramAttacher
 	if o.Config.KubeProxy.Dataplane == "ebpf" {
@@ -74,6 +86,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		Ports:    pm,
 		PodNet:   podnet.New(podnet.Options{}),
 		Programs: programs,
+		Reporter: reporter,
 		// hostPorts leave the node by the bridge's internal port.
 		HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{LocalnetInterface: na.OVSBridge}),
 		Healthy: func(ctx context.Context) error {
@@ -85,6 +98,9 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 			return ready(ctx)
 		},
 	})
+
+	agentRef.Store(a)
+	go reportAll() // a snapshot may have come before the agent existed
 
 	rctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 	if err := a.RestoreHostPorts(rctx); err != nil {
@@ -118,8 +134,8 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 // configSource starts the source of pod configs ncp.ini names: the pod
 // annotation (its informer synced), or HyperBus (enable_hyperbus: the
 // internal port on nsxrpc_vlan with nsxrpc_cip, and the session listener
-// on it). ready reports what the source needs to serve ADDs.
-func configSource(ctx context.Context, o DaemonOptions, db *ovs.Client, pm *ports.Manager) (podconfig.Source, func(context.Context) error, error) {
+// on it; onSnapshot runs after each snapshot). ready reports what the source needs to serve ADDs.
+func configSource(ctx context.Context, o DaemonOptions, db *ovs.Client, pm *ports.Manager, onSnapshot func()) (podconfig.Source, func(context.Context) error, error) {
 	na, log := o.Config.NodeAgent, o.Log
 	octx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 	defer cancel()
@@ -160,7 +176,7 @@ func configSource(ctx context.Context, o DaemonOptions, db *ovs.Client, pm *port
 	if err != nil {
 		return nil, nil, fmt.Errorf("HyperBus listener on %s: %w", addr, err)
 	}
-	hb := hyperbus.NewServer(hyperbus.ServerOptions{Node: o.NodeName, Log: log.Named("hyperbus")})
+	hb := hyperbus.NewServer(hyperbus.ServerOptions{Node: o.NodeName, Log: log.Named("hyperbus"), OnSnapshot: onSnapshot})
 	go func() {
 		if err := hb.Serve(ctx, l); err != nil {
 			log.Error("HyperBus listener stopped", zap.Error(err))

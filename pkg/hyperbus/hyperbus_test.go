@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
 )
 
 func cfgFor(node, name, uid string, vlan int) ContainerConfig {
@@ -102,7 +104,7 @@ func TestSessionConfigsAndPodUID(t *testing.T) {
 		t.Fatal("deleted pod still held")
 	}
 	// Status back to the hypervisor.
-	s.ReportStatus(PodRef{Namespace: "default", Name: "a", UID: "uid-a2"}, StateDetached, nil)
+	s.ReportStatus(podconfig.PodStatus{Namespace: "default", Name: "a", UID: "uid-a2"})
 	select {
 	case m := <-c.Statuses():
 		if m.Pod.UID != "uid-a2" || m.State != StateDetached {

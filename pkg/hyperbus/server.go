@@ -21,6 +21,11 @@ type ServerOptions struct {
 	// that sends nothing for 3 intervals is closed. Default 5 s.
 	Heartbeat time.Duration
 	Log       *zap.Logger
+	// OnSnapshot, when set, runs (in a goroutine of its own) after each
+	// snapshot is applied: the agent then reports every attachment, so the
+	// hypervisor learns of those whose config changed while no session
+	// existed and of statuses lost with the previous session.
+	OnSnapshot func()
 }
 
 // Server is the agent's side: it serves one session at a time (a new
@@ -37,6 +42,8 @@ type Server struct {
 	session   *session        // nil: none
 	lostSince time.Time       // when the last session ended (zero: never had one, or has one)
 	changed   chan struct{}   // closed and replaced on every change
+
+	statuses chan podconfig.PodStatus // to send, in order, by Serve's sender
 }
 
 type podKey struct{ namespace, name string }
@@ -59,14 +66,24 @@ func NewServer(o ServerOptions) *Server {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	return &Server{o: o, configs: map[podKey]held{}, changed: make(chan struct{})}
+	return &Server{o: o, configs: map[podKey]held{}, changed: make(chan struct{}),
+		statuses: make(chan podconfig.PodStatus, statusQueue)}
 }
+
+// statusQueue bounds the statuses waiting to be sent: beyond it they are
+// dropped, and the next snapshot's reconciliation reports them again.
+const statusQueue = 4096
 
 // Serve accepts sessions on l until ctx ends or l fails.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	go func() { <-ctx.Done(); l.Close() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.sendStatuses(ctx)
+	}()
 	for {
 		c, err := l.Accept()
 		if err != nil {
@@ -236,6 +253,9 @@ func (s *Server) applySnapshot(cs []ContainerConfig) error {
 	s.notifyLocked()
 	s.mu.Unlock()
 	s.o.Log.Info("HyperBus snapshot applied", zap.Int("pods", len(next)), zap.Int("changed", changed), zap.Int("removed", gone))
+	if s.o.OnSnapshot != nil {
+		go s.o.OnSnapshot()
+	}
 	return nil
 }
 
@@ -271,33 +291,44 @@ func (s *Server) notifyLocked() {
 	s.changed = make(chan struct{})
 }
 
-// ReportStatus tells the hypervisor a pod's state on this node, if a
-// session is up (a lost report is repaired by the next snapshot's
-// reconciliation on the hypervisor's side).
-func (s *Server) ReportStatus(p PodRef, state string, cause error) {
-	s.mu.Lock()
-	sess := s.session
-	s.mu.Unlock()
-	if sess == nil {
-		return
-	}
-	m := &Message{Type: TypeStatus, Pod: &p, State: state}
-	if cause != nil {
-		m.Error = cause.Error()
-	}
-	if err := s.send(sess, m); err != nil {
-		s.o.Log.Debug("HyperBus status not sent", zap.Stringer("pod", p), zap.Error(err))
+// ReportStatus implements podconfig.StatusReporter: it queues a pod's
+// state for the hypervisor without blocking. A status that finds no
+// session, or a full queue, is dropped: the next snapshot's
+// reconciliation (OnSnapshot) reports every attachment again.
+func (s *Server) ReportStatus(st podconfig.PodStatus) {
+	select {
+	case s.statuses <- st:
+	default:
+		s.o.Log.Debug("HyperBus status queue full; dropped", zap.String("pod", st.Namespace+"/"+st.Name))
 	}
 }
 
-// NotReadyError says why Get is still waiting.
-type NotReadyError struct {
-	Pod    string
-	Reason string
-}
-
-func (e *NotReadyError) Error() string {
-	return fmt.Sprintf("pod %s: no HyperBus config yet: %s", e.Pod, e.Reason)
+// sendStatuses sends queued statuses, in order, on the current session.
+func (s *Server) sendStatuses(ctx context.Context) {
+	for {
+		var st podconfig.PodStatus
+		select {
+		case <-ctx.Done():
+			return
+		case st = <-s.statuses:
+		}
+		s.mu.Lock()
+		sess := s.session
+		s.mu.Unlock()
+		if sess == nil {
+			continue
+		}
+		m := &Message{Type: TypeStatus, Pod: &PodRef{Namespace: st.Namespace, Name: st.Name, UID: st.UID}, State: StateDetached}
+		if st.Attached {
+			m.State = StateAttached
+		}
+		if st.Err != nil {
+			m.Error = st.Err.Error()
+		}
+		if err := s.send(sess, m); err != nil {
+			s.o.Log.Debug("HyperBus status not sent", zap.Stringer("pod", m.Pod), zap.Error(err))
+		}
+	}
 }
 
 // Get implements podconfig.Source: it waits for the pod's config. A config
@@ -324,7 +355,7 @@ func (s *Server) Get(ctx context.Context, namespace, name, uid string) (*podconf
 		}
 		select {
 		case <-ctx.Done():
-			return nil, &NotReadyError{Pod: namespace + "/" + name, Reason: reason}
+			return nil, &podconfig.NotReadyError{Pod: namespace + "/" + name, Source: "HyperBus config", Reason: reason}
 		case <-wait:
 		}
 	}
@@ -349,4 +380,7 @@ func (s *Server) Synced() bool {
 	return s.snapshot
 }
 
-var _ podconfig.Source = (*Server)(nil)
+var (
+	_ podconfig.Source         = (*Server)(nil)
+	_ podconfig.StatusReporter = (*Server)(nil)
+)

@@ -101,11 +101,34 @@ func (s *AnnotationSource) PodExists(uid string) bool {
 // ctx ends first.
 type NotReadyError struct {
 	Pod    string
+	Source string // where the config comes from; "" is the annotation
 	Reason string
 }
 
 func (e *NotReadyError) Error() string {
-	return fmt.Sprintf("pod %s: no usable %s annotation yet: %s", e.Pod, AnnotationKey, e.Reason)
+	src := e.Source
+	if src == "" {
+		src = AnnotationKey + " annotation"
+	}
+	return fmt.Sprintf("pod %s: no usable %s yet: %s", e.Pod, src, e.Reason)
+}
+
+// PodStatus is a pod's attachment on this node as an ADD, a DEL or a
+// reconciliation left it.
+type PodStatus struct {
+	Namespace, Name, UID string
+	Attached             bool
+	// Err says why an ADD failed, or how the attachment differs from the
+	// config the source now holds.
+	Err error
+}
+
+// StatusReporter is a Source that hears of attachments (HyperBus reports
+// them to the hypervisor). ReportStatus is called concurrently, must not
+// block, and may drop a report it cannot deliver: a later reconciliation
+// reports every attachment again.
+type StatusReporter interface {
+	ReportStatus(PodStatus)
 }
 
 // Get implements Source.
