@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
 )
 
@@ -98,6 +99,7 @@ var (
 		{"journal", (*run).startCleanup},
 		{"unisolate-uplink", (*run).unisolateUplink},
 		{"uplink-port", (*run).removeUplinkPort},
+		{"agent-ports", (*run).removeAgentPorts},
 		{"addresses", (*run).addressesToUplink},
 		{"routes", (*run).routesToUplink},
 		{"bridge", (*run).restoreBridge},
@@ -387,6 +389,17 @@ func (r *run) removeUplinkPort(ctx context.Context) error {
 		return err
 	}
 	return r.o.OVS.DeletePort(ctx, r.o.Bridge, r.o.Uplink)
+}
+
+// removeAgentPorts takes nsx-node-agent's ports (pods', HyperBus's) off
+// the bridge: a bridge that existed before nsx-ujo is given back without
+// them; one nsx-ujo created goes entirely in the bridge step.
+func (r *run) removeAgentPorts(ctx context.Context) error {
+	removed, err := ports.RemoveAgentPorts(ctx, r.o.OVS, r.o.Bridge)
+	if len(removed) > 0 {
+		r.log.Info("removed nsx-node-agent's ports", zap.Strings("ports", removed))
+	}
+	return err
 }
 
 // bridgeLink is nil when the bridge device is gone (OVS down with the

@@ -212,3 +212,35 @@ func TestUplinkMissing(t *testing.T) {
 		t.Errorf("journal written for a missing uplink: %+v", j)
 	}
 }
+
+// A bridge that existed before nsx-ujo is given back, without the ports
+// nsx-node-agent made on it (a pod's, the HyperBus port) and with every
+// other port kept.
+func TestCleanupGivesBackAnExistingBridge(t *testing.T) {
+	n := newNode(t)
+	n.ovs.Vsctl(t, "add-br", nodeiftest.Bridge, "--", "set", "Bridge", nodeiftest.Bridge, "datapath_type=netdev")
+	n.Node.Run(t, "ip", "link", "set", nodeiftest.Bridge, "up")
+	var before string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		// The bridge's IPv6 link-local route comes on the kernel's time.
+		if before = n.UplinkSnapshot(t); strings.Contains(before, "fe80::/64 dev "+nodeiftest.Bridge) {
+			break
+		}
+	}
+	n.mustMigrate(t)
+	n.checkMigrated(t)
+	for _, p := range []struct{ name, owner string }{
+		{"nsx-rpc", "nsx-node-agent/hyperbus"}, {"nsxpod0", "nsx-node-agent"}, {"keep0", ""}, {"keep1", "someone-else"},
+	} {
+		args := []string{"add-port", nodeiftest.Bridge, p.name, "--", "set", "Interface", p.name, "type=internal"}
+		if p.owner != "" {
+			args = append(args, "--", "set", "Port", p.name, "external_ids:nsx-ujo-owner="+p.owner)
+		}
+		n.ovs.Vsctl(t, args...)
+	}
+	n.mustCleanup(t)
+	n.CheckUplinkRestored(t, before)
+	if got := strings.Fields(n.ovs.Vsctl(t, "list-ports", nodeiftest.Bridge)); strings.Join(got, " ") != "keep0 keep1" {
+		t.Errorf("ports on the bridge given back: %v, want [keep0 keep1]", got)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
@@ -184,3 +185,29 @@ func (m *Manager) BridgeDatapathType(ctx context.Context) (string, error) {
 }
 
 func isNotFound(err error) bool { return errors.Is(err, ovs.ErrNotFound) }
+
+// RemoveAgentPorts deletes from bridge every port the agent made: pods'
+// ports and its HyperBus port (owner OwnerValue or OwnerValue/<role>).
+// The node cleanup runs it before giving a bridge that existed before
+// nsx-ujo back; a missing bridge has nothing to remove. Idempotent; it
+// returns the names removed.
+func RemoveAgentPorts(ctx context.Context, db *ovs.Client, bridge string) ([]string, error) {
+	all, err := db.ListPorts(ctx, bridge)
+	if errors.Is(err, ovs.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, p := range all {
+		if o := p.ExternalIDs[OwnerKey]; o != OwnerValue && !strings.HasPrefix(o, OwnerValue+"/") {
+			continue
+		}
+		if err := db.DeletePort(ctx, bridge, p.Name); err != nil {
+			return removed, err
+		}
+		removed = append(removed, p.Name)
+	}
+	return removed, nil
+}
