@@ -16,7 +16,7 @@ FUZZTIME ?= 50000x
 all: build
 
 help:
-	@echo "make demo [NODES=n]  the main job: an n-node (default 2) cluster, a ClusterIP served by the OVS then the eBPF dataplane (root)"
+	@echo "make demo [NODES=n] [CONFIG_SOURCE=hyperbus]  the main job: an n-node (default 2) cluster, a ClusterIP served by the OVS then the eBPF dataplane (root); pod configs from the annotation (default) or HyperBus"
 	@echo "make demo-down  remove what a killed demo or test run left (netns, OVS, temp dirs)"
 	@echo "make deps   install the Debian packages the tests need (root)"
 	@echo "make build  build $(BINARIES) into $(BIN)/"
@@ -86,7 +86,7 @@ check-generate:
 # The main job (README): installs what is missing, builds, runs the demo.
 NODES ?= 2
 demo: deps build tools
-	@NSX_DEMO_NODES=$(NODES) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
+	@NSX_DEMO_NODES=$(NODES) NSX_DEMO_CONFIG_SOURCE=$(CONFIG_SOURCE) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
 
 # The upstream Kubernetes e2e tests against a real-node cluster: the
 # Services, Networking and HostPort conformance tests (CI runs them in make

@@ -42,7 +42,20 @@ type Options struct {
 	// pods are then made with the API (RunPod is for the libcni mode) and
 	// started by kubelet. API must be nil: the apiserver is set up for it.
 	RealNodes bool
+	// ConfigSource is where every node's agent takes pod configs from.
+	ConfigSource ConfigSource
 }
+
+// ConfigSource names a source of pod network configs.
+type ConfigSource string
+
+const (
+	// FromAnnotation (the default): the NCP stand-in annotates pods.
+	FromAnnotation ConfigSource = "annotation"
+	// FromHyperBus: the agents run with enable_hyperbus = True and the
+	// fabric pushes each node's configs over its HyperBus channel.
+	FromHyperBus ConfigSource = "hyperbus"
+)
 
 // Cluster is a real kube-apiserver, the fabric simulator and N nodes, each
 // a network namespace running the real nsx-ovs, nsx-node-agent and
@@ -73,6 +86,7 @@ type Node struct {
 	List     *libcni.NetworkConfigList
 
 	OVS, Agent, Proxy *Process
+	HyperBus          *fabric.Channel // with FromHyperBus
 	// With RealNodes:
 	IP                  netip.Addr // the node's InternalIP
 	Containerd, Kubelet *Process
@@ -96,6 +110,13 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	if o.Dataplane == "" {
 		o.Dataplane = "ovs"
+	}
+	switch o.ConfigSource {
+	case "":
+		o.ConfigSource = FromAnnotation
+	case FromAnnotation, FromHyperBus:
+	default:
+		t.Fatalf("cluster: ConfigSource %q: want %q or %q", o.ConfigSource, FromAnnotation, FromHyperBus)
 	}
 	c := &Cluster{opts: o}
 	if o.RealNodes && o.API != nil {
@@ -157,6 +178,10 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 			t.Fatal(err)
 		}
 	}
+	if c.opts.ConfigSource == FromHyperBus {
+		c.progress("%s: the fabric plays HyperBus on the node's VLAN %d channel", n.Name, fabric.HyperBusVLAN)
+		n.HyperBus = c.Fabric.ServeHyperBus(t, n.Name, i)
+	}
 	n.StartAgent(t)
 	n.StartProxy(t, c.opts.Dataplane)
 	if c.opts.RealNodes {
@@ -193,6 +218,9 @@ bpf_pin_dir = %s
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
 `, n.c.API.Kubeconfig, n.RunDir, filepath.Join(n.Dir, "ovsdb"), filepath.Join(n.Dir, "state"), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
+	if n.c.opts.ConfigSource == FromHyperBus {
+		ini = strings.Replace(ini, "[nsx_node_agent]\n", "[nsx_node_agent]\nenable_hyperbus = True\n", 1)
+	}
 	if err := os.WriteFile(n.INI, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,8 @@
 // Package demo is `make demo`: a two-node cluster on real parts (etcd,
 // kube-apiserver, OVS, eBPF, our binaries), a ClusterIP Service with three
 // backends spread over both nodes, served first by the OVS dataplane, then
-// by the eBPF one. Run with `go test -tags demo -v -run TestDemo ./tests/demo/`.
+// by the eBPF one. NSX_DEMO_CONFIG_SOURCE=hyperbus (make demo
+// CONFIG_SOURCE=hyperbus) gives the pods their configs over HyperBus. Run with `go test -tags demo -v -run TestDemo ./tests/demo/`.
 package demo
 
 import (
@@ -39,7 +40,15 @@ func TestDemo(t *testing.T) {
 			t.Fatalf("NSX_DEMO_NODES=%q: want a number >= 2", v)
 		}
 	}
-	c := cluster.Start(t, cluster.Options{Nodes: nodes, Dataplane: "ovs", BinDir: bin, Progress: say})
+	src := cluster.FromAnnotation
+	switch v := cluster.ConfigSource(os.Getenv("NSX_DEMO_CONFIG_SOURCE")); v {
+	case "", cluster.FromAnnotation:
+	case cluster.FromHyperBus:
+		src = v
+	default:
+		t.Fatalf("CONFIG_SOURCE=%q: want %s or %s", v, cluster.FromAnnotation, cluster.FromHyperBus)
+	}
+	c := cluster.Start(t, cluster.Options{Nodes: nodes, Dataplane: "ovs", BinDir: bin, Progress: say, ConfigSource: src})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
 	ctx := context.Background()
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "demo"}}, metav1.CreateOptions{}); err != nil {
@@ -53,8 +62,18 @@ func TestDemo(t *testing.T) {
 		c.RunPod(t, "demo", "web-3", n2, cluster.PodOptions{Labels: web, Serve: 8080}),
 	}
 	client := c.RunPod(t, "demo", "client", n1, cluster.PodOptions{})
+	from := "ncp/network_config from the NCP stand-in"
+	if src == cluster.FromHyperBus {
+		from = "config pushed by the fabric's HyperBus over VLAN 4094"
+	}
 	for _, p := range append(pods, client) {
-		say("  %-7s %-7s %s (ncp/network_config from the NCP stand-in, wired by nsx-node-agent)", p.Name, p.Node.Name, p.IP)
+		say("  %-7s %-7s %s (%s, wired by nsx-node-agent)", p.Name, p.Node.Name, p.IP, from)
+	}
+	if src == cluster.FromHyperBus {
+		for _, p := range append(pods, client) {
+			waitAttached(t, p)
+		}
+		say("  nsx-node-agent reported every pod attached over its HyperBus session")
 	}
 	svc, err := c.Client.CoreV1().Services("demo").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "demo"},
@@ -88,6 +107,19 @@ func TestDemo(t *testing.T) {
 	}
 	say("tearing down (processes, namespaces, OVS, pinned maps, temp dirs)")
 	t.Cleanup(func() { say("done in %s", time.Since(start).Round(time.Second)) })
+}
+
+// waitAttached waits for the agent's HyperBus status of p: attached.
+func waitAttached(t *testing.T, p *cluster.Pod) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		m, ok := p.Node.HyperBus.Status(p.Namespace, p.Name)
+		if ok && m.State == "attached" && m.Error == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HyperBus status of %s: %+v", p.Name, m)
+		}
+	}
 }
 
 // waitAll retries until all backends answered within one round of 30.

@@ -101,14 +101,23 @@ func TestClusterPodsAndServicesAcrossNodes(t *testing.T) {
 	})
 }
 
+// The pod lifecycle and daemon restarts, with the pods' configs from the
+// annotation and from HyperBus: one table, the same cases.
 func TestClusterPodLifecycleAndRestarts(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, API: api})
+	for _, src := range []cluster.ConfigSource{cluster.FromAnnotation, cluster.FromHyperBus} {
+		t.Run(string(src), func(t *testing.T) { podLifecycleAndRestarts(t, src) })
+	}
+}
+
+func podLifecycleAndRestarts(t *testing.T, src cluster.ConfigSource) {
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, API: api, ConfigSource: src})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
-	createNS(t, c, "life")
+	ns := "life-" + string(src)
+	createNS(t, c, ns)
 	web := map[string]string{"app": "web"}
-	c.RunPod(t, "life", "b", n2, cluster.PodOptions{Labels: web, Serve: 8080})
-	client := c.RunPod(t, "life", "client", n1, cluster.PodOptions{})
-	vip := webService(t, c, "life")
+	c.RunPod(t, ns, "b", n2, cluster.PodOptions{Labels: web, Serve: 8080})
+	client := c.RunPod(t, ns, "client", n1, cluster.PodOptions{})
+	vip := webService(t, c, ns)
 	servedBy(t, client, vip, "b")
 
 	// nsx-kube-proxy restart with a long-lived connection open.
@@ -118,13 +127,28 @@ func TestClusterPodLifecycleAndRestarts(t *testing.T) {
 	if !hold.Alive() {
 		t.Fatal("the long-lived connection broke across the nsx-kube-proxy restart")
 	}
-	// nsx-node-agent restart: existing pods keep working, new ADDs work.
+	// nsx-node-agent restart: existing pods keep working, new ADDs work
+	// (HyperBus: the fabric reconnects and sends its snapshot).
 	n1.StartAgent(t)
 	if !hold.Alive() {
 		t.Fatal("the long-lived connection broke across the nsx-node-agent restart")
 	}
+	if src == cluster.FromHyperBus {
+		// The session lost: existing pods keep working and the agent
+		// stays ready (connect_retry_timeout); a pod created meanwhile
+		// gets its config from the next session's snapshot.
+		n1.HyperBus.Drop()
+		servedBy(t, client, vip, "b")
+		if err := n1.CNI.GetStatusNetworkList(context.Background(), n1.List); err != nil {
+			t.Fatalf("CNI STATUS without a session, within connect_retry_timeout: %v", err)
+		}
+		if !hold.Alive() {
+			t.Fatal("the long-lived connection broke while the HyperBus session was down")
+		}
+		n1.HyperBus.Restore()
+	}
 	hold.Stop()
-	newcomer := c.RunPod(t, "life", "newcomer", n1, cluster.PodOptions{})
+	newcomer := c.RunPod(t, ns, "newcomer", n1, cluster.PodOptions{})
 	servedBy(t, newcomer, vip, "b")
 
 	// Pod delete -> DEL -> port gone.
@@ -136,10 +160,28 @@ func TestClusterPodLifecycleAndRestarts(t *testing.T) {
 
 	// Recreated with the same name: a new UID, and the agent uses the new
 	// config, never the old pod's.
-	again := c.RunPod(t, "life", "newcomer", n1, cluster.PodOptions{})
-	cfg, err := podconfig.Parse(again.Obj.Annotations[podconfig.AnnotationKey], string(again.Obj.UID))
-	if err != nil || again.Obj.UID == newcomer.Obj.UID || cfg.IP.IP.String() != again.IP.String() {
-		t.Fatalf("recreated pod: uid %s (old %s), config %+v, %v, wired %s", again.Obj.UID, newcomer.Obj.UID, cfg, err, again.IP)
+	again := c.RunPod(t, ns, "newcomer", n1, cluster.PodOptions{})
+	if again.Obj.UID == newcomer.Obj.UID {
+		t.Fatalf("recreated pod has its predecessor's uid %s", again.Obj.UID)
+	}
+	switch src {
+	case cluster.FromAnnotation:
+		cfg, err := podconfig.Parse(again.Obj.Annotations[podconfig.AnnotationKey], string(again.Obj.UID))
+		if err != nil || cfg.IP.IP.String() != again.IP.String() {
+			t.Fatalf("recreated pod: config %+v, %v, wired %s", cfg, err, again.IP)
+		}
+	case cluster.FromHyperBus:
+		// Only the session carries configs; the agent reports the pod.
+		if a, ok := again.Obj.Annotations[podconfig.AnnotationKey]; ok {
+			t.Fatalf("a pod of a HyperBus node has the annotation %s", a)
+		}
+		eventually(t, "the agent reports the recreated pod attached", func() error {
+			m, ok := n1.HyperBus.Status(ns, "newcomer")
+			if !ok || m.State != "attached" || m.Pod.UID != string(again.Obj.UID) || m.Error != "" {
+				return fmt.Errorf("status %+v", m)
+			}
+			return nil
+		})
 	}
 	servedBy(t, again, vip, "b")
 
@@ -150,7 +192,7 @@ func TestClusterPodLifecycleAndRestarts(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "del", again.NS.Name).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if err := c.Client.CoreV1().Pods("life").Delete(context.Background(), "newcomer", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
+	if err := c.Client.CoreV1().Pods(ns).Delete(context.Background(), "newcomer", metav1.DeleteOptions{GracePeriodSeconds: new(int64)}); err != nil {
 		t.Fatal(err)
 	}
 	n1.StartAgent(t)

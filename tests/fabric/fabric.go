@@ -71,6 +71,7 @@ type Fabric struct {
 
 	mu       sync.Mutex
 	networks map[string]*network // by Kubernetes namespace
+	hyperbus map[string]*Channel // by node: nodes whose pods' configs go over HyperBus
 }
 
 // network is the pod network of one Kubernetes namespace.
@@ -114,6 +115,9 @@ func Start(t testing.TB, o Options) *Fabric {
 		t.Fatal(err)
 	}
 	sw.Vsctl(t, "set", "Port", "nodenet", "vlan_mode=access")
+	// VLAN 4094 is each node's private HyperBus channel (ServeHyperBus
+	// adds its flows above this one): never switched between nodes.
+	sw.Ofctl(t, Bridge, "add-flow", fmt.Sprintf("priority=90,dl_vlan=%d,actions=drop", HyperBusVLAN))
 
 	if o.Client != nil {
 		startController(t, f, o.Client, o.PodsOnly)

@@ -246,7 +246,7 @@ func (c *controller) syncPod(ctx context.Context, k key) error {
 	pod, err := c.pods.Pods(k.namespace).Get(k.name)
 	if apierrors.IsNotFound(err) {
 		c.release(k)
-		return nil
+		return c.f.forgetPod(ctx, k.namespace, k.name)
 	}
 	if err != nil {
 		return err
@@ -288,6 +288,10 @@ func (c *controller) syncPod(ctx context.Context, k key) error {
 		VLAN:    nw.vlan,
 		MTU:     podMTU,
 	})
+	if ch := c.f.channel(pod.Spec.NodeName); ch != nil {
+		// The node takes its configs from HyperBus: never an annotation.
+		return ch.upsert(ctx, containerConfig(pod.Spec.NodeName, pod.Namespace, pod.Name, string(pod.UID), want))
+	}
 	if pod.Annotations[podconfig.AnnotationKey] == want {
 		return nil
 	}
@@ -452,8 +456,10 @@ func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod) ([]disco
 		if pod.Spec.NodeName == "" || pod.Annotations[ReadyAnnotation] != "true" {
 			continue
 		}
-		cfg, err := podconfig.Parse(pod.Annotations[podconfig.AnnotationKey], string(pod.UID))
-		if err != nil {
+		// The address this controller gave the pod (annotation or
+		// HyperBus alike): there is no kubelet to report status.podIP.
+		a, ok := c.allocs[key{podKey, pod.Namespace, pod.Name}]
+		if !ok || a.uid != pod.UID {
 			continue
 		}
 		pp, ok := resolvePorts(svc, pod)
@@ -467,7 +473,7 @@ func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod) ([]disco
 		}
 		terminating := pod.DeletionTimestamp != nil
 		eps = append(eps, discoveryv1.Endpoint{
-			Addresses: []string{cfg.IP.IP.String()},
+			Addresses: []string{a.ip.String()},
 			Conditions: discoveryv1.EndpointConditions{
 				Ready:       new(!terminating),
 				Serving:     new(true),
