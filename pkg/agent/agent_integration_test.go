@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -672,6 +673,43 @@ func TestHyperBusSnapshotReconciliation(t *testing.T) {
 	}
 	if nd.source.PodExists(forgotten.uid) || !nd.source.PodExists(running.uid) {
 		t.Errorf("after the snapshot: forgotten held %v, running held %v", nd.source.PodExists(forgotten.uid), nd.source.PodExists(running.uid))
+	}
+}
+
+// A malformed frame on the channel is answered with an ack naming what is
+// wrong and ends that session; it changes nothing: the configs held still
+// wire pods, and the next session's snapshot goes through.
+func TestHyperBusMalformedFrame(t *testing.T) {
+	nd := newNodeIn(t, hyperbusMode)
+	p, q := nd.newPod(t, 1, 101), nd.newPod(t, 2, 101)
+	nd.mustAdd(t, p)
+	nd.hb.drop()
+	var raw net.Conn
+	if err := nd.hb.hv.Do(func() (err error) { raw, err = net.DialTimeout("tcp", "169.254.1.0:2345", 5*time.Second); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	for _, f := range []string{`{"type":"hello","versions":[1],"node":"` + hbNode + `"}`, `{"type":"upsert","seq":1,"config":{"node":`} {
+		if _, err := raw.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(f))), f...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []string
+	for {
+		m, err := hyperbus.ReadMessage(raw)
+		if err != nil {
+			break // the agent closed the session
+		}
+		got = append(got, string(m.Type)+":"+m.Error)
+	}
+	if len(got) != 2 || got[0] != "hello:" || !strings.HasPrefix(got[1], "ack:hyperbus: bad frame") {
+		t.Fatalf("the agent answered %q; want its hello, then an ack naming the bad frame, then the end of the session", got)
+	}
+	nd.mustAdd(t, q) // its config, held from before, is intact
+	nd.hb.connect()
+	if err := nd.hb.set("default", "pod-3", "uid-3", strings.Replace(q.annotation(), q.uid, "uid-3", 1)); err != nil {
+		t.Fatalf("upsert on the next session: %v", err)
 	}
 }
 
