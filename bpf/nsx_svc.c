@@ -128,6 +128,15 @@ struct aff_key {
 	__u32 svc_id;
 };
 
+// A usable backend of an affinity service: "is the affined backend still
+// one" is one lookup, whatever the number of backends.
+struct member_key {
+	__u32 svc_id;
+	__u32 ip;    // network order
+	__u16 port;  // network order
+	__u16 pad;
+};
+
 struct aff_val {
 	__u32 ip;
 	__u16 port;
@@ -167,6 +176,15 @@ struct {
 	__uint(max_entries, 131072);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsx_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct member_key);
+	__type(value, __u8);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_members SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -405,15 +423,14 @@ static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_va
 	if (svc->flags & SVC_F_AFFINITY) {
 		struct aff_val *av = bpf_map_lookup_elem(&nsx_affinity, &ak);
 		if (av && now - av->last_ns <= (__u64)svc->affinity_sec * 1000000000ULL) {
-			// Still a backend of the service? (slot order may have changed)
-			for (__u32 i = 0; i < 256 && i < svc->count; i++) {
-				struct be_key bk = {.svc_id = svc->id, .slot = i};
-				struct be_val *b = bpf_map_lookup_elem(&nsx_backends, &bk);
-				if (b && b->ip == av->ip && b->port == av->port) {
-					av->last_ns = now;
-					*out = *b;
-					return 0;
-				}
+			// Still a usable backend of the service?
+			struct member_key mk = {.svc_id = svc->id, .ip = av->ip, .port = av->port};
+			if (bpf_map_lookup_elem(&nsx_members, &mk)) {
+				av->last_ns = now;
+				out->ip = av->ip;
+				out->port = av->port;
+				out->pad = 0;
+				return 0;
 			}
 		}
 	}

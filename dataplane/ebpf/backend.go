@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -51,7 +52,8 @@ type installedSvc struct {
 	key      nsxSvcKey
 	val      nsxSvcVal
 	backends []nsxBeVal
-	ranges   []nsxRangeKey // loadBalancerSourceRanges
+	ranges   []nsxRangeKey  // loadBalancerSourceRanges
+	members  []nsxMemberKey // with affinity: the backends, for the affinity check
 }
 
 // Backend implements dataplane.ServiceBackend with the TC programs and
@@ -183,7 +185,11 @@ func (b *Backend) desired(f *dataplane.Frontend) *installedSvc {
 		}
 	}
 	for _, e := range f.Endpoints {
-		s.backends = append(s.backends, nsxBeVal{Ip: be32(e.IP), Port: be16(e.Port)})
+		be := nsxBeVal{Ip: be32(e.IP), Port: be16(e.Port)}
+		s.backends = append(s.backends, be)
+		if s.val.Flags&flagAffinity != 0 {
+			s.members = append(s.members, nsxMemberKey{SvcId: s.val.Id, Ip: be.Ip, Port: be.Port})
+		}
 	}
 	return s
 }
@@ -264,15 +270,29 @@ func (b *Backend) write(cur, want *installedSvc) error {
 	if err := b.putBackends(keys, vals); err != nil {
 		return err
 	}
-	// Source ranges too, before the entry that makes them checked.
+	// Source ranges and affinity members too, before the entry that
+	// makes them checked.
 	var oldRanges []nsxRangeKey
+	var oldMembers []nsxMemberKey
 	if cur != nil {
-		oldRanges = cur.ranges
+		oldRanges, oldMembers = cur.ranges, cur.members
 	}
 	for _, r := range want.ranges {
 		if !slices.Contains(oldRanges, r) {
 			if err := m.NsxRanges.Put(r, uint8(1)); err != nil {
 				return fmt.Errorf("source ranges map: %w", err)
+			}
+			b.count(1)
+		}
+	}
+	have := make(map[nsxMemberKey]bool, len(oldMembers))
+	for _, k := range oldMembers {
+		have[k] = true
+	}
+	for _, k := range want.members {
+		if !have[k] {
+			if err := m.NsxMembers.Put(k, uint8(1)); err != nil {
+				return fmt.Errorf("affinity members map: %w", err)
 			}
 			b.count(1)
 		}
@@ -298,6 +318,25 @@ func (b *Backend) write(cur, want *installedSvc) error {
 			}
 		}
 	}
+	keep := make(map[nsxMemberKey]bool, len(want.members))
+	for _, k := range want.members {
+		keep[k] = true
+	}
+	for _, k := range oldMembers {
+		if !keep[k] {
+			if err := b.deleteMember(k); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (b *Backend) deleteMember(k nsxMemberKey) error {
+	if err := b.objs.NsxMembers.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("affinity members map: %w", err)
+	}
+	b.count(1)
 	return nil
 }
 
@@ -341,6 +380,11 @@ func (b *Backend) remove(cur *installedSvc) error {
 	}
 	for _, r := range cur.ranges {
 		if err := b.deleteRange(r); err != nil {
+			return err
+		}
+	}
+	for _, k := range cur.members {
+		if err := b.deleteMember(k); err != nil {
 			return err
 		}
 	}
@@ -399,6 +443,24 @@ func (b *Backend) adopt() error {
 	}
 	for _, r := range orphans {
 		if err := b.deleteRange(r); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
+	}
+	var mk nsxMemberKey
+	var orphanMembers []nsxMemberKey
+	mit := b.objs.NsxMembers.Iterate()
+	for mit.Next(&mk, &one) {
+		if s := bySvc[mk.SvcId]; s != nil {
+			s.members = append(s.members, mk)
+		} else {
+			orphanMembers = append(orphanMembers, mk)
+		}
+	}
+	if err := mit.Err(); err != nil {
+		return fmt.Errorf("ebpf dataplane: read affinity members map: %w", err)
+	}
+	for _, k := range orphanMembers {
+		if err := b.deleteMember(k); err != nil {
 			return fmt.Errorf("ebpf dataplane: %w", err)
 		}
 	}
@@ -540,7 +602,14 @@ func CleanupPins(pinDir string) error {
 		errs = append(errs, DetachPod(pinDir, name))
 	}
 	_ = os.Remove(filepath.Join(pinDir, "links"))
-	for _, m := range []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxRanges, nsxMapNsxStats} {
+	spec, err := loadNsx()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("ebpf: load object: %w", err))...)
+	}
+	for m := range spec.Maps { // every map the object pins, no list to keep
+		if strings.HasPrefix(m, ".") {
+			continue // .rodata and friends are never pinned
+		}
 		if err := os.Remove(filepath.Join(pinDir, m)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

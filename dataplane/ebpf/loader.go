@@ -65,8 +65,9 @@ func Load(pinDir string, sizes MapSizes) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ebpf: load object: %w", err)
 	}
+	// Affinity members are at most every backend.
 	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
-		nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
+		nsxMapNsxMembers: sizes.Backends, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
 		if n > 0 {
 			spec.Maps[name].MaxEntries = n
 		}

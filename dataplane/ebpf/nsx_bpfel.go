@@ -62,6 +62,14 @@ type nsxCtVal struct {
 	Pad        uint16
 }
 
+type nsxMemberKey struct {
+	_     structs.HostLayout
+	SvcId uint32
+	Ip    uint32
+	Port  uint16
+	Pad   uint16
+}
+
 type nsxRangeKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -93,6 +101,7 @@ const (
 	nsxMapNsxAffinity     = "nsx_affinity"
 	nsxMapNsxBackends     = "nsx_backends"
 	nsxMapNsxConntrack    = "nsx_conntrack"
+	nsxMapNsxMembers      = "nsx_members"
 	nsxMapNsxRanges       = "nsx_ranges"
 	nsxMapNsxServices     = "nsx_services"
 	nsxMapNsxStats        = "nsx_stats"
@@ -156,6 +165,7 @@ type nsxMapSpecs struct {
 	NsxAffinity  *ebpf.MapSpec `ebpf:"nsx_affinity"`
 	NsxBackends  *ebpf.MapSpec `ebpf:"nsx_backends"`
 	NsxConntrack *ebpf.MapSpec `ebpf:"nsx_conntrack"`
+	NsxMembers   *ebpf.MapSpec `ebpf:"nsx_members"`
 	NsxRanges    *ebpf.MapSpec `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.MapSpec `ebpf:"nsx_services"`
 	NsxStats     *ebpf.MapSpec `ebpf:"nsx_stats"`
@@ -191,6 +201,7 @@ type nsxMaps struct {
 	NsxAffinity  *ebpf.Map `ebpf:"nsx_affinity"`
 	NsxBackends  *ebpf.Map `ebpf:"nsx_backends"`
 	NsxConntrack *ebpf.Map `ebpf:"nsx_conntrack"`
+	NsxMembers   *ebpf.Map `ebpf:"nsx_members"`
 	NsxRanges    *ebpf.Map `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.Map `ebpf:"nsx_services"`
 	NsxStats     *ebpf.Map `ebpf:"nsx_stats"`
@@ -201,6 +212,7 @@ func (m *nsxMaps) Close() error {
 		m.NsxAffinity,
 		m.NsxBackends,
 		m.NsxConntrack,
+		m.NsxMembers,
 		m.NsxRanges,
 		m.NsxServices,
 		m.NsxStats,

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -122,7 +123,7 @@ func parse(t *testing.T, b []byte) parsed {
 
 func load(t *testing.T) *Objects {
 	t.Helper()
-	o, err := Load("", MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
+	o, err := Load("", MapSizes{Services: 64, Backends: 4096, Conntrack: 1024, Affinity: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,6 +136,11 @@ func addService(t *testing.T, o *Objects, proto uint8, port uint16, id uint32, f
 	for i, b := range backends {
 		if err := o.NsxBackends.Put(nsxBeKey{SvcId: id, Slot: uint32(i)}, nsxBeVal{Ip: be32(b.Addr()), Port: be16(b.Port())}); err != nil {
 			t.Fatal(err)
+		}
+		if flags&svcAffinity != 0 {
+			if err := o.NsxMembers.Put(nsxMemberKey{SvcId: id, Ip: be32(b.Addr()), Port: be16(b.Port())}, uint8(1)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	v := nsxSvcVal{Id: id, Count: uint16(len(backends)), Flags: flags, AffinitySec: 60}
@@ -242,6 +248,43 @@ func TestUDPChecksumAndAffinity(t *testing.T) {
 		} else if p.dst != first {
 			t.Fatalf("affinity broken: %s then %s", first, p.dst)
 		}
+	}
+}
+
+// Affinity sticks to a backend whatever its slot among thousands, and
+// lets go of one that left the service.
+func TestAffinityWithThousandsOfBackends(t *testing.T) {
+	o := load(t)
+	var backends []netip.AddrPort
+	for i := 0; i < 3000; i++ {
+		backends = append(backends, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)}), 8080))
+	}
+	addService(t, o, protoTCP, 80, 9, svcAffinity, backends...)
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		t.Fatal(err)
+	}
+	affined := backends[2900]
+	ak := nsxAffKey{Client: be32(clientIP), SvcId: 9}
+	if err := o.NsxAffinity.Put(ak, nsxAffVal{Ip: be32(affined.Addr()), Port: be16(affined.Port()), LastNs: uint64(ts.Nano())}); err != nil {
+		t.Fatal(err)
+	}
+	for sport := uint16(41000); sport < 41010; sport++ {
+		_, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, sport, 80, 0x02))
+		if p := parse(t, out); p.dst != affined.Addr() {
+			t.Fatalf("connection from port %d went to %s, want the affined backend %s (slot 2900)", sport, p.dst, affined.Addr())
+		}
+	}
+	// The backend leaves: the next connection picks another and is affined to it.
+	if err := o.NsxMembers.Delete(nsxMemberKey{SvcId: 9, Ip: be32(affined.Addr()), Port: be16(affined.Port())}); err != nil {
+		t.Fatal(err)
+	}
+	_, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 41100, 80, 0x02))
+	var av nsxAffVal
+	if p := parse(t, out); p.dst == affined.Addr() {
+		t.Fatal("a connection went to a backend that left the service")
+	} else if err := o.NsxAffinity.Lookup(ak, &av); err != nil || addrOf(av.Ip) != p.dst {
+		t.Fatalf("affinity after the backend left: %v, %v; want %s", addrOf(av.Ip), err, p.dst)
 	}
 }
 
