@@ -203,8 +203,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsx_stats SEC(".maps");
 
-// The source a pod sees when it reaches itself through a service
-// (169.254.169.253, network order); the loader may rewrite it.
+// The source a pod sees when it reaches itself through a service (network
+// order); the loader sets it (LoadOptions.HairpinIP, default
+// 169.254.169.253 as the OVS dataplane's).
 volatile const __u32 hairpin_ip = bpf_htonl(0xa9fea9fd);
 
 static __always_inline void count(__u32 idx)

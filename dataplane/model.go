@@ -201,3 +201,7 @@ type ServiceBackend interface {
 	Sync(ctx context.Context, m *Model, opts SyncOptions) error
 	Cleanup(ctx context.Context) error
 }
+
+// DefaultHairpinIP is the source a pod sees when it reaches itself through
+// a Service, on either dataplane (link-local: never routed off the node).
+var DefaultHairpinIP = netip.MustParseAddr("169.254.169.253")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +23,8 @@ import (
 type Options struct {
 	PinDir string // [nsx_kube_proxy] bpf_pin_dir
 	Sizes  MapSizes
+	// HairpinIP: see LoadOptions.
+	HairpinIP netip.Addr
 	// Bridge and OVSRunDir locate the OVS ports whose external_ids record
 	// the node's pods (netns, ifname): pods that existed before the proxy
 	// started get their programs attached at the first Sync.
@@ -84,6 +87,12 @@ type Stats struct {
 
 var _ dataplane.ServiceBackend = (*Backend)(nil)
 
+// LoadOptions are what the backend loads the programs with; the agent
+// loads them the same way.
+func (o Options) LoadOptions() LoadOptions {
+	return LoadOptions{PinDir: o.PinDir, Sizes: o.Sizes, HairpinIP: o.HairpinIP}
+}
+
 // New loads the programs and opens (or creates) the pinned maps.
 func New(o Options) (*Backend, error) {
 	if o.PinDir == "" {
@@ -103,7 +112,7 @@ func New(o Options) (*Backend, error) {
 }
 
 func (b *Backend) load() error {
-	objs, err := Load(b.opts.PinDir, b.opts.Sizes)
+	objs, err := Load(b.opts.LoadOptions())
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
 
 // MapSizes are the maps' max_entries ([nsx_kube_proxy] bpf_*_map_size);
@@ -56,14 +58,37 @@ func EnsureBPFFS(dir string) error {
 	return nil
 }
 
-// Load loads the programs and creates or opens the maps pinned in pinDir
-// (mounting a bpffs there if needed). pinDir "" loads unpinned maps (unit
-// tests). A pinned map whose definition no longer matches (a changed size)
-// is an error naming it: Cleanup removes the old pins.
-func Load(pinDir string, sizes MapSizes) (*Objects, error) {
+// LoadOptions say where the maps are pinned and what the programs are
+// built with. Every loader on a node (nsx-kube-proxy, nsx-node-agent) must
+// use the same: backends.EBPFOptions derives them from ncp.ini.
+type LoadOptions struct {
+	// PinDir is bpf_pin_dir; "" loads unpinned maps (unit tests).
+	PinDir string
+	Sizes  MapSizes
+	// HairpinIP is the source a pod sees when it reaches itself through a
+	// Service; default dataplane.DefaultHairpinIP, as the OVS dataplane.
+	HairpinIP netip.Addr
+}
+
+// Load loads the programs and creates or opens the maps pinned in
+// o.PinDir (mounting a bpffs there if needed). A pinned map whose
+// definition no longer matches (a changed size) is an error naming it:
+// Cleanup removes the old pins.
+func Load(o LoadOptions) (*Objects, error) {
+	pinDir, sizes := o.PinDir, o.Sizes
 	spec, err := loadNsx()
 	if err != nil {
 		return nil, fmt.Errorf("ebpf: load object: %w", err)
+	}
+	hairpin := o.HairpinIP
+	if !hairpin.IsValid() {
+		hairpin = dataplane.DefaultHairpinIP
+	}
+	if !hairpin.Is4() {
+		return nil, fmt.Errorf("ebpf: hairpin address %s: want IPv4", hairpin)
+	}
+	if err := spec.Variables[nsxVarHairpinIp].Set(be32(hairpin)); err != nil {
+		return nil, fmt.Errorf("ebpf: set the hairpin address: %w", err)
 	}
 	// Affinity members are at most every backend.
 	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
@@ -83,8 +108,8 @@ func Load(pinDir string, sizes MapSizes) (*Objects, error) {
 		}
 		opts.Maps.PinPath = pinDir
 	}
-	o := &Objects{PinDir: pinDir}
-	if err := spec.LoadAndAssign(&o.nsxObjects, opts); err != nil {
+	objs := &Objects{PinDir: pinDir}
+	if err := spec.LoadAndAssign(&objs.nsxObjects, opts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("ebpf: a map pinned in %s has another definition (a map size changed, or this version changed its layout): remove the old pins with the dataplane cleanup: %w", pinDir, err)
 		}
@@ -94,7 +119,7 @@ func Load(pinDir string, sizes MapSizes) (*Objects, error) {
 		}
 		return nil, fmt.Errorf("ebpf: load: %w", err)
 	}
-	return o, nil
+	return objs, nil
 }
 
 // Close releases this process's references; pinned maps and links stay.

@@ -7,6 +7,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
 
 const (
@@ -123,7 +125,7 @@ func parse(t *testing.T, b []byte) parsed {
 
 func load(t *testing.T) *Objects {
 	t.Helper()
-	o, err := Load("", MapSizes{Services: 64, Backends: 4096, Conntrack: 1024, Affinity: 64})
+	o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 4096, Conntrack: 1024, Affinity: 64}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,25 +312,35 @@ func TestNoBackends(t *testing.T) {
 	}
 }
 
+// A pod reaching itself through a Service sees the hairpin address as the
+// source: the default, or the one the loader is given (as the OVS
+// dataplane's option).
 func TestHairpin(t *testing.T) {
-	o := load(t)
-	addService(t, o, protoTCP, 80, 6, 0, netip.AddrPortFrom(clientIP, 8080))
-	ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40004, 80, 0x02))
-	p := parse(t, out)
-	hairpin := netip.MustParseAddr("169.254.169.253")
-	if ret != tcRedirect || p.dst != clientIP || p.dport != 8080 || p.src != hairpin || !p.ipOK || !p.l4OK {
-		t.Fatalf("hairpin SYN: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
-	}
-	// The pod, as server, answers the hairpin address.
-	ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, hairpin, 8080, 40004, 0x12))
-	p = parse(t, out)
-	if ret != tcRedirect || p.src != vip || p.sport != 80 || p.dst != clientIP || p.dport != 40004 || !p.ipOK || !p.l4OK {
-		t.Fatalf("hairpin reply: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+	for _, hairpin := range []netip.Addr{dataplane.DefaultHairpinIP, netip.MustParseAddr("169.254.7.7")} {
+		t.Run(hairpin.String(), func(t *testing.T) {
+			o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64}, HairpinIP: hairpin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { o.Close() })
+			addService(t, o, protoTCP, 80, 6, 0, netip.AddrPortFrom(clientIP, 8080))
+			ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40004, 80, 0x02))
+			p := parse(t, out)
+			if ret != tcRedirect || p.dst != clientIP || p.dport != 8080 || p.src != hairpin || !p.ipOK || !p.l4OK {
+				t.Fatalf("hairpin SYN: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+			}
+			// The pod, as server, answers the hairpin address.
+			ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, hairpin, 8080, 40004, 0x12))
+			p = parse(t, out)
+			if ret != tcRedirect || p.src != vip || p.sport != 80 || p.dst != clientIP || p.dport != 40004 || !p.ipOK || !p.l4OK {
+				t.Fatalf("hairpin reply: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+			}
+		})
 	}
 }
 
 func BenchmarkEgress(b *testing.B) {
-	o, err := Load("", MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
+	o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -33,7 +33,7 @@ type Options struct {
 	// frontends serve pods and the node only.
 	Uplink string
 	// HairpinIP is the source a pod sees when it reaches itself through a
-	// Service; default DefaultHairpinIP.
+	// Service; default dataplane.DefaultHairpinIP.
 	HairpinIP netip.Addr
 	Timeout   time.Duration // per OVS operation
 	Log       *zap.Logger
@@ -132,7 +132,7 @@ func New(o Options) (*Backend, error) {
 		o.Timeout = 5 * time.Second
 	}
 	if !o.HairpinIP.IsValid() {
-		o.HairpinIP = DefaultHairpinIP
+		o.HairpinIP = dataplane.DefaultHairpinIP
 	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()

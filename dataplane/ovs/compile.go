@@ -114,10 +114,6 @@ func snatTag(a netip.Addr) uint32 {
 	return t
 }
 
-// DefaultHairpinIP is the source a pod sees when it reaches itself through
-// a Service (link-local: never routed off the node).
-var DefaultHairpinIP = netip.MustParseAddr("169.254.169.253")
-
 // Cookies: the top byte says which component owns a flow (0x5a: our
 // compiled flows, 0x5b: affinity flows learned at run time), the next 24
 // bits which frontend (its id; 0 for shared and static flows), the low 32

@@ -13,7 +13,7 @@ import (
 )
 
 func TestCompileFrontendText(t *testing.T) {
-	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP}
+	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP}
 	cases := []struct {
 		name  string
 		fe    *dataplane.Frontend
@@ -75,7 +75,7 @@ func TestCompileFrontendText(t *testing.T) {
 func TestRemoteEndpointHasNoHairpinFlow(t *testing.T) {
 	f := fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080")
 	f.Endpoints[0].NodeName = "node2"
-	c := compileFrontend(f, 1, compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP})
+	c := compileFrontend(f, 1, compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP})
 	for _, fl := range c.shared {
 		if fl.Table == tHairpin {
 			t.Fatalf("hairpin flow for a remote endpoint: %s", fl.text())
@@ -86,7 +86,7 @@ func TestRemoteEndpointHasNoHairpinFlow(t *testing.T) {
 // The pair of endpoints whose DNAT flows shared a cookie hash (and so one
 // key) in the hash-identified driver: each is its own flow now.
 func TestCollidingEndpointsAreDistinctFlows(t *testing.T) {
-	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP}
+	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP}
 	c := compileFrontend(fe("10.96.0.10", 80, dataplane.TCP, "10.1.23.199:8080", "10.2.7.132:8080"), 1, o)
 	keys := map[flowKey]Flow{}
 	for _, f := range c.shared {
@@ -173,7 +173,7 @@ func TestFlowsEncodeAndKeysDecode(t *testing.T) {
 	lb6.Kind, lb6.SNAT = dataplane.ExternalIP, netip.MustParseAddr("fd00:100::2")
 	lb6.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
 	var flows []Flow
-	o := compileOptions{NodeName: "node1", HairpinIP: DefaultHairpinIP, Uplink: 7}
+	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP, Uplink: 7}
 	for _, f := range []*dataplane.Frontend{fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080"),
 		fe("10.96.0.11", 9000, dataplane.SCTP, "10.0.1.6:9000"), fe("fd00::10", 53, dataplane.UDP, "[fd00:1::5]:5353"),
 		aff, aff6, fe("10.96.0.13", 80, dataplane.TCP), np, lb, lb6} {

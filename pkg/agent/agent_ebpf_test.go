@@ -30,7 +30,7 @@ func (failingAttacher) Detach(string) error                 { return nil }
 
 func TestADDAttachesProgramsAndDELDetaches(t *testing.T) {
 	dir := harness.TempDir(t)
-	objs, err := ebpfdp.Load(dir, ebpfdp.MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64})
+	objs, err := ebpfdp.Load(ebpfdp.LoadOptions{PinDir: dir, Sizes: ebpfdp.MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	var programs ProgramAttacher
 	if o.Config.KubeProxy.Dataplane == "ebpf" {
 		eo := backends.EBPFOptions(o.Config, log)
-		objs, err := ebpfdp.Load(eo.PinDir, eo.Sizes)
+		objs, err := ebpfdp.Load(eo.LoadOptions())
 		if err != nil {
 			return err
 		}
