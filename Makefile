@@ -9,6 +9,7 @@ TEST_TIMEOUT ?= 30m
 # An execution count, not a duration: a duration races Go 1.26's fuzz
 # coordinator at its deadline and fails with a bare "context deadline
 # exceeded" on a busy machine (golang/go#75804, fixed in Go 1.27).
+DIFF_ROUNDS ?= 200
 FUZZTIME ?= 50000x
 
 .PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
@@ -64,6 +65,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzParseNetConf -fuzztime=$(FUZZTIME) ./pkg/cniwire/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./pkg/hyperbus/
+	@# The dataplanes against the model and each other: many random models (root).
+	$(GO) test -count=1 -run=TestDifferential ./tests/conformance/ -differential.rounds=$(DIFF_ROUNDS) -differential.seed=$$(date +%s)
 
 bench: build tools
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/

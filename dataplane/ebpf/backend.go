@@ -44,9 +44,6 @@ const (
 	flagRanges   = 8
 	ctDirFwd     = 0
 	ctDirRev     = 1
-	protoTCP     = 6
-	protoUDP     = 17
-	protoSCTP    = 132
 )
 
 // installedSvc is what the maps hold for one frontend.
@@ -69,9 +66,7 @@ type Backend struct {
 	log  *zap.Logger
 	objs *Objects
 
-	ids  map[dataplane.FrontendKey]uint32
-	used map[uint32]bool
-	next uint32
+	ids *dataplane.IDs // frontend ids: the key of their backend slots
 
 	installed map[dataplane.FrontendKey]*installedSvc
 	adopted   bool
@@ -117,7 +112,7 @@ func (b *Backend) load() error {
 		return err
 	}
 	b.objs = objs
-	b.ids, b.used, b.next = map[dataplane.FrontendKey]uint32{}, map[uint32]bool{}, 0
+	b.ids = dataplane.NewIDs(maxID)
 	b.installed = map[dataplane.FrontendKey]*installedSvc{}
 	b.adopted = false
 	return nil
@@ -138,39 +133,20 @@ func (b *Backend) Close() error {
 	return b.objs.Close()
 }
 
-func protoNum(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.UDP:
-		return protoUDP
-	case dataplane.SCTP:
-		return protoSCTP
-	}
-	return protoTCP
-}
-
 func svcKeyOf(k dataplane.FrontendKey) nsxSvcKey {
-	return nsxSvcKey{Vip: be32(k.IP), Port: be16(k.Port), Proto: protoNum(k.Protocol)}
+	return nsxSvcKey{Vip: be32(k.IP), Port: be16(k.Port), Proto: k.Protocol.Number()}
 }
 
-func (b *Backend) idFor(k dataplane.FrontendKey) uint32 {
-	if id, ok := b.ids[k]; ok {
-		return id
-	}
-	for {
-		b.next++
-		if b.next == 0 {
-			b.next = 1
-		}
-		if !b.used[b.next] {
-			b.ids[k], b.used[b.next] = b.next, true
-			return b.next
-		}
-	}
-}
+// maxID bounds the frontend ids: the services map never holds more.
+const maxID = 1 << 24
 
-func (b *Backend) desired(f *dataplane.Frontend) *installedSvc {
+func (b *Backend) desired(f *dataplane.Frontend) (*installedSvc, error) {
+	id, err := b.ids.Assign(f.Key)
+	if err != nil {
+		return nil, err
+	}
 	s := &installedSvc{src: f, key: svcKeyOf(f.Key)}
-	s.val = nsxSvcVal{Id: b.idFor(f.Key), Count: uint16(len(f.Endpoints))}
+	s.val = nsxSvcVal{Id: id, Count: uint16(len(f.Endpoints))}
 	if f.AffinityTimeout > 0 {
 		s.val.Flags |= flagAffinity
 		s.val.AffinitySec = uint32(f.AffinityTimeout.Seconds())
@@ -200,7 +176,7 @@ func (b *Backend) desired(f *dataplane.Frontend) *installedSvc {
 			s.members = append(s.members, nsxMemberKey{SvcId: s.val.Id, Ip: be.Ip, Port: be.Port})
 		}
 	}
-	return s
+	return s, nil
 }
 
 // Sync implements dataplane.ServiceBackend.
@@ -226,8 +202,11 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		if cur != nil && cur.src == f && !opts.Full {
 			continue
 		}
-		want := b.desired(f)
-		if err := b.write(cur, want); err != nil {
+		want, err := b.desired(f)
+		if err == nil {
+			err = b.write(cur, want)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("frontend %s: %w", k, err))
 			continue
 		}
@@ -248,8 +227,7 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 			b.flushGoneUDP(cur, nil)
 		}
 		delete(b.installed, k)
-		delete(b.used, cur.val.Id)
-		delete(b.ids, k)
+		b.ids.Release(k)
 	}
 	if err := errors.Join(errs...); err != nil {
 		// Map full or a kernel error: logged by the caller and counted in
@@ -409,12 +387,24 @@ func (b *Backend) count(n int) {
 // service ids stay and nothing still wanted is rewritten or removed.
 func (b *Backend) adopt() error {
 	b.installed = map[dataplane.FrontendKey]*installedSvc{}
-	b.ids, b.used = map[dataplane.FrontendKey]uint32{}, map[uint32]bool{}
+	b.ids = dataplane.NewIDs(maxID)
 	var k nsxSvcKey
 	var v nsxSvcVal
+	type orphan struct {
+		key nsxSvcKey
+		val nsxSvcVal
+	}
+	var orphanSvcs []orphan
 	it := b.objs.NsxServices.Iterate()
 	for it.Next(&k, &v) {
-		fk := dataplane.FrontendKey{IP: addrOf(k.Vip), Port: portOf(k.Port), Protocol: protoName(k.Proto)}
+		proto, ok := dataplane.ProtocolOf(k.Proto)
+		fk := dataplane.FrontendKey{IP: addrOf(k.Vip), Port: portOf(k.Port), Protocol: proto}
+		if !ok || !b.ids.Adopt(fk, v.Id) {
+			// Not an entry this version writes (an unknown protocol, an id
+			// out of range or twice): removed, as a frontend not wanted.
+			orphanSvcs = append(orphanSvcs, orphan{k, v})
+			continue
+		}
 		s := &installedSvc{key: k, val: v}
 		for i := 0; i < int(v.Count); i++ {
 			var be nsxBeVal
@@ -424,13 +414,18 @@ func (b *Backend) adopt() error {
 			s.backends = append(s.backends, be)
 		}
 		b.installed[fk] = s
-		b.ids[fk], b.used[v.Id] = v.Id, true
-		if v.Id > b.next {
-			b.next = v.Id
-		}
 	}
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("ebpf dataplane: read services map: %w", err)
+	}
+	for _, o := range orphanSvcs {
+		gone := &installedSvc{key: o.key, val: o.val}
+		if !b.ids.InUse(o.val.Id) { // its slots are nobody else's
+			gone.backends = make([]nsxBeVal, o.val.Count)
+		}
+		if err := b.remove(gone); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
 	}
 	bySvc := map[uint32]*installedSvc{}
 	for _, s := range b.installed {
@@ -477,30 +472,16 @@ func (b *Backend) adopt() error {
 	return nil
 }
 
-func protoName(p uint8) dataplane.Protocol {
-	switch p {
-	case protoUDP:
-		return dataplane.UDP
-	case protoSCTP:
-		return dataplane.SCTP
-	}
-	return dataplane.TCP
-}
-
 // flushGoneUDP deletes the conntrack entries of UDP endpoints that left
 // the frontend, so a client's next datagram picks a live backend.
 func (b *Backend) flushGoneUDP(cur, want *installedSvc) {
-	keep := map[nsxBeVal]bool{}
+	var wantEps []netip.AddrPort
 	if want != nil {
-		for _, be := range want.backends {
-			keep[be] = true
-		}
+		wantEps = addrPorts(want.backends)
 	}
 	gone := map[nsxBeVal]bool{}
-	for _, be := range cur.backends {
-		if !keep[be] {
-			gone[be] = true
-		}
+	for _, e := range dataplane.GoneEndpoints(addrPorts(cur.backends), wantEps) {
+		gone[nsxBeVal{Ip: be32(e.Addr()), Port: be16(e.Port())}] = true
 	}
 	if len(gone) == 0 {
 		return
@@ -510,7 +491,7 @@ func (b *Backend) flushGoneUDP(cur, want *installedSvc) {
 	var v nsxCtVal
 	it := b.objs.NsxConntrack.Iterate()
 	for it.Next(&k, &v) {
-		if k.Proto != protoUDP || v.SvcId != cur.val.Id {
+		if k.Proto != dataplane.ProtoUDP || v.SvcId != cur.val.Id {
 			continue
 		}
 		switch {
@@ -526,6 +507,14 @@ func (b *Backend) flushGoneUDP(cur, want *installedSvc) {
 	if len(stale) > 0 {
 		b.log.Debug("flushed conntrack of removed UDP endpoints", zap.Int("entries", len(stale)))
 	}
+}
+
+func addrPorts(bs []nsxBeVal) []netip.AddrPort {
+	out := make([]netip.AddrPort, len(bs))
+	for i, be := range bs {
+		out[i] = netip.AddrPortFrom(addrOf(be.Ip), portOf(be.Port))
+	}
+	return out
 }
 
 // attachExisting attaches the programs to every pod the OVS ports record

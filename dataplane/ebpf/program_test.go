@@ -12,6 +12,8 @@ import (
 )
 
 const (
+	protoTCP    = dataplane.ProtoTCP
+	protoUDP    = dataplane.ProtoUDP
 	tcxNext     = 0xffffffff // TCX_NEXT (-1)
 	tcxPass     = 0
 	tcActShot   = 2

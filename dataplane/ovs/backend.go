@@ -70,9 +70,7 @@ type Backend struct {
 
 	mu sync.Mutex // everything below, and every write to the switch
 
-	ids  map[dataplane.FrontendKey]uint32
-	used map[uint32]bool
-	next uint32
+	ids *dataplane.IDs // frontend ids: group ids and cookies
 
 	fronts  map[dataplane.FrontendKey]*compiled
 	desired map[flowKey]*desiredFlow
@@ -172,30 +170,16 @@ func (b *Backend) resetSized(frontends int) {
 	b.installed = make(map[flowKey]installedFlow, 12*frontends)
 	b.installedGroups = make(map[uint32]Group, frontends)
 	if b.ids == nil {
-		b.ids = map[dataplane.FrontendKey]uint32{}
-		b.used = map[uint32]bool{}
+		b.ids = dataplane.NewIDs(maxOwner)
 	}
 }
 
 func (b *Backend) idFor(k dataplane.FrontendKey) (uint32, error) {
-	if id, ok := b.ids[k]; ok {
-		return id, nil
+	id, err := b.ids.Assign(k)
+	if err != nil {
+		return 0, fmt.Errorf("ovs dataplane: %w", err)
 	}
-	for i := 0; i < maxOwner; i++ {
-		b.next = b.next%maxOwner + 1
-		if !b.used[b.next] {
-			b.ids[k], b.used[b.next] = b.next, true
-			return b.next, nil
-		}
-	}
-	return 0, errors.New("ovs dataplane: out of frontend ids")
-}
-
-func (b *Backend) releaseID(k dataplane.FrontendKey) {
-	if id, ok := b.ids[k]; ok {
-		delete(b.used, id)
-		delete(b.ids, k)
-	}
+	return id, nil
 }
 
 // replay reinstalls the desired state after the connection to
@@ -599,8 +583,9 @@ func (b *Backend) afterApply(ctx context.Context, refused []dataplane.FrontendEr
 		if kept[c.key] {
 			continue
 		}
-		learned = append(learned, deleteByCookie(makeCookie(compLearned, b.ids[c.key], 0), 0xffffffff00000000))
-		b.releaseID(c.key)
+		id, _ := b.ids.Get(c.key)
+		learned = append(learned, deleteByCookie(makeCookie(compLearned, id, 0), 0xffffffff00000000))
+		b.ids.Release(c.key)
 	}
 	if len(learned) > 0 {
 		if err := b.of.Bundle(ctx, learned); err != nil {
@@ -707,21 +692,17 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		// old: what a refusal puts back (what this process had installed).
 		changes = append(changes, change{key: k, old: prevFronts[k], new: c})
 	}
-	for k := range b.ids {
+	for _, k := range b.ids.Keys() {
 		if _, ok := m.Frontends[k]; !ok {
-			b.releaseID(k)
+			b.ids.Release(k)
 		}
 	}
 	var cleanup []util.Message
 	for _, c := range unreadable {
 		cleanup = append(cleanup, deleteByCookie(c, ^uint64(0)))
 	}
-	liveOwners := map[uint32]bool{}
-	for _, id := range b.ids {
-		liveOwners[id] = true
-	}
 	for o := range learnedOwners {
-		if !liveOwners[o] {
+		if !b.ids.InUse(o) {
 			cleanup = append(cleanup, deleteByCookie(makeCookie(compLearned, o, 0), 0xffffffff00000000))
 		}
 	}
@@ -797,15 +778,10 @@ func (b *Backend) adoptIDs(installed map[flowKey]installedFlow) {
 		if k.Table != tClassifier || k.Priority != 200 || k.Match.TPDst == 0 {
 			continue
 		}
-		fk := dataplane.FrontendKey{IP: k.Match.IPDst, Port: k.Match.TPDst,
-			Protocol: map[uint8]dataplane.Protocol{6: dataplane.TCP, 17: dataplane.UDP, 132: dataplane.SCTP}[k.Match.IPProto]}
-		id := cookieOwner(f.cookie)
-		if id == 0 || id > maxOwner || b.used[id] || fk.Protocol == "" || !fk.IP.IsValid() {
-			continue
-		}
-		b.ids[fk], b.used[id] = id, true
-		if id > b.next {
-			b.next = id
+		proto, ok := dataplane.ProtocolOf(k.Match.IPProto)
+		fk := dataplane.FrontendKey{IP: k.Match.IPDst, Port: k.Match.TPDst, Protocol: proto}
+		if ok && fk.IP.IsValid() {
+			b.ids.Adopt(fk, cookieOwner(f.cookie))
 		}
 	}
 }
@@ -841,7 +817,7 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.db.SetFlowTableNames(ctx, b.opts.Bridge, names); err != nil {
 		return err
 	}
-	b.ids, b.used, b.next = nil, nil, 0
+	b.ids = nil
 	b.reset()
 	b.adopted, b.last = false, nil
 	return nil

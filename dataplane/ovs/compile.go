@@ -208,7 +208,7 @@ func affinitySeconds(f *dataplane.Frontend) uint16 {
 
 // vipMatch matches packets to the frontend.
 func vipMatch(k dataplane.FrontendKey) Match {
-	return Match{EthType: ethTypeOf(k.IP), IPProto: protoNumber(k.Protocol), IPDst: k.IP, TPDst: k.Port}
+	return Match{EthType: ethTypeOf(k.IP), IPProto: k.Protocol.Number(), IPDst: k.IP, TPDst: k.Port}
 }
 
 // compileFrontend compiles one frontend with id (1..maxOwner).
@@ -346,7 +346,7 @@ func snatFlows(a netip.Addr) []Flow {
 func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compileOptions) []Flow {
 	a := ep.Addr()
 	out := []Flow{{Table: tDNAT, Priority: 100,
-		Match:   Match{EthType: ethTypeOf(a), IPProto: protoNumber(p), EPAddr: a, EPPort: ep.Port()},
+		Match:   Match{EthType: ethTypeOf(a), IPProto: p.Number(), EPAddr: a, EPPort: ep.Port()},
 		Actions: []Action{CT{Commit: true, Table: tHairpin, Zone: SvcZone, NAT: NAT{Kind: NATDst, Addr: a, Port: ep.Port()}}}}}
 	if local && a.Is4() && o.HairpinIP.IsValid() {
 		out = append(out, Flow{Table: tHairpin, Priority: 100, Match: Match{EthType: ethIPv4, IPSrc: a, IPDst: a},

@@ -3,6 +3,7 @@ package ovs
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	"go.uber.org/zap"
 
@@ -15,7 +16,7 @@ import (
 // connection), so they are flushed once the new flows are in.
 type staleUDP struct {
 	key dataplane.FrontendKey
-	ep  dataplane.Endpoint
+	ep  netip.AddrPort
 }
 
 // goneUDP lists the UDP endpoints of old that are not in cur (nil: removed).
@@ -23,17 +24,9 @@ func goneUDP(old, cur *dataplane.Frontend) []staleUDP {
 	if old == nil || old.Key.Protocol != dataplane.UDP {
 		return nil
 	}
-	keep := map[[2]any]bool{}
-	if cur != nil {
-		for _, e := range cur.Endpoints {
-			keep[[2]any{e.IP, e.Port}] = true
-		}
-	}
 	var out []staleUDP
-	for _, e := range old.Endpoints {
-		if !keep[[2]any{e.IP, e.Port}] {
-			out = append(out, staleUDP{key: old.Key, ep: e})
-		}
+	for _, e := range dataplane.GoneEndpoints(dataplane.EndpointAddrs(old), dataplane.EndpointAddrs(cur)) {
+		out = append(out, staleUDP{key: old.Key, ep: e})
 	}
 	return out
 }
@@ -51,12 +44,12 @@ func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
 			ipf = "ct_ipv6"
 		}
 		orig := fmt.Sprintf("%s_dst=%s,ct_nw_proto=17,ct_tp_dst=%d", ipf, s.key.IP, s.key.Port)
-		reply := fmt.Sprintf("%s_src=%s,ct_nw_proto=17,ct_tp_src=%d", ipf, s.ep.IP, s.ep.Port)
+		reply := fmt.Sprintf("%s_src=%s,ct_nw_proto=17,ct_tp_src=%d", ipf, s.ep.Addr(), s.ep.Port())
 		if _, err := ovsrun.Appctl(ctx, ctl, "dpctl/flush-conntrack", fmt.Sprintf("zone=%d", SvcZone), orig, reply); err != nil {
 			b.log.Warn("flushing conntrack of a removed UDP endpoint failed", zap.Stringer("frontend", s.key),
-				zap.String("endpoint", s.ep.AddrPort().String()), zap.Error(err))
+				zap.Stringer("endpoint", s.ep), zap.Error(err))
 			continue
 		}
-		b.log.Debug("flushed conntrack of a removed UDP endpoint", zap.Stringer("frontend", s.key), zap.String("endpoint", s.ep.AddrPort().String()))
+		b.log.Debug("flushed conntrack of a removed UDP endpoint", zap.Stringer("frontend", s.key), zap.Stringer("endpoint", s.ep))
 	}
 }

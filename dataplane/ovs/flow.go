@@ -59,18 +59,6 @@ const (
 	ethIPv6 = 0x86dd
 )
 
-func protoNumber(p dataplane.Protocol) uint8 {
-	switch p {
-	case dataplane.TCP:
-		return 6
-	case dataplane.UDP:
-		return 17
-	case dataplane.SCTP:
-		return 132
-	}
-	return 0
-}
-
 func ethTypeOf(a netip.Addr) uint16 {
 	if a.Is6() {
 		return ethIPv6
@@ -468,7 +456,7 @@ func (a LearnAffinity) names() (ethType uint16, src, dst, tpDst, epReg string, e
 func (a LearnAffinity) String() string {
 	eth, src, dst, tp, reg, _ := a.names()
 	return fmt.Sprintf("learn(table=%d,idle_timeout=%d,priority=200,cookie=0x%x,eth_type=0x%x,nw_proto=%d,%s[],%s[],%s[],load:%s[]->%s[],load:NXM_NX_REG2[0..15]->NXM_NX_REG2[0..15])",
-		tAffinity, a.IdleTimeout, a.Cookie, eth, protoNumber(a.Proto), src, dst, tp, reg, reg)
+		tAffinity, a.IdleTimeout, a.Cookie, eth, a.Proto.Number(), src, dst, tp, reg, reg)
 }
 
 func (a LearnAffinity) of() []openflow15.Action {
@@ -496,7 +484,7 @@ func (a LearnAffinity) of() []openflow15.Action {
 	}
 	l.LearnSpecs = []*openflow15.NXLearnSpec{
 		value("NXM_OF_ETH_TYPE", 16, uint64(eth)),
-		value("NXM_OF_IP_PROTO", 8, uint64(protoNumber(a.Proto))),
+		value("NXM_OF_IP_PROTO", 8, uint64(a.Proto.Number())),
 		match(src, ipBits), match(dst, ipBits), match(tp, 16),
 		load(reg, epBits), load("NXM_NX_REG2", 16),
 	}
