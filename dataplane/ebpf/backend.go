@@ -431,44 +431,43 @@ func (b *Backend) adopt() error {
 	for _, s := range b.installed {
 		bySvc[s.val.Id] = s
 	}
-	var rk nsxRangeKey
-	var one uint8
-	var orphans []nsxRangeKey
-	rit := b.objs.NsxRanges.Iterate()
-	for rit.Next(&rk, &one) {
-		if s := bySvc[rk.SvcId]; s != nil {
-			s.ranges = append(s.ranges, rk)
-		} else {
-			orphans = append(orphans, rk)
-		}
+	if err := adoptPerService(b.objs.NsxRanges, bySvc, "source ranges",
+		func(k nsxRangeKey) uint32 { return k.SvcId },
+		func(s *installedSvc, k nsxRangeKey) { s.ranges = append(s.ranges, k) }, b.deleteRange); err != nil {
+		return err
 	}
-	if err := rit.Err(); err != nil {
-		return fmt.Errorf("ebpf dataplane: read source ranges map: %w", err)
-	}
-	for _, r := range orphans {
-		if err := b.deleteRange(r); err != nil {
-			return fmt.Errorf("ebpf dataplane: %w", err)
-		}
-	}
-	var mk nsxMemberKey
-	var orphanMembers []nsxMemberKey
-	mit := b.objs.NsxMembers.Iterate()
-	for mit.Next(&mk, &one) {
-		if s := bySvc[mk.SvcId]; s != nil {
-			s.members = append(s.members, mk)
-		} else {
-			orphanMembers = append(orphanMembers, mk)
-		}
-	}
-	if err := mit.Err(); err != nil {
-		return fmt.Errorf("ebpf dataplane: read affinity members map: %w", err)
-	}
-	for _, k := range orphanMembers {
-		if err := b.deleteMember(k); err != nil {
-			return fmt.Errorf("ebpf dataplane: %w", err)
-		}
+	if err := adoptPerService(b.objs.NsxMembers, bySvc, "affinity members",
+		func(k nsxMemberKey) uint32 { return k.SvcId },
+		func(s *installedSvc, k nsxMemberKey) { s.members = append(s.members, k) }, b.deleteMember); err != nil {
+		return err
 	}
 	b.adopted = true
+	return nil
+}
+
+// adoptPerService reads a map keyed by service id (value: a byte) into the
+// adopted services, and deletes the entries of services that are gone.
+func adoptPerService[K any](m *ebpf.Map, bySvc map[uint32]*installedSvc, what string,
+	svcID func(K) uint32, add func(*installedSvc, K), del func(K) error) error {
+	var k K
+	var one uint8
+	var orphans []K
+	it := m.Iterate()
+	for it.Next(&k, &one) {
+		if s := bySvc[svcID(k)]; s != nil {
+			add(s, k)
+		} else {
+			orphans = append(orphans, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("ebpf dataplane: read %s map: %w", what, err)
+	}
+	for _, k := range orphans {
+		if err := del(k); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/backends"
 	"github.com/nsx-ujo/nsx-ujo/dataplane/ebpf"
 	ovsdp "github.com/nsx-ujo/nsx-ujo/dataplane/ovs"
@@ -23,23 +24,35 @@ func OVS(t *testing.T, e *Env) *Instance {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return instance(e, b, func() []string {
+		var left []string
+		for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats"), "\n") {
+			if strings.Contains(l, "cookie=0x5a") || strings.Contains(l, "cookie=0x5b") {
+				left = append(left, "flow: "+strings.TrimSpace(l))
+			}
+		}
+		for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"), "\n") {
+			if strings.Contains(l, "group_id=") {
+				left = append(left, "group: "+strings.TrimSpace(l))
+			}
+		}
+		return left
+	})
+}
+
+// closer is a dataplane backend as the factories make them.
+type closer interface {
+	dataplane.ServiceBackend
+	Close() error
+}
+
+// instance wraps b as nsx-kube-proxy does (the node's own NodePorts through
+// nftables) with its leftovers check.
+func instance(e *Env, b closer, leftovers func() []string) *Instance {
 	return &Instance{
-		Backend: backends.WithLocalNodePorts(b, nftables.New(nftables.Options{NetNS: e.Node.Path})),
-		Close:   func() { b.Close() },
-		Leftovers: func() []string {
-			var left []string
-			for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats"), "\n") {
-				if strings.Contains(l, "cookie=0x5a") || strings.Contains(l, "cookie=0x5b") {
-					left = append(left, "flow: "+strings.TrimSpace(l))
-				}
-			}
-			for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"), "\n") {
-				if strings.Contains(l, "group_id=") {
-					left = append(left, "group: "+strings.TrimSpace(l))
-				}
-			}
-			return left
-		},
+		Backend:   backends.WithLocalNodePorts(b, nftables.New(nftables.Options{NetNS: e.Node.Path})),
+		Close:     func() { b.Close() },
+		Leftovers: leftovers,
 	}
 }
 
@@ -62,20 +75,16 @@ func EBPF() Factory {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return &Instance{
-			Backend: backends.WithLocalNodePorts(b, nftables.New(nftables.Options{NetNS: e.Node.Path})),
-			Close:   func() { b.Close() },
-			Leftovers: func() []string {
-				var left []string
-				filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-					// maps.debug and progs.debug come with every bpffs mount.
-					if err == nil && p != dir && filepath.Ext(p) != ".debug" {
-						left = append(left, p)
-					}
-					return nil
-				})
-				return left
-			},
-		}
+		return instance(e, b, func() []string {
+			var left []string
+			filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+				// maps.debug and progs.debug come with every bpffs mount.
+				if err == nil && p != dir && filepath.Ext(p) != ".debug" {
+					left = append(left, p)
+				}
+				return nil
+			})
+			return left
+		})
 	}
 }

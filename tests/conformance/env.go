@@ -1,7 +1,7 @@
 // Package conformance is the one list of Service behaviours every
 // dataplane.ServiceBackend must show, checked with real traffic between
 // network-namespace pods on a real OVS bridge. Each backend's test calls Run
-// with a factory; ../shared/SERVICES.md maps the cases to kube-proxy's
+// with a factory; docs/services.md maps the cases to kube-proxy's
 // semantics and upstream e2e names.
 package conformance
 

@@ -86,7 +86,7 @@ const (
 // Case is one behaviour.
 type Case struct {
 	Name string
-	Row  string // SERVICES.md row(s)
+	Row  string // docs/services.md row(s)
 	Run  func(t *testing.T, e *Env, inst *Instance, f Factory)
 }
 
