@@ -203,6 +203,29 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsx_stats SEC(".maps");
 
+// Node-wide state the proxy sets; one slot.
+enum {
+	// Taking over from the OVS dataplane: a TCP packet that is not a SYN
+	// and has no conntrack entry belongs to a connection OVS NATed and
+	// passes on to it, instead of being balanced afresh.
+	STATE_F_HANDOVER = 1,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_state SEC(".maps");
+
+static __always_inline int handing_over(void)
+{
+	__u32 k = 0;
+	__u32 *v = bpf_map_lookup_elem(&nsx_state, &k);
+	return v && (*v & STATE_F_HANDOVER);
+}
+
 // The source a pod sees when it reaches itself through a service (network
 // order); the loader sets it (LoadOptions.HairpinIP, default
 // 169.254.169.253 as the OVS dataplane's).
@@ -551,6 +574,8 @@ int nsx_egress(struct __sk_buff *skb)
 				return TC_ACT_SHOT;
 			return TCX_PASS;
 		}
+		if (p.ip.protocol == IPPROTO_TCP && !syn && handing_over())
+			return TCX_NEXT;
 		if (!in_ranges(svc, p.ip.saddr)) {
 			count(STAT_DROPPED);
 			return TC_ACT_SHOT;

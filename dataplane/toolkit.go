@@ -152,3 +152,12 @@ func EndpointAddrs(f *Frontend) []netip.AddrPort {
 	}
 	return out
 }
+
+// Conn is one established Service connection as a dataplane NATed it: the
+// client reached Frontend and was sent to Backend. A dataplane taking over
+// from the other one adopts these, so they keep their backend.
+type Conn struct {
+	Frontend FrontendKey
+	Client   netip.AddrPort
+	Backend  netip.AddrPort
+}

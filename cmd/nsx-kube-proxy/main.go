@@ -68,10 +68,6 @@ func run() error {
 		}
 		return err
 	}
-	// A node that switched dataplane must not keep serving through the old one.
-	if err := backends.CleanupOthers(ctx, cfg, env.NodeName, log); err != nil {
-		return err
-	}
 	if c, ok := backend.(io.Closer); ok {
 		defer c.Close()
 	}

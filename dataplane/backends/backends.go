@@ -1,6 +1,7 @@
 // Package backends builds the ServiceBackend a node's ncp.ini names
-// ([nsx_kube_proxy] dataplane) and removes what the other dataplane left
-// when a node switches, so the proxy core and cmd/ stay dataplane-agnostic.
+// ([nsx_kube_proxy] dataplane) and takes over from the other dataplane
+// when a node switches (takeover.go), so the proxy core and cmd/ stay
+// dataplane-agnostic.
 package backends
 
 import (
@@ -8,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -43,7 +42,9 @@ func ovsOptions(cfg *config.Config, nodeName string, log *zap.Logger) ovsdp.Opti
 
 // New builds the dataplane named by [nsx_kube_proxy] dataplane, with the
 // node's own connections to its NodePorts served beside it (see
-// WithLocalNodePorts).
+// WithLocalNodePorts). Its first Sync takes over from the other dataplane
+// if the node ran it (see takeover): no gap for new connections, and
+// established ones keep their backend.
 func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.ServiceBackend, error) {
 	switch dp := cfg.KubeProxy.Dataplane; dp {
 	case "ovs":
@@ -51,13 +52,17 @@ func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.Servic
 		if err != nil {
 			return nil, err
 		}
-		return WithLocalNodePorts(b, nftables.New(nftables.Options{})), nil
+		t := fromEBPF(cfg.KubeProxy.BPFPinDir, cfg.KubeProxy.SwitchDrainPeriod, log)
+		t.localNodePorts = withLocalNodePorts(b, nftables.New(nftables.Options{}))
+		return t, nil
 	case "ebpf":
 		b, err := ebpfdp.New(EBPFOptions(cfg, log))
 		if err != nil {
 			return nil, err
 		}
-		return WithLocalNodePorts(b, nftables.New(nftables.Options{})), nil
+		t := fromOVS(b, func() (*ovsdp.Backend, error) { return ovsdp.New(ovsOptions(cfg, nodeName, log)) }, log)
+		t.localNodePorts = withLocalNodePorts(b, nftables.New(nftables.Options{}))
+		return t, nil
 	default:
 		return nil, fmt.Errorf("ncp.ini [nsx_kube_proxy] dataplane = %q: %w", dp, ErrUnknown)
 	}
@@ -71,6 +76,10 @@ func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.Servic
 // stays visible to errors.As); Cleanup removes both. The result forwards
 // b's optional Collectors and Close.
 func WithLocalNodePorts(b dataplane.ServiceBackend, np *nftables.NodePorts) dataplane.ServiceBackend {
+	return withLocalNodePorts(b, np)
+}
+
+func withLocalNodePorts(b dataplane.ServiceBackend, np *nftables.NodePorts) *localNodePorts {
 	return &localNodePorts{ServiceBackend: b, np: np}
 }
 
@@ -103,30 +112,6 @@ func (l *localNodePorts) Collectors() []prometheus.Collector {
 func (l *localNodePorts) Close() error {
 	if c, ok := l.ServiceBackend.(io.Closer); ok {
 		return c.Close()
-	}
-	return nil
-}
-
-// CleanupOthers removes the state of every dataplane but the configured
-// one: the OVS backend's flows and groups (by cookie and group range) when
-// the node runs eBPF, the pinned maps and links when it runs OVS. It is
-// called at start, before the first Sync. Idempotent.
-func CleanupOthers(ctx context.Context, cfg *config.Config, nodeName string, log *zap.Logger) error {
-	switch cfg.KubeProxy.Dataplane {
-	case "ebpf":
-		b, err := ovsdp.New(ovsOptions(cfg, nodeName, log))
-		if err != nil {
-			return fmt.Errorf("remove the OVS dataplane's flows: %w", err)
-		}
-		defer b.Close()
-		return b.Cleanup(ctx)
-	case "ovs":
-		pins := cfg.KubeProxy.BPFPinDir
-		if _, err := os.Stat(filepath.Join(pins, "nsx_services")); errors.Is(err, os.ErrNotExist) {
-			return nil // never ran eBPF here
-		}
-		log.Info("removing the eBPF dataplane's programs and maps", zap.String("pinDir", pins))
-		return ebpfdp.CleanupPins(pins)
 	}
 	return nil
 }

@@ -104,6 +104,7 @@ const (
 	nsxMapNsxMembers      = "nsx_members"
 	nsxMapNsxRanges       = "nsx_ranges"
 	nsxMapNsxServices     = "nsx_services"
+	nsxMapNsxState        = "nsx_state"
 	nsxMapNsxStats        = "nsx_stats"
 	nsxProgNsxEgress      = "nsx_egress"
 	nsxProgNsxIngress     = "nsx_ingress"
@@ -168,6 +169,7 @@ type nsxMapSpecs struct {
 	NsxMembers   *ebpf.MapSpec `ebpf:"nsx_members"`
 	NsxRanges    *ebpf.MapSpec `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.MapSpec `ebpf:"nsx_services"`
+	NsxState     *ebpf.MapSpec `ebpf:"nsx_state"`
 	NsxStats     *ebpf.MapSpec `ebpf:"nsx_stats"`
 }
 
@@ -204,6 +206,7 @@ type nsxMaps struct {
 	NsxMembers   *ebpf.Map `ebpf:"nsx_members"`
 	NsxRanges    *ebpf.Map `ebpf:"nsx_ranges"`
 	NsxServices  *ebpf.Map `ebpf:"nsx_services"`
+	NsxState     *ebpf.Map `ebpf:"nsx_state"`
 	NsxStats     *ebpf.Map `ebpf:"nsx_stats"`
 }
 
@@ -215,6 +218,7 @@ func (m *nsxMaps) Close() error {
 		m.NsxMembers,
 		m.NsxRanges,
 		m.NsxServices,
+		m.NsxState,
 		m.NsxStats,
 	)
 }

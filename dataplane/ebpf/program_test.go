@@ -292,6 +292,30 @@ func TestAffinityWithThousandsOfBackends(t *testing.T) {
 	}
 }
 
+// During a take-over from OVS, a mid-stream TCP packet without a
+// conntrack entry (a connection OVS NATed) passes on untouched; a SYN is
+// balanced; once the take-over ends, mid-stream packets are balanced again.
+func TestHandoverLeavesOVSConnectionsToOVS(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 10, 0, netip.AddrPortFrom(backend1, 8080))
+	b := &Backend{objs: o}
+	if err := b.SetHandover(true); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 42000, 80, 0x10)); ret != tcxNext || parse(t, out).dst != vip {
+		t.Fatalf("mid-stream packet during the take-over: ret %d, dst %s; want it passed on to OVS untouched", int32(ret), parse(t, out).dst)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 42001, 80, 0x02)); ret != tcxPass || parse(t, out).dst != backend1 {
+		t.Fatalf("SYN during the take-over: ret %d, dst %s; want it NATed", int32(ret), parse(t, out).dst)
+	}
+	if err := b.SetHandover(false); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 42002, 80, 0x10)); ret != tcxPass || parse(t, out).dst != backend1 {
+		t.Fatalf("mid-stream packet after the take-over: ret %d, dst %s; want it NATed", int32(ret), parse(t, out).dst)
+	}
+}
+
 func TestNoBackends(t *testing.T) {
 	o := load(t)
 	addService(t, o, protoTCP, 80, 3, 0)

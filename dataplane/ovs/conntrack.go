@@ -2,8 +2,11 @@ package ovs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 
@@ -52,4 +55,81 @@ func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
 		}
 		b.log.Debug("flushed conntrack of a removed UDP endpoint", zap.Stringer("frontend", s.key), zap.Stringer("endpoint", s.ep))
 	}
+}
+
+// Connections lists the established Service connections of the service
+// zone (what a dataplane taking over adopts): conntrack entries whose
+// reply source is not the original destination (DNATed) and not SNATed.
+// Read over ovs-vswitchd's unixctl socket (dpctl/dump-conntrack), no
+// process.
+func (b *Backend) Connections(ctx context.Context) ([]dataplane.Conn, error) {
+	out, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "dpctl/dump-conntrack", fmt.Sprintf("zone=%d", SvcZone))
+	if err != nil {
+		return nil, fmt.Errorf("ovs dataplane: conntrack of the service zone: %w", err)
+	}
+	return parseConntrack(out), nil
+}
+
+// parseConntrack reads dpctl/dump-conntrack lines such as
+//
+//	tcp,orig=(src=10.0.1.50,dst=10.96.0.10,sport=46874,dport=80),reply=(src=10.0.2.20,dst=10.0.1.50,sport=8080,dport=46874),zone=65520,protoinfo=(state=ESTABLISHED)
+//
+// into the DNATed connections (TCP past its handshake, UDP); lines it
+// cannot read are skipped.
+func parseConntrack(out string) []dataplane.Conn {
+	var conns []dataplane.Conn
+	for _, line := range strings.Split(out, "\n") {
+		proto, rest, ok := strings.Cut(strings.TrimSpace(line), ",")
+		if !ok {
+			continue
+		}
+		p, ok := map[string]dataplane.Protocol{"tcp": dataplane.TCP, "udp": dataplane.UDP, "sctp": dataplane.SCTP}[proto]
+		if !ok {
+			continue
+		}
+		orig, okO := tuple(rest, "orig=(")
+		reply, okR := tuple(rest, "reply=(")
+		if !okO || !okR {
+			continue
+		}
+		if p == dataplane.TCP && !strings.Contains(rest, "state=ESTABLISHED") {
+			continue // a handshake not yet done is retried by the client
+		}
+		// DNATed (the reply comes from the endpoint, not the frontend)
+		// and not SNATed (it goes back to the client itself).
+		if reply.src == orig.dst || reply.dst != orig.src {
+			continue
+		}
+		conns = append(conns, dataplane.Conn{Frontend: dataplane.FrontendKey{IP: orig.dst.Addr(), Port: orig.dst.Port(), Protocol: p},
+			Client: orig.src, Backend: reply.src})
+	}
+	return conns
+}
+
+type ctTuple struct{ src, dst netip.AddrPort }
+
+// tuple reads "src=A,dst=B,sport=N,dport=M" after prefix up to ")".
+func tuple(s, prefix string) (ctTuple, bool) {
+	i := strings.Index(s, prefix)
+	if i < 0 {
+		return ctTuple{}, false
+	}
+	body, _, ok := strings.Cut(s[i+len(prefix):], ")")
+	if !ok {
+		return ctTuple{}, false
+	}
+	f := map[string]string{}
+	for _, kv := range strings.Split(body, ",") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			f[k] = v
+		}
+	}
+	src, err1 := netip.ParseAddr(f["src"])
+	dst, err2 := netip.ParseAddr(f["dst"])
+	sport, err3 := strconv.ParseUint(f["sport"], 10, 16)
+	dport, err4 := strconv.ParseUint(f["dport"], 10, 16)
+	if err := errors.Join(err1, err2, err3, err4); err != nil {
+		return ctTuple{}, false
+	}
+	return ctTuple{netip.AddrPortFrom(src, uint16(sport)), netip.AddrPortFrom(dst, uint16(dport))}, true
 }

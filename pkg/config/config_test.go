@@ -24,7 +24,7 @@ func TestDefaults(t *testing.T) {
 			CNIVersion: "auto",
 		},
 		KubeProxy: KubeProxy{
-			ConfigHandler: "ovs", Dataplane: "ovs", SyncPeriod: 30 * time.Second,
+			ConfigHandler: "ovs", Dataplane: "ovs", SyncPeriod: 30 * time.Second, SwitchDrainPeriod: 900 * time.Second,
 			HealthzBindAddr: "0.0.0.0:10256", MetricsBindAddr: "127.0.0.1:10249", BPFPinDir: "/sys/fs/bpf/nsx-ujo",
 			BPFServicesMapSize: 65536, BPFBackendsMapSize: 1 << 20, BPFConntrackMapSize: 1 << 19, BPFAffinityMapSize: 1 << 17,
 		},
@@ -88,6 +88,7 @@ dataplane = ebpf
 service_proxy_name = nsx
 sync_period = 15
 min_sync_period = 1
+switch_drain_period = 60
 healthz_bind_address =
 metrics_bind_address = [::1]:9000
 bpf_pin_dir = /sys/fs/bpf/x
@@ -111,7 +112,7 @@ bpf_affinity_map_size = 3000
 		},
 		KubeProxy: KubeProxy{
 			ConfigHandler: "ovs", Dataplane: "ebpf", ServiceProxyName: "nsx", SyncPeriod: 15 * time.Second,
-			MinSyncPeriod: time.Second, HealthzBindAddr: "", MetricsBindAddr: "[::1]:9000", BPFPinDir: "/sys/fs/bpf/x",
+			MinSyncPeriod: time.Second, SwitchDrainPeriod: time.Minute, HealthzBindAddr: "", MetricsBindAddr: "[::1]:9000", BPFPinDir: "/sys/fs/bpf/x",
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64"),
 				netip.MustParsePrefix("192.168.1.0/24")},
 			BPFServicesMapSize: 1000, BPFBackendsMapSize: 20000, BPFConntrackMapSize: 40000, BPFAffinityMapSize: 3000,

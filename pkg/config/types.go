@@ -80,9 +80,13 @@ type KubeProxy struct {
 	ServiceProxyName string        // service_proxy_name ("")
 	SyncPeriod       time.Duration // sync_period, seconds (30)
 	MinSyncPeriod    time.Duration // min_sync_period, seconds (0)
-	HealthzBindAddr  string        // healthz_bind_address (0.0.0.0:10256)
-	MetricsBindAddr  string        // metrics_bind_address (127.0.0.1:10249)
-	BPFPinDir        string        // bpf_pin_dir (/sys/fs/bpf/nsx-ujo)
+	// switch_drain_period, seconds (900): after a switch from eBPF to OVS,
+	// how long the eBPF programs keep carrying the connections they NATed
+	// (new ones go through OVS at once) before they are removed.
+	SwitchDrainPeriod time.Duration
+	HealthzBindAddr   string // healthz_bind_address (0.0.0.0:10256)
+	MetricsBindAddr   string // metrics_bind_address (127.0.0.1:10249)
+	BPFPinDir         string // bpf_pin_dir (/sys/fs/bpf/nsx-ujo)
 	// nodeport_addresses (primary): CIDRs selecting the node addresses
 	// NodePorts are served on, as kube-proxy's --nodeport-addresses; empty
 	// ("primary") is the Node's first InternalIP of each family.

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -54,6 +55,7 @@ ovs_run_dir = %s
 dataplane = %s
 bpf_pin_dir = %s
 sync_period = 5
+switch_drain_period = 15
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
 `, api.Kubeconfig, conformance.Uplink, e.OVS.RunDir, dataplane, bpfPinDir(t, e))
@@ -329,12 +331,23 @@ func testKubeProxyExternal(t *testing.T, dataplane string) {
 
 // TestSwitchDataplane moves a node ovs -> ebpf -> ovs: each time the
 // Service keeps working and nothing of the other dataplane stays behind.
+// Switching a running node's dataplane (the proxy restarted with the other
+// one, as a ConfigMap change and a rolling restart do) fails no new
+// connection and keeps an established one, each way; afterwards only the
+// new dataplane's state is left (eBPF: after switch_drain_period).
 func TestSwitchDataplane(t *testing.T) {
 	cs := api.Client(t)
 	e := conformance.NewEnv(t)
-	a := e.AddPod("a", 102, 20)
+	// Four backends: a connection moved to another one breaks (RST), so
+	// one kept across a switch kept its backend.
+	var backends []*conformance.Pod
+	for i, name := range []string{"a", "b", "c", "d"} {
+		p := e.AddPod(name, 102, 20+i)
+		p.Serve(t, 8080)
+		backends = append(backends, p)
+	}
 	client := e.AddPod("client", 101, 50)
-	a.Serve(t, 8080)
+	prober := e.AddPod("prober", 101, 51)
 	api.ExposeIn(t, e.Node)
 	ns := newNamespace(t, cs)
 	ctx := context.Background()
@@ -345,7 +358,7 @@ func TestSwitchDataplane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, "web", a), metav1.CreateOptions{}); err != nil {
+	if _, err := cs.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, "web", backends...), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	vip := svc.Spec.ClusterIP + ":80"
@@ -354,28 +367,101 @@ func TestSwitchDataplane(t *testing.T) {
 		return strings.Count(out, "cookie=")
 	}
 	pins := bpfPinDir(t, e)
+	pinned := func() bool { _, err := os.Stat(filepath.Join(pins, "nsx_services")); return err == nil }
+	var p *cluster.Process
 	for i, dp := range []string{"ovs", "ebpf", "ovs"} {
-		p := startKubeProxy(t, e, dp)
-		eventually(t, dp+": serves", wantServers(client, vip, "a"))
-		_, pinErr := os.Stat(filepath.Join(pins, "nsx_services"))
+		var held *conformance.Conn
+		var probe *newConnProbe
+		if p != nil {
+			// The old dataplane serves: a connection through it, and a
+			// steady stream of new ones across the switch.
+			if held, err = client.Dial(vip, 5*time.Second); err != nil {
+				t.Fatalf("round %d: connection before the switch: %v", i, err)
+			}
+			defer held.Close()
+			probe = startNewConnProbe(prober, vip)
+			p.Stop()
+		}
+		p = startKubeProxy(t, e, dp)
+		start := time.Now()
+		eventually(t, dp+": serves", wantServers(client, vip, "a", "b", "c", "d"))
 		switch dp {
 		case "ovs":
-			if !os.IsNotExist(pinErr) {
-				t.Fatalf("round %d (ovs): eBPF maps still pinned", i)
-			}
-			if ourFlows() == 0 {
-				t.Fatalf("round %d (ovs): no flows", i)
-			}
+			eventually(t, "the OVS service flows installed", func() error {
+				if ourFlows() == 0 {
+					return errors.New("no flows")
+				}
+				return nil
+			})
 		case "ebpf":
-			if n := ourFlows(); n != 0 {
-				t.Fatalf("round %d (ebpf): %d OVS service flows left", i, n)
-			}
-			if pinErr != nil {
-				t.Fatalf("round %d (ebpf): maps not pinned: %v", i, pinErr)
+			eventually(t, "the OVS service flows removed", func() error {
+				if n := ourFlows(); n != 0 {
+					return fmt.Errorf("%d OVS service flows left", n)
+				}
+				return nil
+			})
+			if !pinned() {
+				t.Fatalf("round %d (ebpf): maps not pinned", i)
 			}
 		}
-		p.Stop()
+		if held != nil {
+			// OVS -> eBPF: the connection is adopted for good; eBPF ->
+			// OVS: carried by the draining programs until
+			// switch_drain_period ends.
+			if err := held.Echo("after the switch", 5*time.Second); err != nil {
+				t.Errorf("round %d (to %s): the connection opened before the switch broke: %v", i, dp, err)
+			}
+			tried, failed := probe.stop()
+			if failed > 0 || tried == 0 {
+				t.Errorf("round %d (to %s): %d of %d new connections failed during the switch", i, dp, failed, tried)
+			}
+			t.Logf("switch to %s in %s: %d new connections during it, %d failed; the established one kept",
+				dp, time.Since(start).Round(time.Millisecond), tried, failed)
+		}
+		if dp == "ovs" && i > 0 {
+			eventually(t, "the eBPF dataplane removed after its drain", func() error {
+				if pinned() {
+					return errors.New("eBPF maps still pinned")
+				}
+				return nil
+			})
+		}
 	}
+	p.Stop()
+}
+
+// newConnProbe opens new connections to a frontend back to back (each
+// with a 1 s timeout) until stopped, counting failures.
+type newConnProbe struct {
+	done          chan struct{}
+	finished      chan struct{}
+	tried, failed int
+}
+
+func startNewConnProbe(from *conformance.Pod, addr string) *newConnProbe {
+	pr := &newConnProbe{done: make(chan struct{}), finished: make(chan struct{})}
+	go func() {
+		defer close(pr.finished)
+		for {
+			select {
+			case <-pr.done:
+				return
+			default:
+			}
+			pr.tried++
+			if _, _, err := from.Get(addr, time.Second); err != nil {
+				pr.failed++
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return pr
+}
+
+func (pr *newConnProbe) stop() (tried, failed int) {
+	close(pr.done)
+	<-pr.finished
+	return pr.tried, pr.failed
 }
 
 func updateSlice(t *testing.T, cs kubernetes.Interface, es *discoveryv1.EndpointSlice, pods ...*conformance.Pod) {
