@@ -563,6 +563,10 @@ int nsx_egress(struct __sk_buff *skb)
 				struct ct_key stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
 						       .proto = IPPROTO_TCP, .dir = CT_REV};
 				bpf_map_delete_elem(&nsx_conntrack, &stale);
+				// Nor may its later packets follow the forward entry of
+				// a closed connection on the same ports (the frontend
+				// is not ours any more: the node is switching to OVS).
+				bpf_map_delete_elem(&nsx_conntrack, &fk);
 				return TCX_NEXT;
 			}
 			// This pod answering a client that an external frontend

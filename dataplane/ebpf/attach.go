@@ -47,11 +47,14 @@ func (o *Objects) attach(netnsPath, ifName, name string, ingress *ebpf.Program) 
 		if err != nil {
 			return fmt.Errorf("ebpf: interface %s in %s: %w", ifName, netnsPath, err)
 		}
+		// Ingress first: the replies of a connection the egress program
+		// NATs must find their reverse NAT in place (a pod attached while
+		// it opens connections, as in a live switch).
 		for _, a := range []struct {
 			dir    string
 			prog   *ebpf.Program
 			attach ebpf.AttachType
-		}{{"egress", o.NsxEgress, ebpf.AttachTCXEgress}, {"ingress", ingress, ebpf.AttachTCXIngress}} {
+		}{{"ingress", ingress, ebpf.AttachTCXIngress}, {"egress", o.NsxEgress, ebpf.AttachTCXEgress}} {
 			if err := attachOne(iface.Index, a.prog, a.attach, linkPath(o.PinDir, name, a.dir)); err != nil {
 				return fmt.Errorf("ebpf: %s of %s (%s): %w", a.dir, ifName, name, err)
 			}

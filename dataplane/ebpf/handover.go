@@ -37,8 +37,8 @@ func (b *Backend) SetHandover(on bool) error {
 // AdoptConnections writes conntrack entries for connections another
 // dataplane NATed, so this one carries them on to the same backend. Call
 // it after a Sync installed their frontends; a connection whose frontend
-// is not installed, or that is not IPv4, is skipped. It returns how many
-// were adopted.
+// is not installed, that is not IPv4, or whose ports already have a
+// connection here, is skipped. It returns how many were adopted.
 func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 	n := 0
 	var errs []error
@@ -54,13 +54,20 @@ func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 		rk := nsxCtKey{Src: be32(c.Backend.Addr()), Dst: be32(c.Client.Addr()), Sport: be16(c.Backend.Port()), Dport: be16(c.Client.Port()),
 			Proto: proto, Dir: ctDirRev}
 		rv := nsxCtVal{Ip: be32(c.Frontend.IP), Port: be16(c.Frontend.Port), SvcId: s.val.Id}
+		// A forward entry already there is a connection this dataplane
+		// NATed since the take-over began, on ports an older connection
+		// used: it is the newer one, kept.
+		var have nsxCtVal
+		if b.objs.NsxConntrack.Lookup(fk, &have) == nil {
+			continue
+		}
 		// Reverse first: a forward entry without it would NAT requests
 		// whose replies are not un-NATed.
 		if err := b.objs.NsxConntrack.Put(rk, rv); err != nil {
 			errs = append(errs, fmt.Errorf("connection %s -> %s: %w", c.Client, c.Frontend, err))
 			continue
 		}
-		if err := b.objs.NsxConntrack.Put(fk, fv); err != nil {
+		if err := b.objs.NsxConntrack.Update(fk, fv, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("connection %s -> %s: %w", c.Client, c.Frontend, err))
 			continue
 		}

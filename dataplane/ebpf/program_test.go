@@ -316,6 +316,24 @@ func TestHandoverLeavesOVSConnectionsToOVS(t *testing.T) {
 	}
 }
 
+// Draining to OVS (the frontend is gone from the services map): a SYN
+// passes on, and the next packets of its connection are not NATed by the
+// forward entry a closed connection on the same ports left.
+func TestDrainedSYNClearsAStaleEntry(t *testing.T) {
+	o := load(t)
+	addService(t, o, protoTCP, 80, 11, 0, netip.AddrPortFrom(backend1, 8080))
+	runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 43000, 80, 0x02)) // an earlier connection's SYN
+	if err := o.NsxServices.Delete(nsxSvcKey{Vip: be32(vip), Port: be16(80), Proto: protoTCP}); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 43000, 80, 0x02)); ret != tcxNext || parse(t, out).dst != vip {
+		t.Fatalf("SYN of a drained frontend: ret %d, dst %s; want it passed on untouched", int32(ret), parse(t, out).dst)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 43000, 80, 0x10)); ret != tcxNext || parse(t, out).dst != vip {
+		t.Fatalf("the next packet: ret %d, dst %s; want it passed on untouched, not NATed by the stale entry", int32(ret), parse(t, out).dst)
+	}
+}
+
 func TestNoBackends(t *testing.T) {
 	o := load(t)
 	addService(t, o, protoTCP, 80, 3, 0)

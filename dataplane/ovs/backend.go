@@ -817,6 +817,15 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err := b.db.SetFlowTableNames(ctx, b.opts.Bridge, names); err != nil {
 		return err
 	}
+	// Our zones' conntrack entries go too: connections that close while no
+	// flow tracks them (after a switch to eBPF) would stay "established"
+	// there and take over a later connection on the same ports.
+	ctl := ovsrun.VSwitchdCtl(b.opts.OVSRunDir)
+	for _, z := range []int{SvcZone, HairpinZone, SNATZone} {
+		if _, err := ovsrun.Appctl(ctx, ctl, "dpctl/flush-conntrack", fmt.Sprintf("zone=%d", z)); err != nil {
+			return fmt.Errorf("ovs dataplane cleanup: conntrack zone %d: %w", z, err)
+		}
+	}
 	b.ids = nil
 	b.reset()
 	b.adopted, b.last = false, nil

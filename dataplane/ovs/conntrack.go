@@ -74,8 +74,8 @@ func (b *Backend) Connections(ctx context.Context) ([]dataplane.Conn, error) {
 //
 //	tcp,orig=(src=10.0.1.50,dst=10.96.0.10,sport=46874,dport=80),reply=(src=10.0.2.20,dst=10.0.1.50,sport=8080,dport=46874),zone=65520,protoinfo=(state=ESTABLISHED)
 //
-// into the DNATed connections (TCP past its handshake, UDP); lines it
-// cannot read are skipped.
+// into the DNATed connections that are open (TCP established or in its
+// handshake, UDP); lines it cannot read are skipped.
 func parseConntrack(out string) []dataplane.Conn {
 	var conns []dataplane.Conn
 	for _, line := range strings.Split(out, "\n") {
@@ -87,13 +87,13 @@ func parseConntrack(out string) []dataplane.Conn {
 		if !ok {
 			continue
 		}
+		if p == dataplane.TCP && !liveTCP(rest) {
+			continue // closing or closed: adopting it could clobber a new connection on the same ports
+		}
 		orig, okO := tuple(rest, "orig=(")
 		reply, okR := tuple(rest, "reply=(")
 		if !okO || !okR {
 			continue
-		}
-		if p == dataplane.TCP && !strings.Contains(rest, "state=ESTABLISHED") {
-			continue // a handshake not yet done is retried by the client
 		}
 		// DNATed (the reply comes from the endpoint, not the frontend)
 		// and not SNATed (it goes back to the client itself).
@@ -104,6 +104,16 @@ func parseConntrack(out string) []dataplane.Conn {
 			Client: orig.src, Backend: reply.src})
 	}
 	return conns
+}
+
+// liveTCP says whether a TCP entry's state is one of an open connection.
+func liveTCP(line string) bool {
+	for _, st := range []string{"state=ESTABLISHED", "state=SYN_SENT", "state=SYN_RECV"} {
+		if strings.Contains(line, st) {
+			return true
+		}
+	}
+	return false
 }
 
 type ctTuple struct{ src, dst netip.AddrPort }
