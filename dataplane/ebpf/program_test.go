@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 const (
@@ -127,6 +128,7 @@ func parse(t *testing.T, b []byte) parsed {
 
 func load(t *testing.T) *Objects {
 	t.Helper()
+	harness.RequireRoot(t) // loading programs needs CAP_BPF
 	o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 4096, Conntrack: 1024, Affinity: 64}})
 	if err != nil {
 		t.Fatal(err)
@@ -362,6 +364,7 @@ func TestNoBackends(t *testing.T) {
 func TestHairpin(t *testing.T) {
 	for _, hairpin := range []netip.Addr{dataplane.DefaultHairpinIP, netip.MustParseAddr("169.254.7.7")} {
 		t.Run(hairpin.String(), func(t *testing.T) {
+			harness.RequireRoot(t)
 			o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64}, HairpinIP: hairpin})
 			if err != nil {
 				t.Fatal(err)
@@ -384,6 +387,7 @@ func TestHairpin(t *testing.T) {
 }
 
 func BenchmarkEgress(b *testing.B) {
+	harness.RequireRoot(b)
 	o, err := Load(LoadOptions{Sizes: MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64}})
 	if err != nil {
 		b.Fatal(err)

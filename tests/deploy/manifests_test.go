@@ -49,6 +49,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if code, ok := harness.MainRequiresRoot("tests/deploy"); !ok {
+		return code
+	}
 	s, stop, err := harness.StartAPIServerMain()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kube-apiserver:", err)

@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if code, ok := harness.MainRequiresRoot("tests/e2e"); !ok {
+		return code
+	}
 	dir, cleanup, err := cluster.BinariesForMain("tests/e2e", "netns, OVS")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -27,6 +27,9 @@ import (
 var api *harness.APIServer
 
 func TestMain(m *testing.M) {
+	if code, ok := harness.MainRequiresRoot("tests/fabric"); !ok {
+		os.Exit(code)
+	}
 	s, stop, err := harness.StartAPIServerMain()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

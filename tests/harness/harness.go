@@ -31,13 +31,47 @@ import (
 // namePrefix starts the name of every netns and temp dir the harness makes.
 const namePrefix = "nsxt-"
 
-// RequireRoot fails t unless it runs as uid 0. It never skips: a privileged
-// test that silently skips would pass CI without testing anything.
+// UnitOnlyEnv, when set, skips the privileged tests even as root (make
+// unit).
+const UnitOnlyEnv = "NSX_UNIT_ONLY"
+
+// Privileged says whether privileged tests run in this process: as root,
+// unless UnitOnlyEnv is set.
+func Privileged() bool { return os.Geteuid() == 0 && os.Getenv(UnitOnlyEnv) == "" }
+
+// mustRun says whether a privileged test that cannot run fails instead of
+// skipping: under CI=true, unless unit tests only were asked for.
+func mustRun() bool { return os.Getenv("CI") == "true" && os.Getenv(UnitOnlyEnv) == "" }
+
+const needsRoot = "needs root (network namespaces, OVS, eBPF, kube-apiserver)"
+
+// RequireRoot skips t unless privileged tests run here (Privileged). Under
+// CI=true it fails instead: a privileged test that silently skipped would
+// pass CI without testing anything.
 func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root (network namespaces, OVS, eBPF); run it as root")
+	if Privileged() {
+		return
 	}
+	if mustRun() {
+		t.Fatal("this test " + needsRoot + "; CI=true makes that a failure: run it as root")
+	}
+	t.Skip("privileged: " + needsRoot + "; run as root for the full suite")
+}
+
+// MainRequiresRoot is RequireRoot for a TestMain that starts privileged
+// things before its tests: it returns ok, or the exit code to leave with
+// (0 and one line saying the package was skipped; 1 under CI=true).
+func MainRequiresRoot(pkg string) (code int, ok bool) {
+	if Privileged() {
+		return 0, true
+	}
+	if mustRun() {
+		fmt.Fprintf(os.Stderr, "%s %s; CI=true makes that a failure\n", pkg, needsRoot)
+		return 1, false
+	}
+	fmt.Printf("%s: skipped, every test %s\n", pkg, needsRoot)
+	return 0, false
 }
 
 // RepoRoot returns the directory holding the go.mod of this module, found by

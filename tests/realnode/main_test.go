@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 var binDir string
@@ -19,6 +20,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if code, ok := harness.MainRequiresRoot("tests/realnode"); !ok {
+		return code
+	}
 	dir, cleanup, err := cluster.BinariesForMain("tests/realnode", "netns, OVS, containerd, kubelet")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
