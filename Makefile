@@ -12,7 +12,7 @@ TEST_TIMEOUT ?= 30m
 DIFF_ROUNDS ?= 200
 FUZZTIME ?= 50000x
 
-.PHONY: all build test unit lint fuzz tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
+.PHONY: all build test unit lint fuzz fuzz-targets tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
 
 all: build
 
@@ -44,7 +44,6 @@ tools:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags demo ./tests/demo/
 	$(GO) vet -tags interactive ./tests/realnode/
 	@# The product (cmd/, pkg/, dataplane/) never depends on test support (tests/).
 	@bad=$$($(GO) list -deps ./cmd/... ./pkg/... ./dataplane/... | grep '^github.com/nsx-ujo/nsx-ujo/tests/' || true); \
@@ -54,19 +53,23 @@ lint:
 test: deps lint check-generate build tools
 	hack/build-tools.sh e2e.test
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
-	$(MAKE) fuzz
+	$(MAKE) fuzz-targets
 
 unit:
 	@# Every package; the privileged tests skip (harness.UnitOnlyEnv), as for a non-root user.
 	NSX_UNIT_ONLY=1 $(GO) test -count=1 ./...
 
-fuzz:
+# make test runs the fuzz targets briefly (FUZZTIME); make fuzz adds the
+# long differential run of the dataplanes.
+fuzz: fuzz-targets
+	@# The dataplanes against the model and each other: many random models (root).
+	$(GO) test -count=1 -run=TestDifferential ./tests/conformance/ -differential.rounds=$(DIFF_ROUNDS) -differential.seed=$$(date +%s)
+
+fuzz-targets:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/
 	$(GO) test -run='^$$' -fuzz=FuzzParseNetConf -fuzztime=$(FUZZTIME) ./pkg/cniwire/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./pkg/hyperbus/
-	@# The dataplanes against the model and each other: many random models (root).
-	$(GO) test -count=1 -run=TestDifferential ./tests/conformance/ -differential.rounds=$(DIFF_ROUNDS) -differential.seed=$$(date +%s)
 
 bench: build tools
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/
@@ -89,7 +92,8 @@ check-generate:
 # The main job (README): installs what is missing, builds, runs the demo.
 NODES ?= 2
 demo: deps build tools
-	@NSX_DEMO_NODES=$(NODES) NSX_DEMO_CONFIG_SOURCE=$(CONFIG_SOURCE) $(GO) test -count=1 -tags demo -timeout 20m -run TestDemo -v ./tests/demo/ 2>&1 | grep -v -e '^=== RUN' -e '^--- PASS' -e '^PASS$$' -e '^ok ' ; test $${PIPESTATUS[0]} -eq 0
+	$(GO) build -o _output/nsx-demo ./tests/demo
+	_output/nsx-demo -nodes $(NODES) -config-source $(or $(CONFIG_SOURCE),annotation)
 
 # The upstream Kubernetes e2e tests against a real-node cluster: the
 # Services, Networking and HostPort conformance tests (CI runs them in make
@@ -110,7 +114,8 @@ comma := ,
 # Leftovers of a demo or test run that was killed (Ctrl-C, timeout): the
 # harness removes netns and temp dirs whose owning process is gone.
 demo-down:
-	$(GO) test -count=1 -run 'TestSweep$$' ./tests/harness/
+	$(GO) build -o _output/nsx-demo ./tests/demo
+	_output/nsx-demo down
 
 bench-compare:
 	@if [ -z "$(OLD)" ] || [ -z "$(NEW)" ]; then echo "usage: make bench-compare OLD=tests/perf/results/<a>.json NEW=tests/perf/results/<b>.json"; exit 2; fi

@@ -554,6 +554,10 @@ func (b *Backend) incrementalSync(ctx context.Context, m *dataplane.Model) error
 			ch := change{key: k, old: c}
 			changes = append(changes, ch)
 			removed = append(removed, ch)
+			// Its UDP clients' entries go too: a client reusing a source
+			// port must not reach an endpoint of a frontend that is gone
+			// (or that comes back with other endpoints).
+			stale = append(stale, goneUDP(c.src, nil)...)
 		}
 	}
 	if len(touched) == 0 && len(touchedGroups) == 0 {
@@ -706,9 +710,17 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 			cleanup = append(cleanup, deleteByCookie(makeCookie(compLearned, o, 0), 0xffffffff00000000))
 		}
 	}
+	var stale []staleUDP
+	for k, old := range prevFronts {
+		stale = append(stale, goneUDP(old.src, m.Frontends[k])...)
+	}
 	refused, err := b.apply(ctx, changes, touched, touchedGroups)
 	if err != nil {
 		return err
+	}
+	if len(stale) > 0 {
+		b.waitRevalidated(ctx)
+		b.flushUDP(ctx, stale)
 	}
 	if len(cleanup) > 0 {
 		if err := b.of.Bundle(ctx, cleanup); err != nil {

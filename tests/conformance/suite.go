@@ -400,6 +400,29 @@ var Cases = []Case{
 			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
 		}
 	}},
+	{Name: "UDP client moves on when its Service is deleted and created again with another endpoint", Row: "9, 16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 5353)
+		b.Serve(t, 5353)
+		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{a}, 5353)))
+		c, err := client.UDPConn(addr(53))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
+			t.Fatalf("first answer %q, %v", got, err)
+		}
+		// Found by the differential test: the frontend's conntrack
+		// entries outlived it, and a client on the same 5-tuple kept
+		// reaching the old endpoint of the recreated Service.
+		syncModel(t, inst, Model())
+		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
+		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
+			t.Fatalf("after the Service was recreated the same socket got %q, %v; want b", got, err)
+		}
+	}},
 	{Name: "UDP client outside the node moves on when its NodePort endpoint is removed", Row: "9, 18", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
 		a.Serve(t, 8080)

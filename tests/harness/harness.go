@@ -141,6 +141,10 @@ var (
 	leftoverRE = regexp.MustCompile(`^` + namePrefix + `(\d+)-`)
 )
 
+// SweepLeftovers deletes what harness users that are no longer alive left
+// (netns, temp dirs, cgroups, bpffs mounts): make demo-down.
+func SweepLeftovers(logf func(format string, args ...any)) { sweepLeftovers(logf) }
+
 // sweepLeftovers deletes, once per process, the netns and temp dirs of
 // harness users that are no longer alive.
 func sweepLeftovers(logf func(format string, args ...any)) {

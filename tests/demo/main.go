@@ -1,18 +1,24 @@
-//go:build demo
-
-// Package demo is `make demo`: a two-node cluster on real parts (etcd,
+// Command nsx-demo is `make demo`: a two-node cluster on real parts (etcd,
 // kube-apiserver, OVS, eBPF, our binaries), a ClusterIP Service with three
 // backends spread over both nodes, served first by the OVS dataplane, then
-// by the eBPF one. NSX_DEMO_CONFIG_SOURCE=hyperbus (make demo
-// CONFIG_SOURCE=hyperbus) gives the pods their configs over HyperBus. Run with `go test -tags demo -v -run TestDemo ./tests/demo/`.
-package demo
+// by the eBPF one. -config-source hyperbus (make demo
+// CONFIG_SOURCE=hyperbus) gives the pods their configs over HyperBus.
+// Ctrl-C tears everything down; `nsx-demo down` (make demo-down) removes
+// what a killed run left.
+//
+//	nsx-demo [-nodes N] [-config-source annotation|hyperbus]
+//	nsx-demo down
+package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -21,32 +27,55 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 func say(format string, args ...any) {
 	fmt.Printf("[%s] %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-func TestDemo(t *testing.T) {
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "down" {
+		harness.SweepLeftovers(func(format string, args ...any) { say(format, args...) })
+		say("removed what dead demo and test runs left (netns, temp dirs, cgroups, bpffs mounts)")
+		return
+	}
+	nodes := flag.Int("nodes", 2, "nodes of the cluster (2 or more)")
+	source := flag.String("config-source", string(cluster.FromAnnotation), "where pods get their network config: annotation or hyperbus")
+	flag.Parse()
+	if *nodes < 2 {
+		fmt.Fprintf(os.Stderr, "nsx-demo: -nodes %d: want 2 or more\n", *nodes)
+		os.Exit(2)
+	}
+	src := cluster.ConfigSource(*source)
+	if src != cluster.FromAnnotation && src != cluster.FromHyperBus {
+		fmt.Fprintf(os.Stderr, "nsx-demo: -config-source %q: want %s or %s\n", *source, cluster.FromAnnotation, cluster.FromHyperBus)
+		os.Exit(2)
+	}
+	p := harness.NewProgram("nsx-demo")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		say("interrupted: tearing down (processes, namespaces, OVS, pinned maps, temp dirs)")
+		p.Close()
+		os.Exit(130)
+	}()
 	start := time.Now()
+	demo(p, *nodes, src)
+	say("tearing down (processes, namespaces, OVS, pinned maps, temp dirs)")
+	p.Close()
+	say("done in %s", time.Since(start).Round(time.Second))
+	if p.Failed() {
+		os.Exit(1)
+	}
+}
+
+func demo(t testing.TB, nodes int, src cluster.ConfigSource) {
 	bin := t.TempDir()
 	say("building the binaries")
 	if err := cluster.BuildBinaries(bin); err != nil {
 		t.Fatal(err)
-	}
-	nodes := 2
-	if v := os.Getenv("NSX_DEMO_NODES"); v != "" {
-		if _, err := fmt.Sscan(v, &nodes); err != nil || nodes < 2 {
-			t.Fatalf("NSX_DEMO_NODES=%q: want a number >= 2", v)
-		}
-	}
-	src := cluster.FromAnnotation
-	switch v := cluster.ConfigSource(os.Getenv("NSX_DEMO_CONFIG_SOURCE")); v {
-	case "", cluster.FromAnnotation:
-	case cluster.FromHyperBus:
-		src = v
-	default:
-		t.Fatalf("CONFIG_SOURCE=%q: want %s or %s", v, cluster.FromAnnotation, cluster.FromHyperBus)
 	}
 	c := cluster.Start(t, cluster.Options{Nodes: nodes, Dataplane: "ovs", BinDir: bin, Progress: say, ConfigSource: src})
 	n1, n2 := c.Nodes[0], c.Nodes[1]
@@ -105,12 +134,10 @@ func TestDemo(t *testing.T) {
 		say("[%s] what %s holds for the service (excerpt):", dp, n1.Name)
 		fmt.Println(excerpt(n1.Dump(t), 14))
 	}
-	say("tearing down (processes, namespaces, OVS, pinned maps, temp dirs)")
-	t.Cleanup(func() { say("done in %s", time.Since(start).Round(time.Second)) })
 }
 
 // waitAttached waits for the agent's HyperBus status of p: attached.
-func waitAttached(t *testing.T, p *cluster.Pod) {
+func waitAttached(t testing.TB, p *cluster.Pod) {
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		m, ok := p.Node.HyperBus.Status(p.Namespace, p.Name)
 		if ok && m.State == "attached" && m.Error == "" {
@@ -123,7 +150,7 @@ func waitAttached(t *testing.T, p *cluster.Pod) {
 }
 
 // waitAll retries until all backends answered within one round of 30.
-func waitAll(t *testing.T, client *cluster.Pod, vip string, want []string) map[string]int {
+func waitAll(t testing.TB, client *cluster.Pod, vip string, want []string) map[string]int {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		names, err := client.Get(t, vip, 30)
