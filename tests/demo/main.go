@@ -58,7 +58,8 @@ func main() {
 	go func() {
 		<-sig
 		say("interrupted: tearing down (processes, namespaces, OVS, pinned maps, temp dirs)")
-		p.Close()
+		p.Interrupt()
+		say("torn down")
 		os.Exit(130)
 	}()
 	start := time.Now()

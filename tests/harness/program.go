@@ -3,6 +3,7 @@ package harness
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 )
@@ -19,6 +20,7 @@ type Program struct {
 	mu       sync.Mutex
 	cleanups []func()
 	failed   bool
+	stopped  bool // Interrupt: failures from here on are the teardown's, not reported
 	closing  bool
 	closed   chan struct{}
 }
@@ -77,18 +79,33 @@ func (p *Program) TempDir() string {
 func (p *Program) fail() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.failed = true
+	if !p.stopped {
+		p.failed = true
+	}
 }
 
-// exit tears down and exits 1; during Close (a cleanup failing) it only
-// marks the failure, so the other cleanups still run.
+// Interrupt tears everything down (Close) on the user's request: what then
+// fails under the main flow's feet is not a failure to report (no log
+// dumps).
+func (p *Program) Interrupt() {
+	p.mu.Lock()
+	p.stopped = true
+	p.mu.Unlock()
+	p.Close()
+}
+
+// exit tears down and exits 1. During Close (a cleanup failing, or the
+// main flow failing because an interrupt is tearing things down under it)
+// it ends only the calling goroutine, as testing.T's FailNow does: Close
+// runs each cleanup in a goroutine of its own, so the others still run,
+// and whoever called Close exits.
 func (p *Program) exit() {
 	p.fail()
 	p.mu.Lock()
 	closing := p.closing
 	p.mu.Unlock()
 	if closing {
-		return
+		runtime.Goexit()
 	}
 	p.Close()
 	os.Exit(1)
@@ -116,6 +133,11 @@ func (p *Program) Close() {
 		f := p.cleanups[n-1]
 		p.cleanups = p.cleanups[:n-1]
 		p.mu.Unlock()
-		f()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f()
+		}()
+		<-done
 	}
 }
