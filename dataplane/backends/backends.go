@@ -53,16 +53,16 @@ func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.Servic
 			return nil, err
 		}
 		t := fromEBPF(cfg.KubeProxy.BPFPinDir, cfg.KubeProxy.SwitchDrainPeriod, log)
-		t.localNodePorts = withLocalNodePorts(b, nftables.New(nftables.Options{}))
-		return t, nil
+		t.wrapped = wrapped{b}
+		return WithLocalNodePorts(t, nftables.New(nftables.Options{})), nil
 	case "ebpf":
 		b, err := ebpfdp.New(EBPFOptions(cfg, log))
 		if err != nil {
 			return nil, err
 		}
 		t := fromOVS(b, func() (*ovsdp.Backend, error) { return ovsdp.New(ovsOptions(cfg, nodeName, log)) }, log)
-		t.localNodePorts = withLocalNodePorts(b, nftables.New(nftables.Options{}))
-		return t, nil
+		t.wrapped = wrapped{b}
+		return WithLocalNodePorts(t, nftables.New(nftables.Options{})), nil
 	default:
 		return nil, fmt.Errorf("ncp.ini [nsx_kube_proxy] dataplane = %q: %w", dp, ErrUnknown)
 	}
@@ -76,15 +76,15 @@ func New(cfg *config.Config, nodeName string, log *zap.Logger) (dataplane.Servic
 // stays visible to errors.As); Cleanup removes both. The result forwards
 // b's optional Collectors and Close.
 func WithLocalNodePorts(b dataplane.ServiceBackend, np *nftables.NodePorts) dataplane.ServiceBackend {
-	return withLocalNodePorts(b, np)
+	return &localNodePorts{wrapped: wrapped{b}, np: np}
 }
 
-func withLocalNodePorts(b dataplane.ServiceBackend, np *nftables.NodePorts) *localNodePorts {
-	return &localNodePorts{ServiceBackend: b, np: np}
-}
+// wrapped is a backend inside a wrapper of this package: it forwards the
+// backend's optional Collectors and Close.
+type wrapped struct{ dataplane.ServiceBackend }
 
 type localNodePorts struct {
-	dataplane.ServiceBackend
+	wrapped
 	np *nftables.NodePorts
 }
 
@@ -101,16 +101,16 @@ func (l *localNodePorts) Cleanup(ctx context.Context) error {
 }
 
 // Collectors forwards the backend's metrics (see proxy.MetricsCollector).
-func (l *localNodePorts) Collectors() []prometheus.Collector {
-	if c, ok := l.ServiceBackend.(interface{ Collectors() []prometheus.Collector }); ok {
+func (w wrapped) Collectors() []prometheus.Collector {
+	if c, ok := w.ServiceBackend.(interface{ Collectors() []prometheus.Collector }); ok {
 		return c.Collectors()
 	}
 	return nil
 }
 
 // Close closes the backend.
-func (l *localNodePorts) Close() error {
-	if c, ok := l.ServiceBackend.(io.Closer); ok {
+func (w wrapped) Close() error {
+	if c, ok := w.ServiceBackend.(io.Closer); ok {
 		return c.Close()
 	}
 	return nil

@@ -19,29 +19,34 @@ import (
 //   - OVS -> eBPF: before the first Sync the eBPF programs are told a
 //     take-over is under way (a mid-stream TCP packet they hold no
 //     conntrack entry for is left to OVS); after it, the OVS service
-//     zone's established connections are written into the eBPF conntrack
-//     map, the OVS flows are removed, and the take-over ends. Established
-//     connections keep their backend; new ones are NATed by eBPF from the
-//     moment its programs are attached.
+//     zone's open connections from pods to ClusterIPs are written into the
+//     eBPF conntrack map, the OVS flows and conntrack zones are removed,
+//     and the take-over ends. Those connections keep their backend; new
+//     ones are NATed by eBPF from the moment its programs are attached.
+//     Hairpin connections and connections from outside the node are not
+//     handed over.
 //   - eBPF -> OVS: after the first Sync of the OVS flows, the eBPF
 //     services map is emptied (new connections fall through to OVS) while
 //     the programs keep carrying the connections they NATed, for
 //     switch_drain_period; then the programs and maps are removed.
 //
-// Partial success (some frontends refused) counts: the take-over never
-// waits on one bad Service.
+// The take-over follows the first Sync that succeeded, also in part (some
+// frontends refused: one bad Service never holds the switch back); one
+// that fails is tried again after the next Sync.
 
-// takeover wraps the configured backend; its first Sync that installs
-// anything runs the take-over from the other dataplane once.
+// takeover wraps the configured backend (inside WithLocalNodePorts, so it
+// sees the backend's own errors).
 type takeover struct {
-	*localNodePorts
+	wrapped
 	log    *zap.Logger
 	before func(context.Context) error                   // ahead of the first Sync
-	after  func(context.Context, *dataplane.Model) error // after it
+	after  func(context.Context, *dataplane.Model) error // after it; nil error: done
 	began  bool
 	done   bool
 }
 
+// Sync implements dataplane.ServiceBackend. Like every backend's, it is
+// called by one goroutine at a time (the proxy's sync loop).
 func (t *takeover) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.SyncOptions) error {
 	if !t.began {
 		t.began = true
@@ -51,15 +56,14 @@ func (t *takeover) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.
 			}
 		}
 	}
-	err := t.localNodePorts.Sync(ctx, m, opts)
+	err := t.wrapped.Sync(ctx, m, opts)
 	var fe *dataplane.FrontendErrors
 	if !t.done && (err == nil || errors.As(err, &fe)) {
-		t.done = true
 		start := time.Now()
 		if terr := t.after(ctx, m); terr != nil {
-			// The other dataplane's state stays; the next start retries.
-			t.log.Error("taking over from the other dataplane", zap.Error(terr))
+			t.log.Error("taking over from the other dataplane; tried again after the next sync", zap.Error(terr))
 		} else {
+			t.done = true
 			t.log.Info("took over from the other dataplane", zap.Duration("took", time.Since(start)))
 		}
 	}
@@ -70,7 +74,10 @@ func (t *takeover) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.
 func fromOVS(b *ebpfdp.Backend, ovs func() (*ovsdp.Backend, error), log *zap.Logger) *takeover {
 	return &takeover{log: log,
 		before: func(context.Context) error { return b.SetHandover(true) },
-		after: func(ctx context.Context, _ *dataplane.Model) error {
+		after: func(ctx context.Context, _ *dataplane.Model) (err error) {
+			// Whatever happens, the take-over flag goes: left on, it would
+			// send every mid-stream TCP packet without an entry to OVS.
+			defer func() { err = errors.Join(err, b.SetHandover(false)) }()
 			o, err := ovs()
 			if err != nil {
 				return err
@@ -86,10 +93,7 @@ func fromOVS(b *ebpfdp.Backend, ovs func() (*ovsdp.Backend, error), log *zap.Log
 			if len(conns) > 0 {
 				log.Info("adopted the OVS dataplane's established connections", zap.Int("connections", n), zap.Int("seen", len(conns)))
 			}
-			if err := o.Cleanup(ctx); err != nil {
-				return errors.Join(aerr, err)
-			}
-			return errors.Join(aerr, b.SetHandover(false))
+			return errors.Join(aerr, o.Cleanup(ctx))
 		},
 	}
 }

@@ -193,7 +193,7 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		}
 		b.attachExisting(ctx)
 	}
-	var errs []error
+	var refused []dataplane.FrontendError
 	for k, f := range m.Frontends {
 		if !k.IP.Is4() {
 			continue // IPv6 frontends are not served by this dataplane yet
@@ -207,7 +207,7 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 			err = b.write(cur, want)
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("frontend %s: %w", k, err))
+			refused = append(refused, dataplane.FrontendError{Key: k, Name: f.Name, Err: fmt.Errorf("ebpf dataplane: %w", err)})
 			continue
 		}
 		if cur != nil && k.Protocol == dataplane.UDP {
@@ -220,7 +220,11 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 			continue
 		}
 		if err := b.remove(cur); err != nil {
-			errs = append(errs, fmt.Errorf("frontend %s: %w", k, err))
+			name := dataplane.ServicePortName{}
+			if cur.src != nil {
+				name = cur.src.Name
+			}
+			refused = append(refused, dataplane.FrontendError{Key: k, Name: name, Err: fmt.Errorf("ebpf dataplane: remove: %w", err)})
 			continue
 		}
 		if k.Protocol == dataplane.UDP {
@@ -229,10 +233,11 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		delete(b.installed, k)
 		b.ids.Release(k)
 	}
-	if err := errors.Join(errs...); err != nil {
-		// Map full or a kernel error: logged by the caller and counted in
-		// its failure metric; what was not written is retried next Sync.
-		return fmt.Errorf("ebpf dataplane: %w", err)
+	if len(refused) > 0 {
+		// Map full or a kernel error, per frontend: the others are
+		// applied; the caller reports them, and what was not written is
+		// retried next Sync.
+		return &dataplane.FrontendErrors{Failed: refused}
 	}
 	return nil
 }

@@ -35,16 +35,23 @@ func (b *Backend) SetHandover(on bool) error {
 }
 
 // AdoptConnections writes conntrack entries for connections another
-// dataplane NATed, so this one carries them on to the same backend. Call
-// it after a Sync installed their frontends; a connection whose frontend
-// is not installed, that is not IPv4, or whose ports already have a
-// connection here, is skipped. It returns how many were adopted.
+// dataplane NATed from a pod to a ClusterIP, so this one carries them on to
+// the same backend. Call it after a Sync installed their frontends; a
+// connection whose frontend is not installed or not a ClusterIP, a hairpin
+// one, one that is not IPv4, or one whose ports already have a connection
+// here, is skipped. It returns how many were adopted.
 func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 	n := 0
 	var errs []error
 	for _, c := range conns {
 		s := b.installed[c.Frontend]
 		if s == nil || !c.Client.Addr().Is4() || !c.Backend.Addr().Is4() {
+			continue
+		}
+		// Plain entries carry a pod's connection to a ClusterIP. A hairpin
+		// connection (the pod reaching itself) or one from outside the
+		// node takes flags and keys of its own: not handed over.
+		if s.src == nil || s.src.Kind != dataplane.ClusterIP || c.Client.Addr() == c.Backend.Addr() {
 			continue
 		}
 		proto := c.Frontend.Protocol.Number()

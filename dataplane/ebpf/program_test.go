@@ -281,8 +281,21 @@ func TestAffinityWithThousandsOfBackends(t *testing.T) {
 			t.Fatalf("connection from port %d went to %s, want the affined backend %s (slot 2900)", sport, p.dst, affined.Addr())
 		}
 	}
-	// The backend leaves: the next connection picks another and is affined to it.
+	// The backend leaves, as Sync removes one: no longer a member, the
+	// last slot moved into its place, the count one less. The next
+	// connection picks another and is affined to it.
 	if err := o.NsxMembers.Delete(nsxMemberKey{SvcId: 9, Ip: be32(affined.Addr()), Port: be16(affined.Port())}); err != nil {
+		t.Fatal(err)
+	}
+	last := backends[len(backends)-1]
+	if err := o.NsxBackends.Put(nsxBeKey{SvcId: 9, Slot: 2900}, nsxBeVal{Ip: be32(last.Addr()), Port: be16(last.Port())}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.NsxBackends.Delete(nsxBeKey{SvcId: 9, Slot: uint32(len(backends) - 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.NsxServices.Put(nsxSvcKey{Vip: be32(vip), Port: be16(80), Proto: protoTCP},
+		nsxSvcVal{Id: 9, Count: uint16(len(backends) - 1), Flags: svcAffinity, AffinitySec: 60}); err != nil {
 		t.Fatal(err)
 	}
 	_, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 41100, 80, 0x02))
@@ -315,6 +328,42 @@ func TestHandoverLeavesOVSConnectionsToOVS(t *testing.T) {
 	}
 	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 42002, 80, 0x10)); ret != tcxPass || parse(t, out).dst != backend1 {
 		t.Fatalf("mid-stream packet after the take-over: ret %d, dst %s; want it NATed", int32(ret), parse(t, out).dst)
+	}
+}
+
+// Adoption from OVS carries a pod's connection to a ClusterIP on to its
+// backend, and leaves hairpin connections, external frontends' and ports
+// eBPF already has a connection on alone.
+func TestAdoptConnections(t *testing.T) {
+	o := load(t)
+	cip := dataplane.FrontendKey{IP: vip, Port: 80, Protocol: dataplane.TCP}
+	np := dataplane.FrontendKey{IP: netip.MustParseAddr("10.0.100.2"), Port: 30080, Protocol: dataplane.TCP}
+	b := &Backend{objs: o, installed: map[dataplane.FrontendKey]*installedSvc{
+		cip: {src: &dataplane.Frontend{Key: cip, Kind: dataplane.ClusterIP}, val: nsxSvcVal{Id: 12}},
+		np:  {src: &dataplane.Frontend{Key: np, Kind: dataplane.NodePort}, val: nsxSvcVal{Id: 13}},
+	}}
+	be := netip.AddrPortFrom(backend1, 8080)
+	taken := dataplane.Conn{Frontend: cip, Client: netip.AddrPortFrom(clientIP, 44002), Backend: netip.AddrPortFrom(backend2, 8080)}
+	if _, err := b.AdoptConnections([]dataplane.Conn{taken}); err != nil {
+		t.Fatal(err)
+	}
+	taken.Backend = be // since then: OVS's older view of those ports
+	n, err := b.AdoptConnections([]dataplane.Conn{
+		{Frontend: cip, Client: netip.AddrPortFrom(clientIP, 44000), Backend: be},
+		{Frontend: cip, Client: netip.AddrPortFrom(backend1, 44001), Backend: be}, // hairpin
+		{Frontend: np, Client: netip.MustParseAddrPort("192.168.50.2:44003"), Backend: be},
+		taken,
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("adopted %d (%v), want only the pod's connection to the ClusterIP", n, err)
+	}
+	// Its mid-stream packet goes to the adopted backend; the one on ports
+	// eBPF already had keeps its own.
+	if _, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 44000, 80, 0x10)); parse(t, out).dst != backend1 {
+		t.Fatalf("adopted connection went to %s, want %s", parse(t, out).dst, backend1)
+	}
+	if _, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 44002, 80, 0x10)); parse(t, out).dst != backend2 {
+		t.Fatalf("a connection eBPF had went to %s after the adoption, want %s", parse(t, out).dst, backend2)
 	}
 }
 

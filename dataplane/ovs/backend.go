@@ -596,13 +596,21 @@ func (b *Backend) afterApply(ctx context.Context, refused []dataplane.FrontendEr
 			b.log.Warn("removing learned affinity flows of removed frontends failed", zap.Error(err))
 		}
 	}
-	if len(stale) > 0 {
-		// A UDP client keeps its 5-tuple: its next datagram after the
-		// flush must not take the datapath flow cached with the removed
-		// endpoint's bucket, so wait for the revalidators first.
-		b.waitRevalidated(ctx)
-		b.flushUDP(ctx, stale)
+	b.flushStaleUDP(ctx, stale, kept)
+}
+
+// flushStaleUDP flushes the conntrack of the UDP endpoints that left, but
+// not of refused frontends, whose old flows still serve them.
+func (b *Backend) flushStaleUDP(ctx context.Context, stale []staleUDP, refused map[dataplane.FrontendKey]bool) {
+	stale = slices.DeleteFunc(stale, func(s staleUDP) bool { return refused[s.key] })
+	if len(stale) == 0 {
+		return
 	}
+	// A UDP client keeps its 5-tuple: its next datagram after the flush
+	// must not take the datapath flow cached with the removed endpoint's
+	// bucket, so wait for the revalidators first.
+	b.waitRevalidated(ctx)
+	b.flushUDP(ctx, stale)
 }
 
 // fullSync re-reads the bridge, recompiles everything and applies the
@@ -718,10 +726,11 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 	if err != nil {
 		return err
 	}
-	if len(stale) > 0 {
-		b.waitRevalidated(ctx)
-		b.flushUDP(ctx, stale)
+	kept := map[dataplane.FrontendKey]bool{}
+	for _, r := range refused {
+		kept[r.Key] = true
 	}
+	b.flushStaleUDP(ctx, stale, kept)
 	if len(cleanup) > 0 {
 		if err := b.of.Bundle(ctx, cleanup); err != nil {
 			return fmt.Errorf("ovs dataplane: remove stale flows on %s: %w", b.opts.Bridge, err)
@@ -832,14 +841,15 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	// Our zones' conntrack entries go too: connections that close while no
 	// flow tracks them (after a switch to eBPF) would stay "established"
 	// there and take over a later connection on the same ports.
-	ctl := ovsrun.VSwitchdCtl(b.opts.OVSRunDir)
-	for _, z := range []int{SvcZone, HairpinZone, SNATZone} {
-		if _, err := ovsrun.Appctl(ctx, ctl, "dpctl/flush-conntrack", fmt.Sprintf("zone=%d", z)); err != nil {
-			return fmt.Errorf("ovs dataplane cleanup: conntrack zone %d: %w", z, err)
-		}
-	}
 	b.ids = nil
 	b.reset()
 	b.adopted, b.last = false, nil
-	return nil
+	ctl := ovsrun.VSwitchdCtl(b.opts.OVSRunDir)
+	var errs []error
+	for _, z := range []int{SvcZone, HairpinZone, SNATZone} {
+		if _, err := ovsrun.Appctl(ctx, ctl, "dpctl/flush-conntrack", fmt.Sprintf("zone=%d", z)); err != nil {
+			errs = append(errs, fmt.Errorf("ovs dataplane cleanup: conntrack zone %d: %w", z, err))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -465,7 +465,16 @@ func (a *Agent) ReportAttachments(ctx context.Context) error {
 	}
 	now, cancelNow := context.WithCancel(ctx)
 	cancelNow() // Get answers from what it holds, without waiting
-	for _, p := range list {
+	for _, listed := range list {
+		// Under the attachment's lock, read again: a DEL that ran since
+		// the list reported the pod detached, and an "attached" sent
+		// after it would stand until the next snapshot.
+		unlock := a.lock(listed.Name)
+		p, err := a.Ports.Get(octx, listed.Name)
+		if err != nil || p == nil {
+			unlock()
+			continue
+		}
 		st := podconfig.PodStatus{Namespace: p.PodNamespace, Name: p.PodName, UID: p.PodUID, Attached: true}
 		cfg, err := a.Pods.Get(now, p.PodNamespace, p.PodName, p.PodUID)
 		switch {
@@ -476,6 +485,7 @@ func (a *Agent) ReportAttachments(ctx context.Context) error {
 				p.IP, p.MAC, p.VLAN, p.Gateway, cfg.IP, cfg.MAC, cfg.VLAN, gatewayString(cfg))
 		}
 		a.report(st)
+		unlock()
 	}
 	return nil
 }

@@ -76,9 +76,11 @@ const statusQueue = 4096
 
 // Serve accepts sessions on l until ctx ends or l fails.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
 	go func() { <-ctx.Done(); l.Close() }()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer cancel() // before the Wait: the status sender ends with ctx
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

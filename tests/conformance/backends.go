@@ -17,7 +17,9 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
-// OVS is the Factory of the OVS dataplane, as nsx-kube-proxy builds it.
+// OVS is the Factory of the OVS dataplane, as nsx-kube-proxy builds it
+// (without the take-over from the other dataplane, which tests/e2e
+// TestSwitchDataplane runs with the real binary).
 func OVS(t *testing.T, e *Env) *Instance {
 	b, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", Uplink: Uplink, OVSRunDir: e.OVS.RunDir, NodeName: NodeName,
 		Timeout: 5 * time.Second, Log: zaptest.NewLogger(t)})
@@ -57,8 +59,8 @@ func instance(e *Env, b closer, leftovers func() []string) *Instance {
 }
 
 // EBPF returns the Factory of the eBPF dataplane, as nsx-kube-proxy builds
-// it: each env gets its own bpffs pin dir, which a restart (a second
-// instance on the env) finds again.
+// it (without the take-over, as OVS): each env gets its own bpffs pin dir,
+// which a restart (a second instance on the env) finds again.
 func EBPF() Factory {
 	dirs := map[*Env]string{}
 	return func(t *testing.T, e *Env) *Instance {

@@ -285,9 +285,10 @@ func testKubeProxyExternal(t *testing.T, dataplane string) {
 // TestSwitchDataplane moves a node ovs -> ebpf -> ovs: each time the
 // Service keeps working and nothing of the other dataplane stays behind.
 // Switching a running node's dataplane (the proxy restarted with the other
-// one, as a ConfigMap change and a rolling restart do) fails no new
-// connection and keeps an established one, each way; afterwards only the
-// new dataplane's state is left (eBPF: after switch_drain_period).
+// one, as a ConfigMap change and a rolling restart do) keeps established
+// connections each way and fails at most one new connection (target 0, see
+// the README); afterwards only the new dataplane's state is left (eBPF:
+// after switch_drain_period).
 func TestSwitchDataplane(t *testing.T) {
 	cs := api.Client(t)
 	e := conformance.NewEnv(t)

@@ -3,6 +3,7 @@ package fabric
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -183,6 +184,10 @@ func (ch *Channel) connect(ctx context.Context) (*hyperbus.Client, error) {
 	}
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
+	if ch.dropped { // Drop came while dialling
+		c.Close()
+		return nil, errors.New("dropped")
+	}
 	snap := make([]hyperbus.ContainerConfig, 0, len(ch.configs))
 	for _, cc := range ch.configs {
 		snap = append(snap, cc)

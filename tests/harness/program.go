@@ -60,6 +60,14 @@ func (p *Program) Fatalf(format string, args ...any) {
 	p.exit()
 }
 
+// Skip ends the program as Fatal does: a program has no test to skip (the
+// harness skips privileged steps for a normal user).
+func (p *Program) Skip(args ...any) { p.Fatal(append([]any{"cannot run:"}, args...)...) }
+
+func (p *Program) Skipf(format string, args ...any) { p.Fatalf("cannot run: "+format, args...) }
+
+func (p *Program) SkipNow() { p.Fatal("cannot run") }
+
 func (p *Program) Failed() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
