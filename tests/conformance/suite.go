@@ -58,6 +58,25 @@ func Slice(eps ...SliceEndpoint) *discoveryv1.EndpointSlice {
 	return s
 }
 
+// ReadySlice is an EndpointSlice of Service namespace/svc: port "http" =
+// 8080/TCP on each pod, ready, on this node, stamped with the change
+// trigger time the proxy measures programming latency from.
+func ReadySlice(namespace, svc string, pods ...*Pod) *discoveryv1.EndpointSlice {
+	name, port, proto, ready := "http", int32(8080), corev1.ProtocolTCP, true
+	node := NodeName
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: svc + "-1", Namespace: namespace, Labels: map[string]string{discoveryv1.LabelServiceName: svc},
+			Annotations: map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().UTC().Format(time.RFC3339Nano)}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
+	}
+	for _, p := range pods {
+		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node})
+	}
+	return s
+}
+
 // FromAPI builds the model nsx-kube-proxy's core derives from the objects.
 func FromAPI(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) *dataplane.Model {
 	return &dataplane.Model{Frontends: proxy.BuildFrontends(svc, slices, proxy.Node{Name: NodeName, Addresses: []netip.Addr{NodeIP}})}
@@ -103,6 +122,30 @@ func Run(t *testing.T, f Factory) {
 			})
 			c.Run(t, e, inst, f)
 		})
+	}
+}
+
+// udpMovesOn serves UDP from pod a, lets a client socket reach it, runs
+// change (which makes pod b the only endpoint), and checks that the same
+// socket (same 5-tuple) reaches b, not a stale conntrack entry to a.
+func udpMovesOn(t *testing.T, e *Env, inst *Instance, change func(b *Pod)) {
+	t.Helper()
+	a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+	client := e.AddPod("client", 101, 50)
+	a.Serve(t, 5353)
+	b.Serve(t, 5353)
+	syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{a}, 5353)))
+	c, err := client.UDPConn(addr(53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
+		t.Fatalf("first answer %q, %v", got, err)
+	}
+	change(b)
+	if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
+		t.Fatalf("after the change the same socket got %q, %v; want b", got, err)
 	}
 }
 
@@ -380,48 +423,19 @@ var Cases = []Case{
 		}
 	}},
 	{Name: "UDP client moves on when its endpoint is removed", Row: "9", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
-		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
-		client := e.AddPod("client", 101, 50)
-		a.Serve(t, 5353)
-		b.Serve(t, 5353)
-		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{a}, 5353)))
-		c, err := client.UDPConn(addr(53))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
-			t.Fatalf("first answer %q, %v", got, err)
-		}
-		// The server pod cycles: a goes, b comes. The same client socket
-		// (same 5-tuple) must reach b, not a stale conntrack entry to a.
-		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
-		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
-			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
-		}
+		// The server pod cycles: a goes, b comes.
+		udpMovesOn(t, e, inst, func(b *Pod) {
+			syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
+		})
 	}},
 	{Name: "UDP client moves on when its Service is deleted and created again with another endpoint", Row: "9, 16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
-		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
-		client := e.AddPod("client", 101, 50)
-		a.Serve(t, 5353)
-		b.Serve(t, 5353)
-		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{a}, 5353)))
-		c, err := client.UDPConn(addr(53))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "a ") {
-			t.Fatalf("first answer %q, %v", got, err)
-		}
-		// Found by the differential test: the frontend's conntrack
-		// entries outlived it, and a client on the same 5-tuple kept
-		// reaching the old endpoint of the recreated Service.
-		syncModel(t, inst, Model())
-		syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
-		if got, err := c.Ask(timeout); err != nil || !strings.HasPrefix(got, "b ") {
-			t.Fatalf("after the Service was recreated the same socket got %q, %v; want b", got, err)
-		}
+		// Found by the differential test: the frontend's conntrack entries
+		// outlived it, and a client on the same 5-tuple kept reaching the
+		// old endpoint of the recreated Service.
+		udpMovesOn(t, e, inst, func(b *Pod) {
+			syncModel(t, inst, Model())
+			syncModel(t, inst, Model(Frontend(53, dataplane.UDP, []*Pod{b}, 5353)))
+		})
 	}},
 	{Name: "UDP client outside the node moves on when its NodePort endpoint is removed", Row: "9, 18", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)

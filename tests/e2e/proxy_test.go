@@ -49,21 +49,7 @@ func startKubeProxy(t *testing.T, e *conformance.Env, dataplane string) *cluster
 
 var httpGetIn = cluster.HTTPGetIn
 
-func slice(ns, svc string, pods ...*conformance.Pod) *discoveryv1.EndpointSlice {
-	name, port, proto, ready := "http", int32(8080), corev1.ProtocolTCP, true
-	node := conformance.NodeName
-	s := &discoveryv1.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{Name: svc + "-1", Namespace: ns, Labels: map[string]string{discoveryv1.LabelServiceName: svc},
-			Annotations: map[string]string{"endpoints.kubernetes.io/last-change-trigger-time": time.Now().UTC().Format(time.RFC3339Nano)}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
-	}
-	for _, p := range pods {
-		s.Endpoints = append(s.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()},
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready}, NodeName: &node})
-	}
-	return s
-}
+var slice = conformance.ReadySlice
 
 // eventually retries f for up to 20 s.
 func eventually(t *testing.T, what string, f func() error) {

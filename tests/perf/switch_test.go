@@ -11,7 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
@@ -76,17 +75,7 @@ func BenchmarkDataplaneSwitch(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	name, port, proto, ready := "http", int32(8080), corev1.ProtocolTCP, true
-	node := conformance.NodeName
-	es := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Name: "web-1", Namespace: "switch", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
-		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports:       []discoveryv1.EndpointPort{{Name: &name, Port: &port, Protocol: &proto}},
-	}
-	for _, p := range eps {
-		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()}, NodeName: &node,
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready}})
-	}
+	es := conformance.ReadySlice("switch", "web", eps...)
 	if _, err := cs.DiscoveryV1().EndpointSlices("switch").Create(ctx, es, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
