@@ -47,7 +47,6 @@ type Channel struct {
 	dropped  bool
 	wake     chan struct{} // signalled by Restore
 	statuses map[podName]hyperbus.Message
-	sessions int // sessions established so far
 }
 
 // podName is a pod by namespace and name.
@@ -199,7 +198,6 @@ func (ch *Channel) connect(ctx context.Context) (*hyperbus.Client, error) {
 		return nil, err
 	}
 	ch.client = c
-	ch.sessions++
 	return c, nil
 }
 
@@ -273,20 +271,6 @@ func (ch *Channel) Restore() {
 	case ch.wake <- struct{}{}:
 	default:
 	}
-}
-
-// Connected says whether a session is up.
-func (ch *Channel) Connected() bool {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	return ch.client != nil
-}
-
-// Sessions is how many sessions have been established so far.
-func (ch *Channel) Sessions() int {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	return ch.sessions
 }
 
 // Status is the last status the agent reported for a pod.
