@@ -14,7 +14,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsrun"
 )
 
@@ -119,7 +119,7 @@ func check(ctx context.Context, cfg *config.Config, m *nodeif.Migrator) healthRe
 func health(ctx context.Context, cfg *config.Config) error {
 	na := cfg.NodeAgent
 	var m *nodeif.Migrator
-	db, err := ovs.Dial(ovsrun.DBSocket(na.OVSRunDir), na.OVSOperationTimeout)
+	db, err := ovsdb.Dial(ovsrun.DBSocket(na.OVSRunDir), ovsdb.Options{Timeout: na.OVSOperationTimeout})
 	if err == nil {
 		defer db.Close()
 		m = nodeif.New(nodeif.Options{Bridge: na.OVSBridge, Uplink: na.OVSUplinkPort, StateDir: na.StateDir,

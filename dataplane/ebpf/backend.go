@@ -16,7 +16,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
-	libovs "github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // Options configure the eBPF backend.
@@ -528,7 +528,7 @@ func (b *Backend) attachExisting(ctx context.Context) {
 	if b.opts.OVSRunDir == "" || b.opts.Bridge == "" {
 		return
 	}
-	db, err := libovs.Dial(filepath.Join(b.opts.OVSRunDir, "db.sock"), b.opts.Timeout)
+	db, err := ovsdb.Dial(filepath.Join(b.opts.OVSRunDir, "db.sock"), ovsdb.Options{Timeout: b.opts.Timeout, Logger: b.log})
 	if err != nil {
 		b.log.Warn("cannot list the node's pods from OVS", zap.Error(err))
 		return

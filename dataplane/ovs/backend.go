@@ -18,7 +18,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
-	libovs "github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsrun"
 )
 
@@ -65,7 +65,7 @@ type Backend struct {
 	opts Options
 	log  *zap.Logger
 	of   SwitchConn
-	db   *libovs.Client
+	db   *ovsdb.Client
 	co   compileOptions
 
 	mu sync.Mutex // everything below, and every write to the switch
@@ -135,7 +135,7 @@ func New(o Options) (*Backend, error) {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	db, err := libovs.Dial(filepath.Join(o.OVSRunDir, "db.sock"), o.Timeout)
+	db, err := ovsdb.Dial(filepath.Join(o.OVSRunDir, "db.sock"), ovsdb.Options{Timeout: o.Timeout, Logger: o.Log})
 	if err != nil {
 		return nil, fmt.Errorf("ovs dataplane: %w", err)
 	}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Vagrant provisioner "fabric" of the fabric VM: the NSX fabric simulator
 # (tests/fabric) as the systemd service nsx-fabric-sim, built from the synced
-# folder (hack/vagrant/nsx-fabric-sim).
+# folder (tests/fabric/nsx-fabric-sim).
 #
 # The VM has two NICs on the nodes' private network: the trunk (no address;
 # the daemon moves it into its fabric namespace as a port of br-fabric,
@@ -43,7 +43,7 @@ fi
 
 install_go
 log "building nsx-fabric-sim"
-(cd "$NSX_SRC" && CGO_ENABLED=0 go build -buildvcs=false -o /usr/local/bin/nsx-fabric-sim.new ./hack/vagrant/nsx-fabric-sim)
+(cd "$NSX_SRC" && CGO_ENABLED=0 go build -buildvcs=false -o /usr/local/bin/nsx-fabric-sim.new ./tests/fabric/nsx-fabric-sim)
 mv /usr/local/bin/nsx-fabric-sim.new /usr/local/bin/nsx-fabric-sim
 
 install -d -m 0700 /etc/nsx-fabric-sim

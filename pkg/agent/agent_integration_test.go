@@ -26,7 +26,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
 	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -102,7 +102,7 @@ func forEachMode(t *testing.T, f func(t *testing.T, mode string)) {
 type node struct {
 	ns     *harness.NetNS
 	ovs    *harness.OVS
-	db     *ovs.Client
+	db     *ovsdb.Client
 	mode   string
 	src    feed
 	source podconfig.Source
@@ -118,7 +118,7 @@ func newNodeIn(t *testing.T, mode string) *node {
 	t.Helper()
 	n := harness.NewNetNS(t)
 	o := harness.StartOVS(t, harness.OVSOptions{NetNS: n, Bridges: []string{"br-int"}})
-	db, err := ovs.Dial(o.DBSock, 5*time.Second)
+	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // DaemonOptions is what nsx-node-agent runs with.
@@ -135,7 +135,7 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 // annotation (its informer synced), or HyperBus (enable_hyperbus: the
 // internal port on nsxrpc_vlan with nsxrpc_cip, and the session listener
 // on it; onSnapshot runs after each snapshot). ready reports what the source needs to serve ADDs.
-func configSource(ctx context.Context, o DaemonOptions, db *ovs.Client, pm *ports.Manager, onSnapshot func()) (podconfig.Source, func(context.Context) error, error) {
+func configSource(ctx context.Context, o DaemonOptions, db *ovsdb.Client, pm *ports.Manager, onSnapshot func()) (podconfig.Source, func(context.Context) error, error) {
 	na, log := o.Config.NodeAgent, o.Log
 	octx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 	defer cancel()
@@ -210,10 +210,10 @@ func (e ebpfAttacher) Detach(port string) error { return ebpfdp.DetachPod(e.objs
 
 // dialOVS waits for ovsdb-server: in the DaemonSet nsx-ovs starts it next
 // to us.
-func dialOVS(ctx context.Context, log *zap.Logger, sock string, timeout time.Duration) (*ovs.Client, error) {
-	var db *ovs.Client
+func dialOVS(ctx context.Context, log *zap.Logger, sock string, timeout time.Duration) (*ovsdb.Client, error) {
+	var db *ovsdb.Client
 	err := daemon.WaitFor(ctx, log, "ovsdb-server", func() (err error) {
-		db, err = ovs.Dial(sock, timeout)
+		db, err = ovsdb.Dial(sock, ovsdb.Options{Timeout: timeout, Logger: log})
 		return err
 	}, nil)
 	return db, err

@@ -12,7 +12,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // RPCPortName is the agent's internal port for HyperBus on the bridge.
@@ -37,8 +37,8 @@ type RPCPortOptions struct {
 // EnsureRPCPort makes the bridge hold the agent's internal port on the
 // HyperBus VLAN with the agent's address on it, up. Idempotent (it
 // survives agent restarts as it is); recorded in external_ids as ours.
-func EnsureRPCPort(ctx context.Context, db *ovs.Client, o RPCPortOptions) error {
-	if _, err := db.EnsureAccessPort(ctx, o.Bridge, ovs.PortSpec{Name: RPCPortName, Tag: o.VLAN, Type: "internal",
+func EnsureRPCPort(ctx context.Context, db *ovsdb.Client, o RPCPortOptions) error {
+	if _, err := db.EnsureAccessPort(ctx, o.Bridge, ovsdb.PortSpec{Name: RPCPortName, Tag: o.VLAN, Type: "internal",
 		ExternalIDs: map[string]string{ports.OwnerKey: rpcPortOwner}}); err != nil {
 		return fmt.Errorf("HyperBus port: %w", err)
 	}
@@ -67,9 +67,9 @@ func EnsureRPCPort(ctx context.Context, db *ovs.Client, o RPCPortOptions) error 
 
 // RemoveRPCPort deletes the HyperBus port if it is ours (enable_hyperbus
 // switched off). Idempotent.
-func RemoveRPCPort(ctx context.Context, db *ovs.Client, bridge string) error {
+func RemoveRPCPort(ctx context.Context, db *ovsdb.Client, bridge string) error {
 	p, err := db.GetPort(ctx, RPCPortName)
-	if errors.Is(err, ovs.ErrNotFound) {
+	if errors.Is(err, ovsdb.ErrNotFound) {
 		return nil
 	}
 	if err != nil {

@@ -29,7 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // Config keys named in errors, so an operator knows what to fix.
@@ -50,7 +50,7 @@ type Options struct {
 	// DHCP is is_dhcp_configured_on_ovs_uplink_port. A dynamic address on
 	// the uplink turns it on as well.
 	DHCP bool
-	OVS  *ovs.Client
+	OVS  *ovsdb.Client
 	Log  *zap.Logger
 	// StopAfter names a step after which Migrate or Cleanup return
 	// ErrStopped, with the journal written: crash tests use it.
@@ -217,7 +217,7 @@ func (r *run) capture(ctx context.Context) error {
 		if j.BridgeHWAddr, err = r.o.OVS.BridgeHWAddr(ctx, r.o.Bridge); err != nil {
 			return err
 		}
-	} else if !errors.Is(err, ovs.ErrNotFound) {
+	} else if !errors.Is(err, ovsdb.ErrNotFound) {
 		return err
 	}
 	r.j = j
@@ -243,8 +243,8 @@ func (r *run) logDHCP() {
 		zap.String("runDHCPOn", r.o.Bridge), zap.String("notOn", r.o.Uplink))
 }
 
-func (r *run) bridgeSpec() ovs.BridgeSpec {
-	return ovs.BridgeSpec{Name: r.o.Bridge, DatapathType: r.o.DatapathType, HWAddr: r.j.MAC, MTU: r.j.MTU}
+func (r *run) bridgeSpec() ovsdb.BridgeSpec {
+	return ovsdb.BridgeSpec{Name: r.o.Bridge, DatapathType: r.o.DatapathType, HWAddr: r.j.MAC, MTU: r.j.MTU}
 }
 
 // ensureBridge makes the bridge with the uplink's MAC, so the node's
@@ -254,7 +254,7 @@ func (r *run) ensureBridge(ctx context.Context) error {
 }
 
 func (m *Migrator) ensureBridgeOnly(ctx context.Context) error {
-	spec := ovs.BridgeSpec{Name: m.o.Bridge, DatapathType: m.o.DatapathType}
+	spec := ovsdb.BridgeSpec{Name: m.o.Bridge, DatapathType: m.o.DatapathType}
 	if hw, err := m.o.OVS.BridgeHWAddr(ctx, m.o.Bridge); err == nil {
 		spec.HWAddr = hw // keep a pin set by someone else
 	}
@@ -383,7 +383,7 @@ func (r *run) unisolateUplink(context.Context) error {
 // the kernel datapath its own stack gets its packets again before its
 // addresses come back.
 func (r *run) removeUplinkPort(ctx context.Context) error {
-	if _, err := r.o.OVS.GetBridge(ctx, r.o.Bridge); errors.Is(err, ovs.ErrNotFound) {
+	if _, err := r.o.OVS.GetBridge(ctx, r.o.Bridge); errors.Is(err, ovsdb.ErrNotFound) {
 		return nil
 	} else if err != nil {
 		return err

@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 	"github.com/nsx-ujo/nsx-ujo/tests/nodeiftest"
 )
@@ -20,14 +20,14 @@ import (
 type node struct {
 	*nodeiftest.Topology
 	ovs      *harness.OVS
-	db       *ovs.Client
+	db       *ovsdb.Client
 	stateDir string
 }
 
 func newNode(t *testing.T) *node {
 	tp := nodeiftest.New(t)
 	o := harness.StartOVS(t, harness.OVSOptions{NetNS: tp.Node})
-	db, err := ovs.Dial(o.DBSock, 10*time.Second)
+	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func (n *node) checkRestored(t *testing.T, want string) {
 	if j, err := nodeif.LoadJournal(n.stateDir); err != nil || j != nil {
 		t.Fatalf("journal after cleanup: %+v, %v", j, err)
 	}
-	if _, err := n.db.GetBridge(context.Background(), nodeiftest.Bridge); !errors.Is(err, ovs.ErrNotFound) {
+	if _, err := n.db.GetBridge(context.Background(), nodeiftest.Bridge); !errors.Is(err, ovsdb.ErrNotFound) {
 		t.Fatalf("bridge after cleanup: %v, want not found", err)
 	}
 }

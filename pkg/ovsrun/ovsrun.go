@@ -21,7 +21,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // DefaultSchema is where Debian's openvswitch-common installs the schema.
@@ -55,7 +55,7 @@ type Options struct {
 // OVS is a running ovsdb-server + ovs-vswitchd pair.
 type OVS struct {
 	opts     Options
-	db       *ovs.Client
+	db       *ovsdb.Client
 	dbProc   *proc // nil when not started by us
 	vsProc   *proc
 	exited   chan struct{}
@@ -143,7 +143,7 @@ func ptr[T any](v T) *T { return &v }
 // and reports whether there is one.
 func (o *OVS) useRunning(ctx context.Context) (bool, error) {
 	sock := DBSocket(o.opts.RunDir)
-	db, err := ovs.Dial(sock, o.opts.OpTimeout)
+	db, err := ovsdb.Dial(sock, ovsdb.Options{Timeout: o.opts.OpTimeout, Logger: o.opts.Log})
 	if err == nil && db.Ping(ctx) == nil {
 		if !o.opts.AllowExisting {
 			db.Close()
@@ -167,7 +167,7 @@ func (o *OVS) useRunning(ctx context.Context) (bool, error) {
 }
 
 // Client is the OVSDB connection, valid until Stop.
-func (o *OVS) Client() *ovs.Client { return o.db }
+func (o *OVS) Client() *ovsdb.Client { return o.db }
 
 // Started says whether this process started the daemons (false when it
 // uses the host's).
@@ -261,7 +261,7 @@ func (o *OVS) startDB(ctx context.Context) error {
 	}
 	o.dbProc = p
 	err = o.waitReady(ctx, p, func() error {
-		db, err := ovs.Dial(DBSocket(o.opts.RunDir), o.opts.OpTimeout)
+		db, err := ovsdb.Dial(DBSocket(o.opts.RunDir), ovsdb.Options{Timeout: o.opts.OpTimeout, Logger: o.opts.Log})
 		if err != nil {
 			return err
 		}
@@ -377,11 +377,10 @@ func vswitchdAnswers(ctx context.Context, runDir string) error {
 // not still waiting for its flows, for health checks.
 func Probe(ctx context.Context, runDir string, timeout time.Duration) error {
 	var errs []error
-	db, err := ovs.Dial(DBSocket(runDir), timeout)
+	db, err := ovsdb.Dial(DBSocket(runDir), ovsdb.Options{Timeout: timeout})
 	if err == nil {
-		var res []ovs.OpResult
-		if res, err = db.Transact(ctx, ovs.Select("Open_vSwitch", nil, "other_config")); err == nil && len(res[0].Rows) > 0 &&
-			ovs.DecodeMap(res[0].Rows[0]["other_config"])["flow-restore-wait"] == "true" {
+		var other map[string]string
+		if other, err = db.SwitchOtherConfig(); err == nil && other["flow-restore-wait"] == "true" {
 			errs = append(errs, errors.New("ovs-vswitchd holds the datapath until saved flows are restored (other_config:flow-restore-wait=true)"))
 		}
 		db.Close()

@@ -18,7 +18,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -35,7 +35,7 @@ type Env struct {
 	Node   *harness.NetNS
 	OVS    *harness.OVS
 	Router *harness.NetNS
-	DB     *ovs.Client
+	DB     *ovsdb.Client
 
 	podnet   *podnet.Manager
 	ports    *ports.Manager
@@ -81,7 +81,7 @@ func NewEnv(t testing.TB) *Env {
 		router.Run(t, "ip", "addr", "add", subnet+".1/24", "dev", gw)
 		o.Vsctl(t, "add-port", "br-fabric", fab, fmt.Sprintf("tag=%d", vlan))
 	}
-	db, err := ovs.Dial(o.DBSock, 5*time.Second)
+	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

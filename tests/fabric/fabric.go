@@ -27,7 +27,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -66,7 +66,7 @@ type Fabric struct {
 	Router *harness.NetNS // routes between the node network and every pod subnet
 
 	nodeNet netip.Prefix
-	db      *ovs.Client
+	db      *ovsdb.Client
 	t       testing.TB
 
 	mu       sync.Mutex
@@ -100,7 +100,7 @@ func Start(t testing.TB, o Options) *Fabric {
 	router.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1",
 		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
 	sw := harness.StartOVS(t, harness.OVSOptions{NetNS: fabNS, Bridges: []string{Bridge}})
-	db, err := ovs.Dial(sw.DBSock, opTimeout)
+	db, err := ovsdb.Dial(sw.DBSock, ovsdb.Options{Timeout: opTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func (f *Fabric) wireGateway(port, routerIf string, tag int, addr netip.Prefix) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	_, err := f.db.EnsureAccessPort(ctx, Bridge, ovs.PortSpec{Name: port, Tag: tag})
+	_, err := f.db.EnsureAccessPort(ctx, Bridge, ovsdb.PortSpec{Name: port, Tag: tag})
 	return err
 }
 

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -67,7 +67,7 @@ func (f *Fabric) ServeHyperBus(t testing.TB, node string, index int) *Channel {
 	ch.NS.Run(t, "ip", "addr", "add", hbPeerCIDR, "dev", "eth0")
 	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
-	if _, err := f.db.EnsureAccessPort(ctx, Bridge, ovs.PortSpec{Name: port, Tag: HyperBusVLAN}); err != nil {
+	if _, err := f.db.EnsureAccessPort(ctx, Bridge, ovsdb.PortSpec{Name: port, Tag: HyperBusVLAN}); err != nil {
 		t.Fatal(err)
 	}
 	// The channel is a point-to-point link: VLAN 4094 from this node's

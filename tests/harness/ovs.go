@@ -257,6 +257,26 @@ func (o *OVS) KillVSwitchd(t testing.TB, normal ...string) {
 	}
 }
 
+// RestartDB stops ovsdb-server and starts it again on the same database
+// and socket, as an nsx-ovs container restart does: clients see their
+// connection close and must reconnect. It returns once the server answers.
+func (o *OVS) RestartDB(t testing.TB) {
+	t.Helper()
+	o.db.stop(stopGrace)
+	var err error
+	o.db, err = o.startDaemon("ovsdb-server", filepath.Join(o.RunDir, "conf.db"), "--remote=punix:"+o.DBSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = waitFor(ovsReadyTimeout, o.db, func() error {
+		_, err := runCmd(o.command("ovs-vsctl", "--db=unix:"+o.DBSock, "--no-wait", "--timeout=2", "show"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // AccessPeer puts a new namespace on bridge behind an access port of vlan
 // (a veth called port in node, TX checksum offload off on both ends as the
 // userspace datapath needs) with address cidr on its eth0: a host on that

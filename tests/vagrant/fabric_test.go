@@ -20,7 +20,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
-// TestFabricDaemon runs the fabric VM's daemon, hack/vagrant/nsx-fabric-sim,
+// TestFabricDaemon runs the fabric VM's daemon, tests/fabric/nsx-fabric-sim,
 // as fabric.sh's unit does, on a machine without VMs: its "NIC" is a veth
 // whose peer is eth0 of a network namespace playing a node, its API server
 // a real one. The node reaches the router on its untagged network; once a
@@ -33,7 +33,7 @@ func TestFabricDaemon(t *testing.T) {
 	harness.RequireRoot(t)
 	root := repoRoot(t)
 	bin := filepath.Join(t.TempDir(), "nsx-fabric-sim")
-	build := exec.Command("go", "build", "-o", bin, "./hack/vagrant/nsx-fabric-sim")
+	build := exec.Command("go", "build", "-o", bin, "./tests/fabric/nsx-fabric-sim")
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build nsx-fabric-sim: %v\n%s", err, out)

@@ -2,7 +2,7 @@
 // setup is made of: the Vagrantfile (vagrant validate, for each provider),
 // the provisioning scripts under hack/vagrant (bash -n, and shellcheck
 // where it is installed), the ncp.ini rendering, the image recipe against
-// the Dockerfile, and the fabric VM's daemon (hack/vagrant/nsx-fabric-sim)
+// the Dockerfile, and the fabric VM's daemon (tests/fabric/nsx-fabric-sim)
 // on a veth "NIC" with a real kube-apiserver. What needs a hypervisor —
 // the VMs booting, kubeadm, the cluster benchmarks of ./clusterbench — is
 // exercised on a machine with VirtualBox or libvirt (README).

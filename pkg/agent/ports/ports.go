@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
-	"github.com/nsx-ujo/nsx-ujo/pkg/ovs"
+	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
 )
 
 // external_ids keys of a pod port. Only ports with OwnerKey = OwnerValue are
@@ -79,7 +79,7 @@ func (p *PodPort) externalIDs() map[string]string {
 	return m
 }
 
-func fromOVS(p *ovs.Port) (*PodPort, bool) {
+func fromOVS(p *ovsdb.Port) (*PodPort, bool) {
 	ids := p.ExternalIDs
 	if ids[OwnerKey] != OwnerValue {
 		return nil, false
@@ -107,12 +107,12 @@ const rollbackTimeout = 5 * time.Second
 // idempotent and safe for concurrent use; each write is one OVSDB
 // transaction.
 type Manager struct {
-	db     *ovs.Client
+	db     *ovsdb.Client
 	bridge string
 }
 
 // New returns a Manager for bridge.
-func New(db *ovs.Client, bridge string) *Manager { return &Manager{db: db, bridge: bridge} }
+func New(db *ovsdb.Client, bridge string) *Manager { return &Manager{db: db, bridge: bridge} }
 
 // Bridge is the bridge's name.
 func (m *Manager) Bridge() string { return m.bridge }
@@ -120,14 +120,14 @@ func (m *Manager) Bridge() string { return m.bridge }
 // Ensure creates or updates the pod's port and waits until ovs-vswitchd has
 // it. On failure the port is removed again.
 func (m *Manager) Ensure(ctx context.Context, p *PodPort) (*PodPort, error) {
-	got, err := m.db.EnsureAccessPort(ctx, m.bridge, ovs.PortSpec{Name: p.Name, Tag: p.VLAN, ExternalIDs: p.externalIDs()})
+	got, err := m.db.EnsureAccessPort(ctx, m.bridge, ovsdb.PortSpec{Name: p.Name, Tag: p.VLAN, ExternalIDs: p.externalIDs()})
 	if err != nil {
 		if got != nil { // committed, but not usable: take it out again
 			// ctx may be spent by now; the rollback gets its own bound.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 			defer cancel()
 			derr := m.db.DeletePort(rctx, m.bridge, p.Name)
-			var na *ovs.NotAppliedError
+			var na *ovsdb.NotAppliedError
 			if derr != nil && !errors.As(derr, &na) { // gone from the DB is enough
 				err = fmt.Errorf("%w (rollback: %v)", err, derr)
 			}
@@ -184,16 +184,16 @@ func (m *Manager) BridgeDatapathType(ctx context.Context) (string, error) {
 	return b.DatapathType, nil
 }
 
-func isNotFound(err error) bool { return errors.Is(err, ovs.ErrNotFound) }
+func isNotFound(err error) bool { return errors.Is(err, ovsdb.ErrNotFound) }
 
 // RemoveAgentPorts deletes from bridge every port the agent made: pods'
 // ports and its HyperBus port (owner OwnerValue or OwnerValue/<role>).
 // The node cleanup runs it before giving a bridge that existed before
 // nsx-ujo back; a missing bridge has nothing to remove. Idempotent; it
 // returns the names removed.
-func RemoveAgentPorts(ctx context.Context, db *ovs.Client, bridge string) ([]string, error) {
+func RemoveAgentPorts(ctx context.Context, db *ovsdb.Client, bridge string) ([]string, error) {
 	all, err := db.ListPorts(ctx, bridge)
-	if errors.Is(err, ovs.ErrNotFound) {
+	if errors.Is(err, ovsdb.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {

@@ -1,7 +1,8 @@
 // Command nsx-fabric-sim runs the NSX fabric simulator of tests/fabric as a
 // daemon: the Vagrant "fabric" VM runs it (systemd unit written by
 // hack/vagrant/fabric.sh). Like the package, it is a TEST/DEV TOOL standing
-// where NSX would, never part of a deployment.
+// where NSX would, never part of a deployment: it lives under tests/, next
+// to the package, and the product never imports either.
 //
 // What runs, all from tests/fabric:
 //   - br-fabric, an OVS bridge in a network namespace of its own, with
@@ -23,8 +24,8 @@
 // the uplink given back to the root namespace); a restart after a crash
 // first removes what the dead process left (tests/harness's sweep).
 //
-// tests/fabric's API takes a testing.TB, so the daemon hands it daemonTB:
-// logs go to stderr, a fatal error during start-up ends the process with
+// tests/fabric's API takes a testing.TB, so the daemon hands it a
+// harness.Program: logs go to stderr, a fatal error ends the process with
 // status 1 after the cleanups ran.
 package main
 
@@ -48,6 +49,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/nsx-ujo/nsx-ujo/tests/fabric"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 // options are the command line.
@@ -124,22 +126,23 @@ func main() {
 
 // run brings the fabric up, waits for ctx and tears it down: the exit status.
 func run(ctx context.Context, o options) int {
-	tb := newDaemonTB(ctx)
-	defer tb.runCleanups()
-	if !tb.do(func() { start(ctx, tb, o) }) {
-		return 1
-	}
+	tb := harness.NewProgram("nsx-fabric-sim")
+	// A Fatal in start (or later, in the fabric's goroutines) runs the
+	// cleanups and exits 1.
+	start(ctx, tb, o)
 	if ctx.Err() != nil { // stopped while waiting for the API server
+		tb.Interrupt()
 		return 0
 	}
 	tb.Logf("nsx-fabric-sim: up: br-fabric (%s datapath) trunks %s; router %s on %s; NCP stand-in %s",
 		o.datapath, o.uplink, firstHost(o.nodeNet), o.nodeNet, map[bool]string{true: "on", false: "off"}[o.kubeconfig != "" || o.apiserver != ""])
 	<-ctx.Done()
 	tb.Logf("nsx-fabric-sim: stopping")
+	tb.Interrupt()
 	return 0
 }
 
-func start(ctx context.Context, tb *daemonTB, o options) {
+func start(ctx context.Context, tb *harness.Program, o options) {
 	var client kubernetes.Interface
 	if o.kubeconfig != "" || o.apiserver != "" {
 		cfg, err := restConfig(o)
@@ -197,7 +200,7 @@ func restConfig(o options) (*rest.Config, error) {
 
 // waitForAPI polls until the client may list what the NCP stand-in
 // watches, logging the reason at most every 30 s; false if ctx ended.
-func waitForAPI(ctx context.Context, tb *daemonTB, cs kubernetes.Interface) bool {
+func waitForAPI(ctx context.Context, tb *harness.Program, cs kubernetes.Interface) bool {
 	var last time.Time
 	for {
 		err := canList(ctx, cs)
@@ -240,7 +243,7 @@ const uplinkTimeout = 60 * time.Second
 // attachUplink moves the NIC into the fabric namespace and makes it a trunk
 // port of br-fabric. The cleanup gives it back to the root namespace (the
 // kernel would too, once the namespace is deleted, but not at once).
-func attachUplink(ctx context.Context, tb *daemonTB, f *fabric.Fabric, uplink string) {
+func attachUplink(ctx context.Context, tb *harness.Program, f *fabric.Fabric, uplink string) {
 	deadline := time.Now().Add(uplinkTimeout)
 	for {
 		if _, err := os.Stat(filepath.Join("/sys/class/net", uplink)); err == nil {
