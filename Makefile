@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO ?= go
 BIN := bin
 KUBE_VERSION := v1.37.2
-BINARIES := nsx nsx-node-agent nsx-kube-proxy nsx-ovs nsx-ncp-bootstrap
+BINARIES := nsx nsx-node-agent nsx-kube-proxy nsx-ovs nsx-ncp-bootstrap nsxctl
 # Privileged tests start OVS, etcd and kube-apiserver: give them room.
 TEST_TIMEOUT ?= 30m
 # An execution count, not a duration: a duration races Go 1.26's fuzz

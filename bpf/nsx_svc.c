@@ -203,6 +203,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } nsx_stats SEC(".maps");
 
+// New connections of each frontend (NATed, rejected or dropped), by
+// service id, for nsxctl. The backend creates (and zeroes) a frontend's
+// entry when it installs it: the program only counts, it never inserts.
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 65536);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nsx_svc_conns SEC(".maps");
+
 // Node-wide state the proxy sets; one slot.
 enum {
 	// Taking over from the OVS dataplane: a TCP packet that is not a SYN
@@ -234,6 +245,13 @@ volatile const __u32 hairpin_ip = bpf_htonl(0xa9fea9fd);
 static __always_inline void count(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&nsx_stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_svc(__u32 id)
+{
+	__u64 *v = bpf_map_lookup_elem(&nsx_svc_conns, &id);
 	if (v)
 		*v += 1;
 }
@@ -484,6 +502,7 @@ static __always_inline int in_ranges(struct svc_val *svc, __u32 src)
 // no_endpoints answers a new connection to a frontend without endpoints.
 static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, struct svc_val *svc, int to_ingress)
 {
+	count_svc(svc->id);
 	if (svc->flags & SVC_F_DROP) {
 		count(STAT_DROPPED);
 		return TC_ACT_SHOT;
@@ -582,6 +601,7 @@ int nsx_egress(struct __sk_buff *skb)
 			return TCX_NEXT;
 		if (!in_ranges(svc, p.ip.saddr)) {
 			count(STAT_DROPPED);
+			count_svc(svc->id);
 			return TC_ACT_SHOT;
 		}
 		if (svc->count == 0)
@@ -607,6 +627,7 @@ int nsx_egress(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 		count(STAT_NATED);
+		count_svc(svc_id);
 	}
 	if (set_addr(skb, &p, 0, be.ip, be.port) < 0)
 		return TC_ACT_SHOT;
@@ -649,6 +670,7 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 			return TCX_NEXT;
 		if (!in_ranges(svc, p->ip.saddr)) {
 			count(STAT_DROPPED);
+			count_svc(svc->id);
 			return TC_ACT_SHOT;
 		}
 		if (svc->count == 0)
@@ -694,6 +716,7 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 			return TC_ACT_SHOT;
 		}
 		count(STAT_NATED);
+		count_svc(svc->id);
 	}
 	if ((flags & CT_F_SNAT) && set_addr(skb, p, 1, snat_ip, snat_port) < 0)
 		return TC_ACT_SHOT;

@@ -73,6 +73,13 @@ const (
 	Drop
 )
 
+func (a NoEndpointsAction) String() string {
+	if a == Drop {
+		return "drop"
+	}
+	return "reject"
+}
+
 // FrontendKind says which address of a Service a frontend serves.
 type FrontendKind uint8
 

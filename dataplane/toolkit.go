@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // What both dataplanes need beyond the model: frontend ids, protocol
@@ -160,4 +161,16 @@ type Conn struct {
 	Frontend FrontendKey
 	Client   netip.AddrPort
 	Backend  netip.AddrPort
+}
+
+// Compare orders frontend keys by address, port, then protocol: the order
+// listings and id allocation use.
+func (k FrontendKey) Compare(o FrontendKey) int {
+	if c := k.IP.Compare(o.IP); c != 0 {
+		return c
+	}
+	if k.Port != o.Port {
+		return int(k.Port) - int(o.Port)
+	}
+	return strings.Compare(string(k.Protocol), string(o.Protocol))
 }

@@ -38,12 +38,16 @@ type Options struct {
 }
 
 const (
-	flagAffinity = 1
-	flagDrop     = 2
-	flagExternal = 4
-	flagRanges   = 8
-	ctDirFwd     = 0
-	ctDirRev     = 1
+	flagAffinity      = 1
+	flagDrop          = 2
+	flagExternal      = 4
+	flagRanges        = 8
+	ctDirFwd          = 0
+	ctDirRev          = 1
+	ctDirHairpinReply = 2
+	ctFlagHairpin     = 1 // CT_F_*: what a conntrack entry records
+	ctFlagExternal    = 2
+	ctFlagSNAT        = 4
 )
 
 // installedSvc is what the maps hold for one frontend.
@@ -219,7 +223,7 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		if _, ok := m.Frontends[k]; ok {
 			continue
 		}
-		if err := b.remove(cur); err != nil {
+		if err := b.remove(cur, true); err != nil {
 			name := dataplane.ServicePortName{}
 			if cur.src != nil {
 				name = cur.src.Name
@@ -289,6 +293,13 @@ func (b *Backend) write(cur, want *installedSvc) error {
 			b.count(1)
 		}
 	}
+	// Its new-connection counter, from zero, before the entry that makes
+	// the program count.
+	if cur == nil || cur.val.Id != want.val.Id {
+		if err := b.zeroCounter(want.val.Id, ebpf.UpdateAny); err != nil {
+			return err
+		}
+	}
 	// 2. The service entry that makes them visible.
 	if cur == nil || cur.val != want.val || cur.key != want.key {
 		if err := m.NsxServices.Put(want.key, want.val); err != nil {
@@ -321,6 +332,20 @@ func (b *Backend) write(cur, want *installedSvc) error {
 			}
 		}
 	}
+	return nil
+}
+
+// zeroCounter writes a frontend's new-connection counter as zero on every
+// CPU (flags: ebpf.UpdateNoExist keeps one that exists).
+func (b *Backend) zeroCounter(id uint32, flags ebpf.MapUpdateFlags) error {
+	n, err := ebpf.PossibleCPU()
+	if err != nil {
+		return fmt.Errorf("connection counters map: %w", err)
+	}
+	if err := b.objs.NsxSvcConns.Update(id, make([]uint64, n), flags); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("connection counters map: %w", err)
+	}
+	b.count(1)
 	return nil
 }
 
@@ -359,7 +384,9 @@ func (b *Backend) putBackends(keys []nsxBeKey, vals []nsxBeVal) error {
 	return nil
 }
 
-func (b *Backend) remove(cur *installedSvc) error {
+// remove deletes a frontend's entries; ownsID says its id is its own (an
+// orphan's may be another frontend's), so its counter goes too.
+func (b *Backend) remove(cur *installedSvc, ownsID bool) error {
 	if err := b.objs.NsxServices.Delete(cur.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("services map: %w", err)
 	}
@@ -367,6 +394,12 @@ func (b *Backend) remove(cur *installedSvc) error {
 	for i := range cur.backends {
 		if err := b.objs.NsxBackends.Delete(nsxBeKey{SvcId: cur.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("backends map: %w", err)
+		}
+		b.count(1)
+	}
+	if ownsID {
+		if err := b.objs.NsxSvcConns.Delete(cur.val.Id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("connection counters map: %w", err)
 		}
 		b.count(1)
 	}
@@ -428,7 +461,7 @@ func (b *Backend) adopt() error {
 		if !b.ids.InUse(o.val.Id) { // its slots are nobody else's
 			gone.backends = make([]nsxBeVal, o.val.Count)
 		}
-		if err := b.remove(gone); err != nil {
+		if err := b.remove(gone, !b.ids.InUse(o.val.Id)); err != nil {
 			return fmt.Errorf("ebpf dataplane: %w", err)
 		}
 	}
@@ -445,6 +478,30 @@ func (b *Backend) adopt() error {
 		func(k nsxMemberKey) uint32 { return k.SvcId },
 		func(s *installedSvc, k nsxMemberKey) { s.members = append(s.members, k) }, b.deleteMember); err != nil {
 		return err
+	}
+	// Counters: kept for the frontends still there (created for those an
+	// older version installed without one), removed for the others.
+	var id uint32
+	var perCPU []uint64
+	var gone []uint32
+	it = b.objs.NsxSvcConns.Iterate()
+	for it.Next(&id, &perCPU) {
+		if bySvc[id] == nil {
+			gone = append(gone, id)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("ebpf dataplane: read connection counters map: %w", err)
+	}
+	for _, id := range gone {
+		if err := b.objs.NsxSvcConns.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("ebpf dataplane: connection counters map: %w", err)
+		}
+	}
+	for id := range bySvc {
+		if err := b.zeroCounter(id, ebpf.UpdateNoExist); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
 	}
 	b.adopted = true
 	return nil

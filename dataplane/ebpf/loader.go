@@ -92,7 +92,7 @@ func Load(o LoadOptions) (*Objects, error) {
 	}
 	// Affinity members are at most every backend.
 	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
-		nsxMapNsxMembers: sizes.Backends, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
+		nsxMapNsxMembers: sizes.Backends, nsxMapNsxSvcConns: sizes.Services, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
 		if n > 0 {
 			spec.Maps[name].MaxEntries = n
 		}

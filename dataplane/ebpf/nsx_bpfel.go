@@ -106,6 +106,7 @@ const (
 	nsxMapNsxServices     = "nsx_services"
 	nsxMapNsxState        = "nsx_state"
 	nsxMapNsxStats        = "nsx_stats"
+	nsxMapNsxSvcConns     = "nsx_svc_conns"
 	nsxProgNsxEgress      = "nsx_egress"
 	nsxProgNsxIngress     = "nsx_ingress"
 	nsxProgNsxNodeIngress = "nsx_node_ingress"
@@ -171,6 +172,7 @@ type nsxMapSpecs struct {
 	NsxServices  *ebpf.MapSpec `ebpf:"nsx_services"`
 	NsxState     *ebpf.MapSpec `ebpf:"nsx_state"`
 	NsxStats     *ebpf.MapSpec `ebpf:"nsx_stats"`
+	NsxSvcConns  *ebpf.MapSpec `ebpf:"nsx_svc_conns"`
 }
 
 // nsxVariableSpecs contains global variables before they are loaded into the kernel.
@@ -208,6 +210,7 @@ type nsxMaps struct {
 	NsxServices  *ebpf.Map `ebpf:"nsx_services"`
 	NsxState     *ebpf.Map `ebpf:"nsx_state"`
 	NsxStats     *ebpf.Map `ebpf:"nsx_stats"`
+	NsxSvcConns  *ebpf.Map `ebpf:"nsx_svc_conns"`
 }
 
 func (m *nsxMaps) Close() error {
@@ -220,6 +223,7 @@ func (m *nsxMaps) Close() error {
 		m.NsxServices,
 		m.NsxState,
 		m.NsxStats,
+		m.NsxSvcConns,
 	)
 }
 

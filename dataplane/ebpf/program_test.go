@@ -1,7 +1,6 @@
 package ebpf
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -13,12 +12,6 @@ import (
 )
 
 const (
-	protoTCP    = dataplane.ProtoTCP
-	protoUDP    = dataplane.ProtoUDP
-	tcxNext     = 0xffffffff // TCX_NEXT (-1)
-	tcxPass     = 0
-	tcActShot   = 2
-	tcRedirect  = 7
 	svcAffinity = flagAffinity
 	svcDrop     = flagDrop
 )
@@ -30,98 +23,18 @@ var (
 	backend2 = netip.MustParseAddr("10.0.2.21")
 )
 
-func csum(b []byte, initial uint32) uint16 {
-	s := initial
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
 // packet builds eth + IPv4 + TCP (SYN, with options) or UDP.
 func packet(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags uint8) []byte {
-	var l4 []byte
-	if proto == protoTCP {
-		l4 = make([]byte, 32) // 20 + 12 bytes of options, as a real SYN has
-		binary.BigEndian.PutUint16(l4[0:], sport)
-		binary.BigEndian.PutUint16(l4[2:], dport)
-		binary.BigEndian.PutUint32(l4[4:], 1000)
-		l4[12] = 8 << 4
-		l4[13] = tcpFlags
-		binary.BigEndian.PutUint16(l4[14:], 64240)
-		copy(l4[20:], []byte{2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7})
-	} else {
-		l4 = make([]byte, 12)
-		binary.BigEndian.PutUint16(l4[0:], sport)
-		binary.BigEndian.PutUint16(l4[2:], dport)
-		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
-		copy(l4[8:], "ping")
-	}
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, proto
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
-	ck := l4csum(ip, l4)
-	if proto == protoTCP {
-		binary.BigEndian.PutUint16(l4[16:], ck)
-	} else {
-		binary.BigEndian.PutUint16(l4[6:], ck)
-	}
-	eth := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0}
-	return append(append(eth, ip...), l4...)
+	return buildPacket(proto, src, dst, sport, dport, tcpFlags)
 }
 
-func l4csum(ip, l4 []byte) uint16 {
-	pseudo := make([]byte, 12)
-	copy(pseudo, ip[12:20])
-	pseudo[9] = ip[9]
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(l4)))
-	var s uint32
-	for i := 0; i < 12; i += 2 {
-		s += uint32(binary.BigEndian.Uint16(pseudo[i:]))
-	}
-	return csum(l4, s)
-}
-
-type parsed struct {
-	src, dst     netip.Addr
-	sport, dport uint16
-	proto        uint8
-	tcpFlags     uint8
-	ack          uint32
-	ipOK, l4OK   bool
-	l4           []byte
-}
+type parsed = packetInfo
 
 func parse(t *testing.T, b []byte) parsed {
 	t.Helper()
-	ip := b[14:]
-	ihl := int(ip[0]&15) * 4
-	total := int(binary.BigEndian.Uint16(ip[2:]))
-	l4 := ip[ihl:total]
-	p := parsed{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: ip[9], l4: l4}
-	p.ipOK = csum(ip[:ihl], 0) == 0
-	if p.proto == protoTCP || p.proto == protoUDP {
-		p.sport, p.dport = binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
-	}
-	if p.proto == protoTCP {
-		p.tcpFlags = l4[13]
-		p.ack = binary.BigEndian.Uint32(l4[8:])
-	}
-	switch p.proto {
-	case protoTCP, protoUDP:
-		p.l4OK = l4csum(ip[:ihl], l4) == 0
-	case 1:
-		p.l4OK = csum(l4, 0) == 0
+	p, err := parsePacket(b)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
 }

@@ -780,16 +780,7 @@ func tableNamesMap() map[int]string {
 }
 
 func sortKeys(keys []dataplane.FrontendKey) {
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
-		if c := a.IP.Compare(b.IP); c != 0 {
-			return c < 0
-		}
-		if a.Port != b.Port {
-			return a.Port < b.Port
-		}
-		return a.Protocol < b.Protocol
-	})
+	slices.SortFunc(keys, dataplane.FrontendKey.Compare)
 }
 
 // adoptIDs recovers frontend -> id from the classifier flows of an earlier

@@ -33,6 +33,19 @@
 //	80  SvcSNATReply +rpl: ct(zone=SvcZone, nat) -> SvcSNATReplyOut; else ct(zone=SvcZone, nat) -> SvcReply
 //	81  SvcSNATReplyOut   from the uplink: SvcExternalOut; from a local endpoint: NORMAL (to its gateway)
 //
+// Registers (what `ovs-ofctl dump-flows` shows as reg0..reg7):
+//
+//	reg0         flags of a packet from outside the node to an external frontend:
+//	             0x1 external (back out to the router after NAT), 0x2 SNAT it to the node
+//	reg1         with 0x2: which node address (its low 32 bits, snatTag)
+//	reg2[0..15]  the chosen endpoint's port
+//	reg3         the chosen endpoint's IPv4 address (xxreg1, i.e. reg4..reg7, for IPv6)
+//
+// Cookies: the top byte says whose a flow is (0x5a compiled, 0x5b learned
+// affinity), the next 24 bits the frontend's id, which also names its
+// group (0x5a000000|id; sub-groups 0x40000000|id<<8|k). nsxctl reads the
+// frontends back from these (Inspect).
+//
 // After DNAT a packet keeps the gateway's MAC and leaves by NORMAL through
 // the uplink: in NSX mode the fabric routes it, the node bridge never
 // shortcuts pod-to-pod traffic. Only a pod reaching itself (hairpin) is

@@ -58,12 +58,34 @@ func (b *Backend) flushUDP(ctx context.Context, stale []staleUDP) {
 }
 
 // Connections lists the established Service connections of the service
-// zone (what a dataplane taking over adopts): conntrack entries whose
-// reply source is not the original destination (DNATed) and not SNATed.
-// Read over ovs-vswitchd's unixctl socket (dpctl/dump-conntrack), no
-// process.
+// zone (what a dataplane taking over adopts): open connections that were
+// DNATed and not SNATed.
 func (b *Backend) Connections(ctx context.Context) ([]dataplane.Conn, error) {
-	out, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "dpctl/dump-conntrack", fmt.Sprintf("zone=%d", SvcZone))
+	entries, err := NATEntries(ctx, b.opts.OVSRunDir)
+	if err != nil {
+		return nil, err
+	}
+	return openConns(entries), nil
+}
+
+// openConns are the entries of open connections that were DNATed and not
+// SNATed: those a dataplane can take over.
+func openConns(entries []dataplane.NATEntry) []dataplane.Conn {
+	var conns []dataplane.Conn
+	for _, e := range entries {
+		if e.Open && !e.SNATed {
+			conns = append(conns, dataplane.Conn{Frontend: dataplane.FrontendKey{IP: e.Frontend.Addr(), Port: e.Frontend.Port(), Protocol: e.Protocol},
+				Client: e.Client, Backend: e.Backend})
+		}
+	}
+	return conns
+}
+
+// NATEntries lists the service zone's conntrack entries of connections
+// to a frontend (DNATed: the reply comes from the endpoint), read over
+// ovs-vswitchd's unixctl socket (dpctl/dump-conntrack), no process.
+func NATEntries(ctx context.Context, runDir string) ([]dataplane.NATEntry, error) {
+	out, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(runDir), "dpctl/dump-conntrack", fmt.Sprintf("zone=%d", SvcZone))
 	if err != nil {
 		return nil, fmt.Errorf("ovs dataplane: conntrack of the service zone: %w", err)
 	}
@@ -74,12 +96,12 @@ func (b *Backend) Connections(ctx context.Context) ([]dataplane.Conn, error) {
 //
 //	tcp,orig=(src=10.0.1.50,dst=10.96.0.10,sport=46874,dport=80),reply=(src=10.0.2.20,dst=10.0.1.50,sport=8080,dport=46874),zone=65520,protoinfo=(state=ESTABLISHED)
 //
-// into the DNATed connections that are open (TCP established or in its
-// handshake, UDP); lines it cannot read are skipped.
-func parseConntrack(out string) []dataplane.Conn {
-	var conns []dataplane.Conn
+// into the DNATed connections; lines it cannot read are skipped.
+func parseConntrack(out string) []dataplane.NATEntry {
+	var entries []dataplane.NATEntry
 	for _, line := range strings.Split(out, "\n") {
-		proto, rest, ok := strings.Cut(strings.TrimSpace(line), ",")
+		line = strings.TrimSpace(line)
+		proto, rest, ok := strings.Cut(line, ",")
 		if !ok {
 			continue
 		}
@@ -87,23 +109,23 @@ func parseConntrack(out string) []dataplane.Conn {
 		if !ok {
 			continue
 		}
-		if p == dataplane.TCP && !liveTCP(rest) {
-			continue // closing or closed: adopting it could clobber a new connection on the same ports
-		}
 		orig, okO := tuple(rest, "orig=(")
 		reply, okR := tuple(rest, "reply=(")
-		if !okO || !okR {
-			continue
+		if !okO || !okR || reply.src == orig.dst {
+			continue // not DNATed: not a Service connection
 		}
-		// DNATed (the reply comes from the endpoint, not the frontend)
-		// and not SNATed (it goes back to the client itself).
-		if reply.src == orig.dst || reply.dst != orig.src {
-			continue
+		e := dataplane.NATEntry{Protocol: p, Client: orig.src, Frontend: orig.dst, Backend: reply.src,
+			// Closing or closed TCP is not open: adopting it could
+			// clobber a new connection on the same ports.
+			Open:   p != dataplane.TCP || liveTCP(rest),
+			SNATed: reply.dst != orig.src,
+			Raw:    line}
+		if _, st, ok := strings.Cut(rest, "state="); ok {
+			e.State, _, _ = strings.Cut(st, ")")
 		}
-		conns = append(conns, dataplane.Conn{Frontend: dataplane.FrontendKey{IP: orig.dst.Addr(), Port: orig.dst.Port(), Protocol: p},
-			Client: orig.src, Backend: reply.src})
+		entries = append(entries, e)
 	}
-	return conns
+	return entries
 }
 
 // liveTCP says whether a TCP entry's state is one of an open connection.

@@ -24,7 +24,11 @@ tcp,orig=(src=garbage`
 		{Frontend: dataplane.FrontendKey{IP: netip.MustParseAddr("10.96.0.11"), Port: 53, Protocol: dataplane.UDP},
 			Client: netip.MustParseAddrPort("10.0.1.51:5000"), Backend: netip.MustParseAddrPort("10.0.2.21:5353")},
 	}
-	got := parseConntrack(out)
+	entries := parseConntrack(out)
+	if len(entries) != 5 || entries[2].Open || entries[2].State != "TIME_WAIT" || !entries[4].SNATed || !entries[3].Open {
+		t.Fatalf("entries %+v: want the 5 DNATed ones (direct, ICMP and garbage left out), TIME_WAIT not open, the NodePort one SNATed", entries)
+	}
+	got := openConns(entries)
 	if len(got) != len(want) {
 		t.Fatalf("parsed %+v\nwant %+v (closed, direct and SNATed connections, ICMP and garbage left out)", got, want)
 	}

@@ -60,28 +60,10 @@ func decodeKey(fd *openflow15.FlowDesc) (flowKey, bool) {
 			if mk, ok := f.Mask.(*openflow15.Uint32Message); ok && f.HasMask {
 				m.CTMask = mk.Data
 			}
-		case f.Class == openflow15.OXM_CLASS_NXM_1 && f.Field <= openflow15.NXM_NX_REG7:
-			v, ok := f.Value.(*openflow15.Uint32Message)
-			if !ok {
-				return k, false
-			}
-			mask := uint32(0xffffffff)
-			if mk, ok := f.Mask.(*openflow15.Uint32Message); ok && f.HasMask {
-				mask = mk.Data
-			}
-			regs.set(int(f.Field), v.Data, mask)
-		case f.Class == openflow15.OXM_CLASS_NXM_1 && f.Field >= openflow15.NXM_NX_XXREG0 && f.Field <= openflow15.NXM_NX_XXREG1:
-			if !regs.setBytes(4*int(f.Field-openflow15.NXM_NX_XXREG0), f) {
-				return k, false
-			}
-		case f.Class == oxmClassPacketRegs && f.Field < 8:
-			// OVS reports registers as 64-bit packet registers: xregN
-			// holds reg(2N) in its high half and reg(2N+1) in the low.
-			if !regs.setBytes(2*int(f.Field), f) {
-				return k, false
-			}
 		default:
-			return k, false
+			if !regs.add(f) {
+				return k, false
+			}
 		}
 	}
 	m.Flags, m.FlagsMask = regs.take(0)
@@ -130,6 +112,31 @@ const oxmClassPacketRegs = 0x8001
 // regFile collects register matches, whichever encoding the switch used.
 type regFile struct {
 	val, mask [8]uint32
+}
+
+// add reads one register field (a match, or a set_field's value), in
+// whichever encoding the switch used; false for any other field.
+func (r *regFile) add(f openflow15.MatchField) bool {
+	switch {
+	case f.Class == openflow15.OXM_CLASS_NXM_1 && f.Field <= openflow15.NXM_NX_REG7:
+		v, ok := f.Value.(*openflow15.Uint32Message)
+		if !ok {
+			return false
+		}
+		mask := uint32(0xffffffff)
+		if mk, ok := f.Mask.(*openflow15.Uint32Message); ok && f.HasMask {
+			mask = mk.Data
+		}
+		r.set(int(f.Field), v.Data, mask)
+		return true
+	case f.Class == openflow15.OXM_CLASS_NXM_1 && f.Field >= openflow15.NXM_NX_XXREG0 && f.Field <= openflow15.NXM_NX_XXREG1:
+		return r.setBytes(4*int(f.Field-openflow15.NXM_NX_XXREG0), f)
+	case f.Class == oxmClassPacketRegs && f.Field < 8:
+		// OVS reports registers as 64-bit packet registers: xregN
+		// holds reg(2N) in its high half and reg(2N+1) in the low.
+		return r.setBytes(2*int(f.Field), f)
+	}
+	return false
 }
 
 func (r *regFile) set(i int, v, m uint32) {

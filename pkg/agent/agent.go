@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -260,12 +259,7 @@ func short(id string) string {
 
 // netnsPath maps a netns path as the runtime sees it to the agent's view:
 // in a container the host's /proc is mounted under proc_mount_path_prefix.
-func (a *Agent) netnsPath(p string) string {
-	if a.opts.ProcMountPathPrefix != "" && strings.HasPrefix(p, "/proc/") {
-		return a.opts.ProcMountPathPrefix + p
-	}
-	return p
-}
+func (a *Agent) netnsPath(p string) string { return podnet.HostPath(a.opts.ProcMountPathPrefix, p) }
 
 func (a *Agent) desiredPod(req *cniwire.Request, cfg *podconfig.Config, txOff bool) podnet.Pod {
 	mtu := cfg.MTU

@@ -396,20 +396,29 @@ func primaryAddresses(n *v1.Node) []netip.Addr {
 // nodePortAddresses resolves Options.NodePortAddresses on this node,
 // sorted. An error leaves the caller with the previous addresses.
 func (p *Proxier) nodePortAddresses() ([]netip.Addr, error) {
-	var out []netip.Addr
-	if len(p.o.NodePortAddresses) == 0 {
-		p.mu.Lock()
-		lister := p.nodeLister
-		p.mu.Unlock()
+	p.mu.Lock()
+	lister := p.nodeLister
+	p.mu.Unlock()
+	return resolveNodePortAddresses(p.o.NodePortAddresses, func() (*v1.Node, error) {
 		if lister == nil {
 			return nil, nil
 		}
-		n, err := lister.Get(p.o.NodeName)
-		if apierrors.IsNotFound(err) {
+		return lister.Get(p.o.NodeName)
+	})
+}
+
+// resolveNodePortAddresses resolves nodeport_addresses, sorted: with
+// prefixes, this host's interface addresses within them; without, the
+// Node's primary addresses (node returns it; nil or not found: none yet).
+func resolveNodePortAddresses(prefixes []netip.Prefix, node func() (*v1.Node, error)) ([]netip.Addr, error) {
+	var out []netip.Addr
+	if len(prefixes) == 0 {
+		n, err := node()
+		if apierrors.IsNotFound(err) || (err == nil && n == nil) {
 			return nil, nil // kubelet has not registered the node yet
 		}
 		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", p.o.NodeName, err)
+			return nil, fmt.Errorf("node: %w", err)
 		}
 		out = primaryAddresses(n)
 	} else {
@@ -427,7 +436,7 @@ func (p *Proxier) nodePortAddresses() ([]netip.Addr, error) {
 				continue
 			}
 			ip = ip.Unmap()
-			if slices.ContainsFunc(p.o.NodePortAddresses, func(pf netip.Prefix) bool { return pf.Contains(ip) }) &&
+			if slices.ContainsFunc(prefixes, func(pf netip.Prefix) bool { return pf.Contains(ip) }) &&
 				!slices.Contains(out, ip) {
 				out = append(out, ip)
 			}

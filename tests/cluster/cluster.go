@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -408,6 +409,27 @@ func (p *Process) Alive() bool {
 	default:
 		return true
 	}
+}
+
+// Nsxctl runs nsxctl on the node, as `kubectl exec` into its DaemonSet
+// would: its ncp.ini, the cluster's API. It returns the output and the
+// exit status (see cmd/nsxctl); a failure to run at all is fatal.
+func (n *Node) Nsxctl(t testing.TB, args ...string) (string, int) {
+	t.Helper()
+	cmd := n.NS.Exec(context.Background(), filepath.Join(n.c.opts.BinDir, "nsxctl"),
+		append([]string{"--config-file", n.INI, "--node-name", n.Name}, args...)...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out.String(), 0
+	case errors.As(err, &ee):
+		return out.String() + errOut.String(), ee.ExitCode()
+	}
+	t.Fatalf("%s: nsxctl %s: %v", n.Name, strings.Join(args, " "), err)
+	return "", -1
 }
 
 // Dump prints what an operator would look at: the OVS service flows and

@@ -34,6 +34,7 @@ func BuildBinaries(dir string) error {
 		"nsx-kube-proxy":    "./cmd/nsx-kube-proxy",
 		"nsx-ovs":           "./cmd/nsx-ovs",
 		"nsx-ncp-bootstrap": "./cmd/nsx-ncp-bootstrap",
+		"nsxctl":            "./cmd/nsxctl",
 		"workload":          "./tests/workload",
 		"pause":             "./tests/images/pause",
 		"loopback":          "github.com/containernetworking/plugins/plugins/main/loopback",

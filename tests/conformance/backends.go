@@ -26,7 +26,7 @@ func OVS(t *testing.T, e *Env) *Instance {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return instance(e, b, func() []string {
+	inst := instance(e, b, func() []string {
 		var left []string
 		for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats"), "\n") {
 			if strings.Contains(l, "cookie=0x5a") || strings.Contains(l, "cookie=0x5b") {
@@ -40,6 +40,8 @@ func OVS(t *testing.T, e *Env) *Instance {
 		}
 		return left
 	})
+	inst.Dataplane = "ovs"
+	return inst
 }
 
 // closer is a dataplane backend as the factories make them.
@@ -77,7 +79,7 @@ func EBPF() Factory {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return instance(e, b, func() []string {
+		inst := instance(e, b, func() []string {
 			var left []string
 			filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 				// maps.debug and progs.debug come with every bpffs mount.
@@ -88,5 +90,7 @@ func EBPF() Factory {
 			})
 			return left
 		})
+		inst.Dataplane, inst.PinDir = "ebpf", dir
+		return inst
 	}
 }

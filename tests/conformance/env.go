@@ -252,6 +252,11 @@ func (p *Pod) Dial(addr string, timeout time.Duration) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	return greet(c, addr, timeout)
+}
+
+// greet reads the server's greeting on a new connection.
+func greet(c net.Conn, addr string, timeout time.Duration) (*Conn, error) {
 	_ = c.SetDeadline(time.Now().Add(timeout))
 	rd := bufio.NewReader(c)
 	line, err := rd.ReadString('\n')

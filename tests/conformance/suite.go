@@ -91,6 +91,9 @@ type Instance struct {
 	// Close releases the instance without cleaning the dataplane, as a
 	// process exit would.
 	Close func()
+	// Dataplane is nsxctl's name of it (ovs, ebpf); PinDir, its bpffs
+	// pin dir (eBPF).
+	Dataplane, PinDir string
 }
 
 // Factory makes a backend for the env's node. It may be called more than
@@ -258,6 +261,7 @@ func isTimeout(err error) bool {
 
 // Cases is the behaviour table.
 var Cases = []Case{
+	{Name: "nsxctl reads back what Sync wrote; trace names the backend, reject, drop and pass", Row: "nsxctl", Run: inspectAndTrace},
 	{Name: "TCP and UDP on one port reach every endpoint, source IP kept", Row: "1, 8, 10", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		client := e.AddPod("client", 101, 50)
 		reachesEveryEndpoint(t, inst, client, e.AddPod("a", 101, 10), e.AddPod("b", 102, 20), e.AddPod("c", 101, 30))

@@ -134,6 +134,18 @@ func demo(t testing.TB, nodes int, src cluster.ConfigSource) {
 		}
 		say("[%s] what %s holds for the service (excerpt):", dp, n1.Name)
 		fmt.Println(excerpt(n1.Dump(t), 14))
+		say("[%s] $ nsxctl services demo/   (on %s: read back from the dataplane, checked against the API)", dp, n1.Name)
+		out, code := n1.Nsxctl(t, "services", "demo/")
+		fmt.Println(excerpt(out, 10))
+		if code != 0 {
+			t.Fatalf("nsxctl services: exit %d", code)
+		}
+		say("[%s] $ nsxctl trace --from demo/client --to %s", dp, vip)
+		out, code = n1.Nsxctl(t, "trace", "--from", "demo/client", "--to", vip)
+		fmt.Println(excerpt(out, 12))
+		if code != 0 {
+			t.Fatalf("nsxctl trace: exit %d", code)
+		}
 	}
 }
 

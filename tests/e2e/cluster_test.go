@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podconfig"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/podnet"
+	"github.com/nsx-ujo/nsx-ujo/pkg/nsxctl"
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
 )
 
@@ -89,6 +91,7 @@ func TestClusterPodsAndServicesAcrossNodes(t *testing.T) {
 		// A pod created after the switch is served (eBPF: attached by the agent in ADD).
 		late := c.RunPod(t, "x", "late-"+dp, n1, cluster.PodOptions{})
 		servedBy(t, late, vip, "b")
+		checkNsxctl(t, n1, dp, vip, b)
 	}
 	if err := c.Client.CoreV1().Services("x").Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -211,4 +214,35 @@ func ovsVsctl(t *testing.T, n *cluster.Node, args ...string) string {
 		t.Fatalf("ovs-vsctl %v: %v: %s", args, err, out)
 	}
 	return string(out)
+}
+
+// checkNsxctl runs the nsxctl binary on node n as an operator would: the
+// dataplane holds what the API says (exit 0), the trace of the client's
+// packet to vip names b, and every component is healthy.
+func checkNsxctl(t *testing.T, n *cluster.Node, dp, vip string, b *cluster.Pod) {
+	t.Helper()
+	eventually(t, "nsxctl services x/ shows no drift", func() error {
+		out, code := n.Nsxctl(t, "-o", "json", "services", "x/")
+		var r nsxctl.ServicesReport
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			return fmt.Errorf("exit %d, output %q: %v", code, out, err)
+		}
+		if code != 0 || r.Dataplane != dp || !r.APIChecked || len(r.Services) != 1 ||
+			!slices.Equal(r.Services[0].Endpoints, []string{b.IP.String() + ":8080"}) {
+			return fmt.Errorf("exit %d: %s", code, out)
+		}
+		return nil
+	})
+	out, code := n.Nsxctl(t, "-o", "json", "trace", "--from", "x/client", "--to", vip)
+	var tr nsxctl.TraceReport
+	if err := json.Unmarshal([]byte(out), &tr); err != nil || code != 0 || tr.Verdict != "forward" ||
+		tr.Backend != b.IP.String()+":8080" || tr.Service != "x/web:http" {
+		t.Fatalf("nsxctl trace: exit %d, %v: %s", code, err, out)
+	}
+	if out, code := n.Nsxctl(t, "status"); code != 0 {
+		t.Fatalf("nsxctl status: exit %d\n%s", code, out)
+	}
+	if out, code := n.Nsxctl(t, "pods"); code != 0 || !strings.Contains(out, "x/client") {
+		t.Fatalf("nsxctl pods: exit %d\n%s", code, out)
+	}
 }

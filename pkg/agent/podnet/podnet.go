@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -285,4 +286,14 @@ func NetnsExists(path string) bool {
 		return false
 	}
 	return ns.IsNSorErr(path) == nil
+}
+
+// HostPath is where a process in the node DaemonSet finds a netns path the
+// runtime gave: under procPrefix (proc_mount_path_prefix, the host's /proc
+// mounted at <prefix>/proc) when it is a /proc path.
+func HostPath(procPrefix, path string) string {
+	if procPrefix != "" && strings.HasPrefix(path, "/proc/") {
+		return procPrefix + path
+	}
+	return path
 }

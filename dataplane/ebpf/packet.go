@@ -1,0 +1,133 @@
+package ebpf
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+)
+
+// The test packets trace runs through the live program (and the unit tests
+// through a loaded one): Ethernet, IPv4, then TCP or UDP, checksums right.
+
+// TCP flags of a built packet.
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+func csum(b []byte, initial uint32) uint16 {
+	s := initial
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// buildPacket builds eth + IPv4 + TCP (with the options a real SYN has) or
+// UDP (a small payload).
+func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags uint8) []byte {
+	var l4 []byte
+	if proto == protoTCP {
+		l4 = make([]byte, 32) // 20 + 12 bytes of options
+		binary.BigEndian.PutUint16(l4[0:], sport)
+		binary.BigEndian.PutUint16(l4[2:], dport)
+		binary.BigEndian.PutUint32(l4[4:], 1000)
+		if tcpFlags&tcpACK != 0 {
+			binary.BigEndian.PutUint32(l4[8:], 1)
+		}
+		l4[12] = 8 << 4
+		l4[13] = tcpFlags
+		binary.BigEndian.PutUint16(l4[14:], 64240)
+		copy(l4[20:], []byte{2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7})
+	} else {
+		l4 = make([]byte, 12)
+		binary.BigEndian.PutUint16(l4[0:], sport)
+		binary.BigEndian.PutUint16(l4[2:], dport)
+		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
+		copy(l4[8:], "ping")
+	}
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, proto
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+	s4, d4 := src.As4(), dst.As4()
+	copy(ip[12:], s4[:])
+	copy(ip[16:], d4[:])
+	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
+	ck := l4csum(ip, l4)
+	if proto == protoTCP {
+		binary.BigEndian.PutUint16(l4[16:], ck)
+	} else {
+		binary.BigEndian.PutUint16(l4[6:], ck)
+	}
+	eth := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0}
+	return append(append(eth, ip...), l4...)
+}
+
+func l4csum(ip, l4 []byte) uint16 {
+	pseudo := make([]byte, 12)
+	copy(pseudo, ip[12:20])
+	pseudo[9] = ip[9]
+	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(l4)))
+	var s uint32
+	for i := 0; i < 12; i += 2 {
+		s += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	}
+	return csum(l4, s)
+}
+
+// packetInfo is a packet read back.
+type packetInfo struct {
+	src, dst     netip.Addr
+	sport, dport uint16
+	proto        uint8
+	tcpFlags     uint8
+	ack          uint32
+	icmpType     uint8
+	ipOK, l4OK   bool // checksums
+	l4           []byte
+}
+
+func parsePacket(b []byte) (packetInfo, error) {
+	if len(b) < 14+20 {
+		return packetInfo{}, errors.New("packet shorter than Ethernet and IPv4 headers")
+	}
+	ip := b[14:]
+	ihl := int(ip[0]&15) * 4
+	total := int(binary.BigEndian.Uint16(ip[2:]))
+	if ihl < 20 || total < ihl || total > len(ip) {
+		return packetInfo{}, errors.New("malformed IPv4 header")
+	}
+	l4 := ip[ihl:total]
+	p := packetInfo{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: ip[9], l4: l4}
+	p.ipOK = csum(ip[:ihl], 0) == 0
+	switch p.proto {
+	case protoTCP, protoUDP:
+		if len(l4) < 8 {
+			return packetInfo{}, errors.New("truncated L4 header")
+		}
+		p.sport, p.dport = binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
+		p.l4OK = l4csum(ip[:ihl], l4) == 0
+		if p.proto == protoTCP {
+			if len(l4) < 20 {
+				return packetInfo{}, errors.New("truncated TCP header")
+			}
+			p.tcpFlags = l4[13]
+			p.ack = binary.BigEndian.Uint32(l4[8:])
+		}
+	case protoICMP:
+		if len(l4) < 8 {
+			return packetInfo{}, errors.New("truncated ICMP header")
+		}
+		p.icmpType = l4[0]
+		p.l4OK = csum(l4, 0) == 0
+	}
+	return p, nil
+}
