@@ -18,6 +18,7 @@
 //           replies the same way.
 // Packets that are not ours return TCX_NEXT so other TC programs keep
 // working (under TCX, TCX_PASS would end the chain). IPv4 only.
+#include <stddef.h>
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -70,14 +71,17 @@ enum {
 	STAT_MAX = 8,
 };
 
-struct svc_key {
+// The programs compute with these (the _n types): addresses and ports as
+// network-order integers, as they sit in the packet. The maps are declared
+// with the views further down.
+struct svc_key_n {
 	__u32 vip;   // network order
 	__u16 port;  // network order
 	__u8 proto;
 	__u8 pad;
 };
 
-struct svc_val {
+struct svc_val_n {
 	__u32 id;
 	__u16 count;         // usable backends in slots 0..count-1
 	__u16 flags;
@@ -90,13 +94,13 @@ struct be_key {
 	__u32 slot;
 };
 
-struct be_val {
+struct be_val_n {
 	__u32 ip;    // network order
 	__u16 port;  // network order
 	__u16 pad;
 };
 
-struct ct_key {
+struct ct_key_n {
 	__u32 src;
 	__u32 dst;
 	__u16 sport;
@@ -106,7 +110,7 @@ struct ct_key {
 	__u16 pad;
 };
 
-struct ct_val {
+struct ct_val_n {
 	__u32 ip;    // CT_FWD: backend; CT_REV, CT_HAIRPIN_REPLY: the VIP
 	__u16 port;
 	__u16 flags;
@@ -117,32 +121,122 @@ struct ct_val {
 };
 
 // loadBalancerSourceRanges: an LPM key of svc_id (32 bits) then the source.
-struct range_key {
+struct range_key_n {
 	__u32 prefixlen;
 	__u32 svc_id;
 	__u32 ip;
 };
 
-struct aff_key {
+struct aff_key_n {
 	__u32 client;
 	__u32 svc_id;
 };
 
 // A usable backend of an affinity service: "is the affined backend still
 // one" is one lookup, whatever the number of backends.
-struct member_key {
+struct member_key_n {
 	__u32 svc_id;
 	__u32 ip;    // network order
 	__u16 port;  // network order
 	__u16 pad;
 };
 
-struct aff_val {
+struct aff_val_n {
 	__u32 ip;
 	__u16 port;
 	__u16 pad;
 	__u64 last_ns;
 };
+
+// What bpftool shows, and the Go side's types. The programs compute on
+// network-order integers (the _n structs above); the maps are declared
+// with these views of the same bytes,
+// so `bpftool map dump` prints an address as its 4 bytes ([10, 96, 0, 10]),
+// a port as its 2 bytes in network order ([31, 144] is 8080) and a
+// conntrack direction by name. The assertions keep the two in step: a map
+// pinned by an older version, laid out the same, is adopted as it is.
+enum ct_dir : __u8 { DIR_FWD = CT_FWD, DIR_REV = CT_REV, DIR_HAIRPIN_REPLY = CT_HAIRPIN_REPLY };
+
+struct svc_key {
+	__u8 vip[4];
+	__u8 port[2];
+	__u8 proto;
+	__u8 pad;
+};
+
+struct svc_val {
+	__u32 id;
+	__u16 count;
+	__u16 flags;  // 1 affinity, 2 drop when empty, 4 external, 8 source ranges
+	__u32 affinity_sec;
+	__u8 snat_ip[4];
+};
+
+struct be_val {
+	__u8 ip[4];
+	__u8 port[2];
+	__u16 pad;
+};
+
+struct ct_key {
+	__u8 src[4];
+	__u8 dst[4];
+	__u8 sport[2];
+	__u8 dport[2];
+	__u8 proto;
+	enum ct_dir dir;
+	__u16 pad;
+};
+
+struct ct_val {
+	__u8 ip[4];
+	__u8 port[2];
+	__u16 flags;  // 1 hairpin, 2 external, 4 SNAT
+	__u32 svc_id;
+	__u8 client_ip[4];
+	__u8 client_port[2];
+	__u16 pad;
+};
+
+struct range_key {
+	__u32 prefixlen;
+	__u32 svc_id;
+	__u8 ip[4];
+};
+
+struct aff_key {
+	__u8 client[4];
+	__u32 svc_id;
+};
+
+struct member_key {
+	__u32 svc_id;
+	__u8 ip[4];
+	__u8 port[2];
+	__u16 pad;
+};
+
+struct aff_val {
+	__u8 ip[4];
+	__u8 port[2];
+	__u16 pad;
+	__u64 last_ns;
+};
+
+#define SAME(a, b, f) _Static_assert(offsetof(struct a, f) == offsetof(struct b, f), #a "." #f " moved")
+#define SAME_SIZE(a, b) _Static_assert(sizeof(struct a) == sizeof(struct b), #a " resized")
+SAME_SIZE(svc_key_n, svc_key); SAME(svc_key_n, svc_key, port); SAME(svc_key_n, svc_key, proto);
+SAME_SIZE(svc_val_n, svc_val); SAME(svc_val_n, svc_val, count); SAME(svc_val_n, svc_val, flags);
+SAME(svc_val_n, svc_val, affinity_sec); SAME(svc_val_n, svc_val, snat_ip);
+SAME_SIZE(be_val_n, be_val); SAME(be_val_n, be_val, port);
+SAME_SIZE(ct_key_n, ct_key); SAME(ct_key_n, ct_key, dst); SAME(ct_key_n, ct_key, sport);
+SAME(ct_key_n, ct_key, dport); SAME(ct_key_n, ct_key, proto); SAME(ct_key_n, ct_key, dir);
+SAME_SIZE(ct_val_n, ct_val); SAME(ct_val_n, ct_val, port); SAME(ct_val_n, ct_val, flags);
+SAME(ct_val_n, ct_val, svc_id); SAME(ct_val_n, ct_val, client_ip); SAME(ct_val_n, ct_val, client_port);
+SAME_SIZE(range_key_n, range_key); SAME(range_key_n, range_key, svc_id); SAME(range_key_n, range_key, ip);
+SAME_SIZE(aff_key_n, aff_key); SAME(aff_key_n, aff_key, svc_id);
+SAME_SIZE(member_key_n, member_key); SAME(member_key_n, member_key, ip); SAME(member_key_n, member_key, port);
+SAME_SIZE(aff_val_n, aff_val); SAME(aff_val_n, aff_val, port); SAME(aff_val_n, aff_val, last_ns);
 
 // Sizes are set by the loader from ncp.ini before the maps are created.
 struct {
@@ -458,15 +552,15 @@ static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int
 }
 
 // pick chooses the backend of a new connection (affinity first).
-static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_val *out)
+static __always_inline int pick(struct pkt *p, struct svc_val_n *svc, struct be_val_n *out)
 {
-	struct aff_key ak = {.client = p->ip.saddr, .svc_id = svc->id};
+	struct aff_key_n ak = {.client = p->ip.saddr, .svc_id = svc->id};
 	__u64 now = bpf_ktime_get_ns();
 	if (svc->flags & SVC_F_AFFINITY) {
-		struct aff_val *av = bpf_map_lookup_elem(&nsx_affinity, &ak);
+		struct aff_val_n *av = bpf_map_lookup_elem(&nsx_affinity, &ak);
 		if (av && now - av->last_ns <= (__u64)svc->affinity_sec * 1000000000ULL) {
 			// Still a usable backend of the service?
-			struct member_key mk = {.svc_id = svc->id, .ip = av->ip, .port = av->port};
+			struct member_key_n mk = {.svc_id = svc->id, .ip = av->ip, .port = av->port};
 			if (bpf_map_lookup_elem(&nsx_members, &mk)) {
 				av->last_ns = now;
 				out->ip = av->ip;
@@ -477,12 +571,12 @@ static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_va
 		}
 	}
 	struct be_key bk = {.svc_id = svc->id, .slot = bpf_get_prandom_u32() % svc->count};
-	struct be_val *b = bpf_map_lookup_elem(&nsx_backends, &bk);
+	struct be_val_n *b = bpf_map_lookup_elem(&nsx_backends, &bk);
 	if (!b)
 		return -1;
 	*out = *b;
 	if (svc->flags & SVC_F_AFFINITY) {
-		struct aff_val av = {.ip = b->ip, .port = b->port, .last_ns = now};
+		struct aff_val_n av = {.ip = b->ip, .port = b->port, .last_ns = now};
 		if (bpf_map_update_elem(&nsx_affinity, &ak, &av, BPF_ANY) < 0)
 			count(STAT_AFF_FULL);
 	}
@@ -491,16 +585,16 @@ static __always_inline int pick(struct pkt *p, struct svc_val *svc, struct be_va
 
 // in_ranges says whether the frontend admits the source
 // (loadBalancerSourceRanges; every source when it has none).
-static __always_inline int in_ranges(struct svc_val *svc, __u32 src)
+static __always_inline int in_ranges(struct svc_val_n *svc, __u32 src)
 {
 	if (!(svc->flags & SVC_F_RANGES))
 		return 1;
-	struct range_key k = {.prefixlen = 64, .svc_id = svc->id, .ip = src};
+	struct range_key_n k = {.prefixlen = 64, .svc_id = svc->id, .ip = src};
 	return bpf_map_lookup_elem(&nsx_ranges, &k) != NULL;
 }
 
 // no_endpoints answers a new connection to a frontend without endpoints.
-static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, struct svc_val *svc, int to_ingress)
+static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, struct svc_val_n *svc, int to_ingress)
 {
 	count_svc(svc->id);
 	if (svc->flags & SVC_F_DROP) {
@@ -515,7 +609,7 @@ static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, st
 // reply_external gives a reply on a connection that an external frontend
 // opened from outside the node the frontend's address as its source, and
 // (SNATed connections) the client as its destination.
-static __always_inline int reply_external(struct __sk_buff *skb, struct pkt *p, struct ct_val *rv)
+static __always_inline int reply_external(struct __sk_buff *skb, struct pkt *p, struct ct_val_n *rv)
 {
 	__u32 vip = rv->ip, client = rv->client_ip;
 	__u16 vport = rv->port, cport = rv->client_port;
@@ -541,9 +635,9 @@ int nsx_egress(struct __sk_buff *skb)
 
 	// A hairpinned connection's server answering the hairpin address.
 	if (p.ip.daddr == hairpin_ip) {
-		struct ct_key hk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+		struct ct_key_n hk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
 				    .proto = p.ip.protocol, .dir = CT_HAIRPIN_REPLY};
-		struct ct_val *hv = bpf_map_lookup_elem(&nsx_conntrack, &hk);
+		struct ct_val_n *hv = bpf_map_lookup_elem(&nsx_conntrack, &hk);
 		if (!hv)
 			return TCX_NEXT;
 		__u32 vip = hv->ip;
@@ -558,10 +652,10 @@ int nsx_egress(struct __sk_buff *skb)
 	// of an earlier connection that happened to use the same ports (the
 	// LRU keeps entries of closed connections), it picks afresh.
 	int syn = is_syn(&p);
-	struct ct_key fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+	struct ct_key_n fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
 			    .proto = p.ip.protocol, .dir = CT_FWD};
-	struct ct_val *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
-	struct be_val be;
+	struct ct_val_n *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
+	struct be_val_n be;
 	__u16 ctflags = 0;
 	__u32 svc_id = 0;
 	if (cv) {
@@ -570,16 +664,16 @@ int nsx_egress(struct __sk_buff *skb)
 		ctflags = cv->flags;
 		svc_id = cv->svc_id;
 	} else {
-		struct svc_key sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
-		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
+		struct svc_key_n sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
+		struct svc_val_n *svc = bpf_map_lookup_elem(&nsx_services, &sk);
 		if (!svc) {
-			struct ct_key rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
+			struct ct_key_n rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
 					    .proto = p.ip.protocol, .dir = CT_REV};
 			if (syn) {
 				// A direct connection reusing the ports of a closed
 				// service connection to the same backend: its replies
 				// must not be un-NATed by the old reverse entry.
-				struct ct_key stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
+				struct ct_key_n stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
 						       .proto = IPPROTO_TCP, .dir = CT_REV};
 				bpf_map_delete_elem(&nsx_conntrack, &stale);
 				// Nor may its later packets follow the forward entry of
@@ -590,7 +684,7 @@ int nsx_egress(struct __sk_buff *skb)
 			}
 			// This pod answering a client that an external frontend
 			// sent it from outside the node.
-			struct ct_val *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+			struct ct_val_n *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
 			if (!rv || !(rv->flags & CT_F_EXTERNAL))
 				return TCX_NEXT;
 			if (reply_external(skb, &p, rv) < 0)
@@ -611,16 +705,16 @@ int nsx_egress(struct __sk_buff *skb)
 		svc_id = svc->id;
 		if (be.ip == p.ip.saddr)
 			ctflags = CT_F_HAIRPIN;
-		struct ct_val fv = {.ip = be.ip, .port = be.port, .flags = ctflags, .svc_id = svc_id};
+		struct ct_val_n fv = {.ip = be.ip, .port = be.port, .flags = ctflags, .svc_id = svc_id};
 		// Replies: from the backend (or, hairpinned, from the pod to the
 		// hairpin address) back to the client.
-		struct ct_key rk = {.src = be.ip, .dst = p.ip.saddr, .sport = be.port, .dport = p.sport,
+		struct ct_key_n rk = {.src = be.ip, .dst = p.ip.saddr, .sport = be.port, .dport = p.sport,
 				    .proto = p.ip.protocol, .dir = CT_REV};
 		if (ctflags & CT_F_HAIRPIN) {
 			rk.dst = hairpin_ip;
 			rk.dir = CT_HAIRPIN_REPLY;
 		}
-		struct ct_val rv = {.ip = p.ip.daddr, .port = p.dport, .svc_id = svc_id};
+		struct ct_val_n rv = {.ip = p.ip.daddr, .port = p.dport, .svc_id = svc_id};
 		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
 		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
 			count(STAT_CT_FULL);
@@ -650,9 +744,9 @@ int nsx_egress(struct __sk_buff *skb)
 static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 {
 	int syn = is_syn(p);
-	struct ct_key fk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
+	struct ct_key_n fk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
 			    .proto = p->ip.protocol, .dir = CT_FWD};
-	struct ct_val *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
+	struct ct_val_n *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
 	__u32 be_ip, snat_ip = 0;
 	__u16 be_port, snat_port = 0, flags;
 	if (cv) {
@@ -664,8 +758,8 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 		snat_ip = cv->client_ip;
 		snat_port = cv->client_port;
 	} else {
-		struct svc_key sk = {.vip = p->ip.daddr, .port = p->dport, .proto = p->ip.protocol};
-		struct svc_val *svc = bpf_map_lookup_elem(&nsx_services, &sk);
+		struct svc_key_n sk = {.vip = p->ip.daddr, .port = p->dport, .proto = p->ip.protocol};
+		struct svc_val_n *svc = bpf_map_lookup_elem(&nsx_services, &sk);
 		if (!svc || !(svc->flags & SVC_F_EXTERNAL))
 			return TCX_NEXT;
 		if (!in_ranges(svc, p->ip.saddr)) {
@@ -675,13 +769,13 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 		}
 		if (svc->count == 0)
 			return no_endpoints(skb, p, svc, 0);
-		struct be_val be;
+		struct be_val_n be;
 		if (pick(p, svc, &be) < 0)
 			return TC_ACT_SHOT;
 		be_ip = be.ip;
 		be_port = be.port;
 		flags = CT_F_EXTERNAL;
-		struct ct_key rk = {.src = be.ip, .dst = p->ip.saddr, .sport = be.port, .dport = p->sport,
+		struct ct_key_n rk = {.src = be.ip, .dst = p->ip.saddr, .sport = be.port, .dport = p->sport,
 				    .proto = p->ip.protocol, .dir = CT_REV};
 		if (svc->snat_ip) {
 			// The client's port when free at the SNAT address, else a
@@ -693,7 +787,7 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 			int found = 0;
 			for (int i = 0; i < SNAT_TRIES; i++) {
 				rk.dport = port;
-				struct ct_val *o = bpf_map_lookup_elem(&nsx_conntrack, &rk);
+				struct ct_val_n *o = bpf_map_lookup_elem(&nsx_conntrack, &rk);
 				if (!o || ((o->flags & CT_F_SNAT) && o->client_ip == p->ip.saddr && o->client_port == p->sport)) {
 					found = 1;
 					break;
@@ -706,9 +800,9 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 			}
 			snat_port = port;
 		}
-		struct ct_val fv = {.ip = be.ip, .port = be.port, .flags = flags, .svc_id = svc->id,
+		struct ct_val_n fv = {.ip = be.ip, .port = be.port, .flags = flags, .svc_id = svc->id,
 				    .client_ip = snat_ip, .client_port = snat_port};
-		struct ct_val rv = {.ip = p->ip.daddr, .port = p->dport, .flags = flags, .svc_id = svc->id,
+		struct ct_val_n rv = {.ip = p->ip.daddr, .port = p->dport, .flags = flags, .svc_id = svc->id,
 				    .client_ip = p->ip.saddr, .client_port = p->sport};
 		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
 		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
@@ -726,7 +820,7 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 }
 
 // rev_nat un-NATs a reply: its source becomes the frontend it was sent to.
-static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct ct_val *rv)
+static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct ct_val_n *rv)
 {
 	if (set_addr(skb, p, 1, rv->ip, rv->port) < 0)
 		return TC_ACT_SHOT;
@@ -735,9 +829,9 @@ static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct 
 
 // reply_entry is the reverse conntrack entry a packet is a reply of, or
 // NULL.
-static __always_inline struct ct_val *reply_entry(struct pkt *p)
+static __always_inline struct ct_val_n *reply_entry(struct pkt *p)
 {
-	struct ct_key rk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
+	struct ct_key_n rk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
 			    .proto = p->ip.protocol, .dir = CT_REV};
 	return bpf_map_lookup_elem(&nsx_conntrack, &rk);
 }
@@ -749,7 +843,7 @@ int nsx_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &p) < 0)
 		return TCX_NEXT;
-	struct ct_val *rv = reply_entry(&p);
+	struct ct_val_n *rv = reply_entry(&p);
 	if (!rv)
 		return TCX_NEXT;
 	return rev_nat(skb, &p, rv);
@@ -763,7 +857,7 @@ int nsx_node_ingress(struct __sk_buff *skb)
 	struct pkt p = {};
 	if (parse(skb, &p) < 0)
 		return TCX_NEXT;
-	struct ct_val *rv = reply_entry(&p);
+	struct ct_val_n *rv = reply_entry(&p);
 	if (!rv)
 		return external_in(skb, &p);
 	if (rv->flags & CT_F_EXTERNAL) {

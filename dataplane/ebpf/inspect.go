@@ -61,7 +61,7 @@ func Inspect(pinDir string) ([]dataplane.Held, error) {
 		if v.Flags&flagAffinity == 0 {
 			h.AffinityTimeout = 0
 		}
-		if v.SnatIp != 0 {
+		if v.SnatIp != [4]byte{} {
 			h.SNAT = addrOf(v.SnatIp)
 		}
 		if v.Flags&flagDrop != 0 {

@@ -125,28 +125,15 @@ func Load(o LoadOptions) (*Objects, error) {
 // Close releases this process's references; pinned maps and links stay.
 func (o *Objects) Close() error { return o.nsxObjects.Close() }
 
-// be32 is an IPv4 address as the programs store it (network byte order
-// in a __u32).
-func be32(a netip.Addr) uint32 {
-	b := a.As4()
-	return binary.NativeEndian.Uint32(b[:])
-}
+// The maps hold addresses and ports as their bytes in network order (so
+// bpftool prints them legibly); these convert.
 
-func addrOf(v uint32) netip.Addr {
-	var b [4]byte
-	binary.NativeEndian.PutUint32(b[:], v)
-	return netip.AddrFrom4(b)
-}
+// be32 is an IPv4 address as the maps hold it.
+func be32(a netip.Addr) [4]byte { return a.As4() }
 
-// be16 is a port in network byte order in a __u16.
-func be16(p uint16) uint16 {
-	var b [2]byte
-	binary.BigEndian.PutUint16(b[:], p)
-	return binary.NativeEndian.Uint16(b[:])
-}
+func addrOf(v [4]byte) netip.Addr { return netip.AddrFrom4(v) }
 
-func portOf(v uint16) uint16 {
-	var b [2]byte
-	binary.NativeEndian.PutUint16(b[:], v)
-	return binary.BigEndian.Uint16(b[:])
-}
+// be16 is a port as the maps hold it.
+func be16(p uint16) [2]byte { return [2]byte{byte(p >> 8), byte(p)} }
+
+func portOf(v [2]byte) uint16 { return binary.BigEndian.Uint16(v[:]) }

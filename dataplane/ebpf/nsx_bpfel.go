@@ -15,14 +15,14 @@ import (
 
 type nsxAffKey struct {
 	_      structs.HostLayout
-	Client uint32
+	Client [4]uint8
 	SvcId  uint32
 }
 
 type nsxAffVal struct {
 	_      structs.HostLayout
-	Ip     uint32
-	Port   uint16
+	Ip     [4]uint8
+	Port   [2]uint8
 	Pad    uint16
 	LastNs uint64
 }
@@ -35,17 +35,17 @@ type nsxBeKey struct {
 
 type nsxBeVal struct {
 	_    structs.HostLayout
-	Ip   uint32
-	Port uint16
+	Ip   [4]uint8
+	Port [2]uint8
 	Pad  uint16
 }
 
 type nsxCtKey struct {
 	_     structs.HostLayout
-	Src   uint32
-	Dst   uint32
-	Sport uint16
-	Dport uint16
+	Src   [4]uint8
+	Dst   [4]uint8
+	Sport [2]uint8
+	Dport [2]uint8
 	Proto uint8
 	Dir   uint8
 	Pad   uint16
@@ -53,20 +53,20 @@ type nsxCtKey struct {
 
 type nsxCtVal struct {
 	_          structs.HostLayout
-	Ip         uint32
-	Port       uint16
+	Ip         [4]uint8
+	Port       [2]uint8
 	Flags      uint16
 	SvcId      uint32
-	ClientIp   uint32
-	ClientPort uint16
+	ClientIp   [4]uint8
+	ClientPort [2]uint8
 	Pad        uint16
 }
 
 type nsxMemberKey struct {
 	_     structs.HostLayout
 	SvcId uint32
-	Ip    uint32
-	Port  uint16
+	Ip    [4]uint8
+	Port  [2]uint8
 	Pad   uint16
 }
 
@@ -74,13 +74,13 @@ type nsxRangeKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	SvcId     uint32
-	Ip        uint32
+	Ip        [4]uint8
 }
 
 type nsxSvcKey struct {
 	_     structs.HostLayout
-	Vip   uint32
-	Port  uint16
+	Vip   [4]uint8
+	Port  [2]uint8
 	Proto uint8
 	Pad   uint8
 }
@@ -91,7 +91,7 @@ type nsxSvcVal struct {
 	Count       uint16
 	Flags       uint16
 	AffinitySec uint32
-	SnatIp      uint32
+	SnatIp      [4]uint8
 }
 
 // Names of all BPF objects in the ELF.
