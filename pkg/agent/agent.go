@@ -307,6 +307,7 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		Name: host, VLAN: cfg.VLAN, ContainerID: req.ContainerID, PodNamespace: req.PodNamespace,
 		PodName: req.PodName, PodUID: cfg.PodUID, Netns: req.Netns, IfName: req.IfName,
 		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU, HostPorts: mappings,
+		AttachedAt: time.Now(), // not compared: a repeated ADD keeps the first
 	}
 	podIP, _ := netip.AddrFromSlice(cfg.IP.IP)
 	hostPorts := toHostPorts(mappings, podIP.Unmap())

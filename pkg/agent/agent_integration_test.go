@@ -431,6 +431,10 @@ func TestAddConfiguresPodAndPort(t *testing.T) {
 				t.Errorf("external_ids:%s = %q, want %q", key, got, want)
 			}
 		}
+		at := strings.Trim(strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Port", host, "external_ids:attached-at")), `"`)
+		if ts, err := time.Parse(time.RFC3339, at); err != nil || time.Since(ts) > 10*time.Minute {
+			t.Errorf("external_ids:attached-at = %q (%v), want the time of the ADD", at, err)
+		}
 		if ofport := strings.TrimSpace(nd.ovs.Vsctl(t, "get", "Interface", host, "ofport")); ofport == "-1" || ofport == "[]" {
 			t.Fatalf("ofport %s", ofport)
 		}

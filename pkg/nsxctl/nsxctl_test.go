@@ -131,7 +131,7 @@ func TestOutputsAreStable(t *testing.T) {
 	reports := map[string]Tabler{
 		"services": &ServicesReport{Node: "node1", Dataplane: "ovs", APIChecked: true, Services: BuildServices(held, m, "")},
 		"pods": &PodsReport{Node: "node1", Bridge: "br-int", Pods: []PodRow{{Pod: "default/client", UID: "u1", ContainerID: "0123456789abcdef",
-			Port: "veth1", OFPort: 3, VLAN: 101, IP: "10.0.1.50/24", MAC: "02:00:00:65:32:01", Netns: "/var/run/netns/c", EBPF: true, Audit: "ok"}}},
+			Port: "veth1", OFPort: 3, VLAN: 101, IP: "10.0.1.50/24", MAC: "02:00:00:65:32:01", Netns: "/var/run/netns/c", AttachedAt: "2026-12-04T11:59:00Z", EBPF: true, Audit: "ok"}}},
 		"trace": &TraceReport{Node: "node1", Dataplane: "ebpf", Pod: "default/client", Port: "veth1", Source: "10.0.1.50:61234",
 			Destination: "10.96.0.10:80", Protocol: "TCP", Frontend: "10.96.0.10:80/TCP", Service: "default/web:http", Verdict: "forward",
 			Backend: a.String(), Reason: "a new connection, balanced over the frontend's 2 endpoints", NAT: []string{"dst 10.96.0.10:80 -> " + a.String()}},

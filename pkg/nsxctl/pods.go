@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -24,6 +25,9 @@ type PodRow struct {
 	IP          string `json:"ip"`
 	MAC         string `json:"mac"`
 	Netns       string `json:"netns"`
+	// AttachedAt: when the ADD that created the attachment ran (RFC 3339;
+	// empty for an attachment an earlier version made).
+	AttachedAt string `json:"attachedAt,omitempty"`
 	// EBPF: the eBPF programs are attached to the pod's interface (links
 	// pinned for its port).
 	EBPF bool `json:"ebpfAttached"`
@@ -47,14 +51,14 @@ func (r *PodsReport) Stale() bool {
 
 // Table prints one row per attachment.
 func (r *PodsReport) Table() ([]string, [][]string) {
-	header := []string{"POD", "PORT", "OFPORT", "VLAN", "IP", "MAC", "CONTAINER", "EBPF", "AUDIT"}
+	header := []string{"POD", "PORT", "OFPORT", "VLAN", "IP", "MAC", "CONTAINER", "ATTACHED", "EBPF", "AUDIT"}
 	var rows [][]string
 	for _, p := range r.Pods {
 		cid := p.ContainerID
 		if len(cid) > 12 {
 			cid = cid[:12]
 		}
-		rows = append(rows, []string{p.Pod, p.Port, fmt.Sprint(p.OFPort), fmt.Sprint(p.VLAN), p.IP, p.MAC, cid,
+		rows = append(rows, []string{p.Pod, p.Port, fmt.Sprint(p.OFPort), fmt.Sprint(p.VLAN), p.IP, p.MAC, cid, p.AttachedAt,
 			map[bool]string{true: "attached", false: "no"}[p.EBPF], p.Audit})
 	}
 	return header, rows
@@ -93,6 +97,9 @@ func (n *Node) Pods(ctx context.Context) (*PodsReport, error) {
 		row := PodRow{Pod: p.PodNamespace + "/" + p.PodName, UID: p.PodUID, ContainerID: p.ContainerID, Port: p.Name,
 			OFPort: p.OFPort, VLAN: p.VLAN, IP: p.IP, MAC: p.MAC, Netns: p.Netns,
 			EBPF: slices.Contains(attached, p.Name), Audit: "ok"}
+		if !p.AttachedAt.IsZero() {
+			row.AttachedAt = p.AttachedAt.UTC().Format(time.RFC3339)
+		}
 		if p.Netns == "" || !podnet.NetnsExists(podnet.HostPath(na.ProcMountPathPrefix, p.Netns)) {
 			switch {
 			case uids == nil:

@@ -34,6 +34,9 @@ const (
 	// KeyHostPorts holds the pod's hostPorts (runtimeConfig.portMappings)
 	// as JSON: the agent serves them again from it after a restart.
 	KeyHostPorts = "host-ports"
+	// KeyAttachedAt is when the ADD that created the port ran (RFC 3339,
+	// UTC): a repeated ADD of an intact attachment keeps it.
+	KeyAttachedAt = "attached-at"
 )
 
 // PodPort is a pod's port as recorded in OVSDB.
@@ -52,6 +55,7 @@ type PodPort struct {
 	MTU          int
 	OFPort       int
 	HostPorts    []cniwire.PortMapping
+	AttachedAt   time.Time // zero: not recorded (a port of an earlier version)
 }
 
 func (p *PodPort) externalIDs() map[string]string {
@@ -76,6 +80,9 @@ func (p *PodPort) externalIDs() map[string]string {
 		b, _ := json.Marshal(p.HostPorts) // plain values: cannot fail
 		m[KeyHostPorts] = string(b)
 	}
+	if !p.AttachedAt.IsZero() {
+		m[KeyAttachedAt] = p.AttachedAt.UTC().Format(time.RFC3339)
+	}
 	return m
 }
 
@@ -90,6 +97,9 @@ func fromOVS(p *ovsdb.Port) (*PodPort, bool) {
 		ContainerID: ids[KeyContainerID], PodNamespace: ids[KeyPodNamespace], PodName: ids[KeyPodName],
 		PodUID: ids[KeyPodUID], Netns: ids[KeyNetns], IfName: ids[KeyIfName],
 		MAC: ids[KeyAttachedMAC], IP: ids[KeyIP], Gateway: ids[KeyGateway], MTU: mtu,
+	}
+	if t, err := time.Parse(time.RFC3339, ids[KeyAttachedAt]); err == nil {
+		pp.AttachedAt = t
 	}
 	if s := ids[KeyHostPorts]; s != "" {
 		// Written by us; a record someone mangled serves nothing (and
