@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/cniwire"
 )
@@ -30,6 +31,35 @@ type Server struct {
 	h    Handler
 	srv  *http.Server
 	ln   net.Listener
+	// peerUID is the only peer user served (SO_PEERCRED): root, as the
+	// runtime that runs the plugin. Tests running as another user set it.
+	peerUID int
+}
+
+// peer is who is on the other end of a connection (SO_PEERCRED).
+type peer struct {
+	uid int
+	err error
+}
+
+type peerKey struct{}
+
+// peerOf reads the connecting process's credentials from the kernel.
+func peerOf(c net.Conn) peer {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return peer{uid: -1, err: fmt.Errorf("not a unix connection: %T", c)}
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return peer{uid: -1, err: err}
+	}
+	var cred *unix.Ucred
+	cerr := raw.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err = errors.Join(cerr, err); err != nil {
+		return peer{uid: -1, err: fmt.Errorf("SO_PEERCRED: %w", err)}
+	}
+	return peer{uid: int(cred.Uid)}
 }
 
 // Listen creates the socket at path (mode 0600, root only: whoever can
@@ -58,7 +88,17 @@ func Listen(path string, h Handler) (*Server, error) {
 	s := &Server{path: path, h: h, ln: ln}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+cniwire.RequestPath, s.serveCNI)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: mux,
+		// A slow or stuck client holds a connection, not the agent: the
+		// request is read within these bounds (the answer may take as long
+		// as the ADD does).
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10,
+		// The socket is 0600, so only root can connect; the credentials
+		// are checked again per connection, in case the mode was changed
+		// or the file handed to another process.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, peerOf(c))
+		}}
 	return s, nil
 }
 
@@ -81,6 +121,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 func (s *Server) serveCNI(w http.ResponseWriter, r *http.Request) {
 	var resp *cniwire.Response
+	if p, _ := r.Context().Value(peerKey{}).(peer); p.err != nil || p.uid != s.peerUID {
+		msg := fmt.Sprintf("nsx-node-agent serves uid %d only; this request came from uid %d", s.peerUID, p.uid)
+		if p.err != nil {
+			msg = "nsx-node-agent cannot tell who sent this request: " + p.err.Error()
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusForbidden)
+		_ = json.NewEncoder(w).Encode(&cniwire.Response{Error: types.NewError(types.ErrInternal, "request refused", msg)})
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
 	var req cniwire.Request
 	if err == nil {

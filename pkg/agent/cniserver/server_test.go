@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +43,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.peerUID = os.Getuid() // root in production; whoever runs the test here
 	go srv.Serve()
 	defer srv.Shutdown(context.Background())
 	fi, err := os.Stat(sock)
@@ -90,5 +93,36 @@ func TestRefusesNonSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(p); err != nil {
 		t.Fatal("the regular file is gone")
+	}
+}
+
+type refuseHandler struct{ t *testing.T }
+
+func (h refuseHandler) Handle(context.Context, *cniwire.Request) *cniwire.Response {
+	h.t.Error("the handler ran for a peer the server must refuse")
+	return &cniwire.Response{}
+}
+
+// The agent serves the user the runtime runs as (root) only, checked by
+// the kernel's account of the peer (SO_PEERCRED), even when the socket's
+// mode lets others connect.
+func TestRefusesOtherUsers(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	srv, err := Listen(sock, refuseHandler{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.peerUID != 0 {
+		t.Fatalf("the server serves uid %d by default, want root", srv.peerUID)
+	}
+	srv.peerUID = os.Getuid() + 1 // anyone but us
+	go srv.Serve()
+	defer srv.Shutdown(context.Background())
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cniwire.NewClient(sock).Do(context.Background(), &cniwire.Request{Command: cniwire.CmdAdd, ContainerID: "c1"})
+	if err != nil || resp.Error == nil || !strings.Contains(resp.Error.Details, fmt.Sprintf("came from uid %d", os.Getuid())) {
+		t.Fatalf("Do = %+v, %v; want a refusal naming our uid", resp, err)
 	}
 }
