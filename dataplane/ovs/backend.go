@@ -345,7 +345,7 @@ func (b *Backend) apply(ctx context.Context, changes []change, touched map[flowK
 		}
 		b.stats.LastChanges = nFlows + nGroups
 		if len(msgs) > 0 {
-			if classifierChanged(objs) || affinityChanged(changes) {
+			if classifierChanged(objs) || affinityChanged(changes) || emptinessChanged(changes) {
 				b.waitRevalidated(ctx)
 			}
 			b.stats.Bundles++
@@ -392,9 +392,23 @@ func affinityChanged(changes []change) bool {
 	return false
 }
 
+// emptinessChanged says whether a frontend gained its first endpoint or
+// lost its last: a datapath flow cached for its reject or drop matches the
+// frontend's address and port only, not the 5-tuple, so new connections
+// would keep meeting it (and the other way round).
+func emptinessChanged(changes []change) bool {
+	for _, c := range changes {
+		if c.old != nil && c.new != nil && (len(c.old.src.Endpoints) == 0) != (len(c.new.src.Endpoints) == 0) {
+			return true
+		}
+	}
+	return false
+}
+
 // waitRevalidated waits until ovs-vswitchd has revalidated its datapath
-// flows after a frontend appeared or went, a UDP endpoint went, or a
-// frontend with session affinity changed: until then a packet can still
+// flows after a frontend appeared or went, a UDP endpoint went, a frontend
+// with session affinity changed, or one gained its first endpoint or lost
+// its last (emptinessChanged): until then a packet can still
 // take a cached datapath flow of the old tables (a new Service's first SYN
 // would leave un-NATed, matching a flow cached while the VIP was nobody's;
 // a UDP client's next datagram would go to its removed endpoint; an affine

@@ -15,11 +15,10 @@
 //	                 any other IP            -> ct(zone=SvcZone, nat) -> SvcReply (un-DNAT of replies, from
 //	                                            any port; replies of connections to endpoints that have
 //	                                            since been removed too, so no per-endpoint flow decides it)
-//	70  SvcLB        +new: group, or SvcAffinity then SvcDNAT; reject or drop; -new (est, rel) or +dnat
+//	70  SvcLB        +new: group, or SvcAffinity then SvcAffinityCheck; reject or drop; -new (est, rel) or +dnat
 //	                 (a SYN sent again before any reply, NATed as committed): SvcHairpin
 //	71  SvcAffinity  learned client->endpoint flows (idle_timeout) load the endpoint registers
-//	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin;
-//	                 affinity frontends without a learned endpoint -> their group
+//	72  SvcDNAT      reg3/reg2 (endpoint) -> ct(commit, nat(dst=endpoint)) -> SvcHairpin
 //	73  SvcHairpin   src == dst == local endpoint -> ct(commit, zone=HairpinZone, nat(src=hairpin address))
 //	                 external + SNAT: ct(commit, zone=SNATZone, nat(src=node address)) -> SvcExternalOut
 //	                 external: SvcExternalOut
@@ -32,6 +31,8 @@
 //	79  SvcExternalOut    swap MACs, back out of the ingress port (to the router that sent it)
 //	80  SvcSNATReply +rpl: ct(zone=SvcZone, nat) -> SvcSNATReplyOut; else ct(zone=SvcZone, nat) -> SvcReply
 //	81  SvcSNATReplyOut   from the uplink: SvcExternalOut; from a local endpoint: NORMAL (to its gateway)
+//	82  SvcAffinityCheck  frontend + a learned endpoint that is still one of its endpoints -> SvcDNAT;
+//	                 otherwise (none learned, or one since removed) -> the frontend's group
 //
 // Registers (what `ovs-ofctl dump-flows` shows as reg0..reg7):
 //
@@ -86,13 +87,14 @@ const (
 	tExternalOut     = 79
 	tSNATReply       = 80
 	tSNATReplyOut    = 81
+	tAffinityCheck   = 82
 )
 
 var tableNames = map[int]string{
 	tLB: "SvcLB", tAffinity: "SvcAffinity", tDNAT: "SvcDNAT", tHairpin: "SvcHairpin", tHairpinOut: "SvcHairpinOut",
 	tHairpinReply: "SvcHairpinReply", tHairpinReplyOut: "SvcHairpinReplyOut", tReply: "SvcReply",
 	tAffinityLearn: "SvcAffinityLearn", tExternalOut: "SvcExternalOut", tSNATReply: "SvcSNATReply",
-	tSNATReplyOut: "SvcSNATReplyOut",
+	tSNATReplyOut: "SvcSNATReplyOut", tAffinityCheck: "SvcAffinityCheck",
 }
 
 // Conntrack zones of our own.
@@ -247,11 +249,20 @@ func compileFrontend(f *dataplane.Frontend, id uint32, o compileOptions) *compil
 		// A learned flow in SvcAffinity loads the endpoint registers and
 		// SvcDNAT uses them; without one, SvcDNAT's frontend flow picks
 		// through the group, whose bucket learns and comes back.
-		lb = []Action{Resubmit(tAffinity), Resubmit(tDNAT)}
+		lb = []Action{Resubmit(tAffinity), Resubmit(tAffinityCheck)}
 		learn := LearnAffinity{Proto: k.Protocol, V6: v6, IdleTimeout: affinitySeconds(f), Cookie: makeCookie(compLearned, id, 0)}
 		c.flows = append(c.flows,
-			Flow{Table: tDNAT, Priority: 50, Match: vip, Actions: []Action{ToGroup(gid)}, Owner: id},
+			Flow{Table: tAffinityCheck, Priority: 50, Match: vip, Actions: []Action{ToGroup(gid)}, Owner: id},
 			Flow{Table: tAffinityLearn, Priority: 100, Match: vip, Actions: []Action{learn, Resubmit(tDNAT)}, Owner: id})
+		// A learned client -> endpoint flow is followed only while the
+		// endpoint is still one of this frontend's: the DNAT flows are
+		// shared by endpoint, and a removed endpoint another frontend
+		// still uses would otherwise keep getting this one's clients.
+		for _, ep := range f.Endpoints {
+			m := vip
+			m.EPAddr, m.EPPort = ep.IP, ep.Port
+			c.flows = append(c.flows, Flow{Table: tAffinityCheck, Priority: 100, Match: m, Actions: []Action{Resubmit(tDNAT)}, Owner: id})
+		}
 	default:
 		lb = []Action{ToGroup(gid)}
 	}
@@ -386,6 +397,7 @@ func staticFlows(o compileOptions) []Flow {
 		{Table: tClassifier, Priority: 190, Match: Match{EthType: ethIPv6}, Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
 		{Table: tAffinity, Priority: 0},
 		{Table: tAffinityLearn, Priority: 0},
+		{Table: tAffinityCheck, Priority: 0},
 		{Table: tDNAT, Priority: 0},
 		{Table: tHairpin, Priority: 0, Actions: []Action{Normal}},
 		{Table: tHairpinOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},

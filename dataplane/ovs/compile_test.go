@@ -38,7 +38,9 @@ func TestCompileFrontendText(t *testing.T) {
 			f := fe("10.96.0.12", 80, dataplane.TCP, "10.0.1.7:80")
 			f.AffinityTimeout = 86400 * time.Second
 			return f
-		}(), []string{"resubmit(,71),resubmit(,72)", "table=72,priority=50,tcp,nw_dst=10.96.0.12,tp_dst=80,actions=group:",
+		}(), []string{"resubmit(,71),resubmit(,82)", "table=82,priority=50,tcp,nw_dst=10.96.0.12,tp_dst=80,actions=group:",
+			// A learned endpoint is followed only while it is one of the frontend's.
+			"table=82,priority=100,tcp,nw_dst=10.96.0.12,tp_dst=80,reg3=0xa000107,reg2=0x50/0xffff,actions=resubmit(,72)",
 			"idle_timeout=65535", "resubmit(,78)"}, nil},
 		{"no endpoints rejects", fe("10.96.0.13", 80, dataplane.TCP), []string{"actions=controller"}, []string{"group:"}},
 		{"local policy drops", func() *dataplane.Frontend {

@@ -319,6 +319,47 @@ var Cases = []Case{
 			t.Fatalf("NodePort without endpoints from outside: %v (server %q), want connection refused", err, srv)
 		}
 	}},
+	{Name: "ClientIP affinity never follows a removed endpoint, even one another frontend still uses", Row: "4", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		b.Serve(t, 8080)
+		affine := Frontend(80, dataplane.TCP, []*Pod{a}, 8080)
+		affine.AffinityTimeout = time.Minute
+		other := Frontend(81, dataplane.TCP, []*Pod{a}, 8080) // keeps a:8080 an endpoint of the node
+		syncModel(t, inst, Model(affine, other))
+		if srv, _, err := client.Get(addr(80), timeout); err != nil || srv != "a" {
+			t.Fatalf("first connection: %q, %v", srv, err)
+		}
+		moved := Frontend(80, dataplane.TCP, []*Pod{b}, 8080)
+		moved.AffinityTimeout = time.Minute
+		syncModel(t, inst, Model(moved, other))
+		for i := 0; i < 5; i++ {
+			if srv, _, err := client.Get(addr(80), timeout); err != nil || srv != "b" {
+				t.Fatalf("connection %d after a left the frontend reached %q (%v), want b: the client's affinity outlived its endpoint", i, srv, err)
+			}
+		}
+	}},
+	{Name: "a frontend that gets its first endpoint serves the next connection, TCP and UDP (no cached reject)", Row: "1, 3", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a := e.AddPod("a", 101, 10)
+		client := e.AddPod("client", 101, 50)
+		a.Serve(t, 8080)
+		for i := 0; i < 10; i++ {
+			for _, udp := range []bool{false, true} {
+				proto := map[bool]dataplane.Protocol{false: dataplane.TCP, true: dataplane.UDP}[udp]
+				syncModel(t, inst, Model(Frontend(80, proto, nil, 8080)))
+				for j := 0; j < 3; j++ {
+					if _, _, err := client.Ask(addr(80), udp, timeout); !isRefused(err) {
+						t.Fatalf("round %d %s without endpoints: %v, want refused", i, proto, err)
+					}
+				}
+				syncModel(t, inst, Model(Frontend(80, proto, []*Pod{a}, 8080)))
+				if srv, _, err := client.Ask(addr(80), udp, timeout); err != nil || srv != "a" {
+					t.Fatalf("round %d: the first %s connection after the frontend got an endpoint: %q, %v", i, proto, srv, err)
+				}
+			}
+		}
+	}},
 	{Name: "a SYN from outside whose first copy was lost after the node NATed it connects on its retransmission", Row: "18", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		a.Serve(t, 8080)
