@@ -12,7 +12,7 @@ TEST_TIMEOUT ?= 30m
 DIFF_ROUNDS ?= 200
 FUZZTIME ?= 50000x
 
-.PHONY: all build test unit lint fuzz fuzz-targets tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
+.PHONY: all build test unit lint fuzz fuzz-targets chaos tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
 
 all: build
 
@@ -24,6 +24,7 @@ help:
 	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
 	@echo "make unit   tests that need no root"
 	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
+	@echo "make chaos [CHAOS_REPEATS=3] [CHAOS_API_DOWN=60s] [CHAOS_SEED=n]  faults under load on both dataplanes, the table of figures"
 	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
 	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"
@@ -64,6 +65,15 @@ unit:
 fuzz: fuzz-targets
 	@# The dataplanes against the model and each other: many random models (root).
 	$(GO) test -count=1 -run=TestDifferential ./tests/conformance/ -differential.rounds=$(DIFF_ROUNDS) -differential.seed=$$(date +%s)
+
+# The fault-injection suite, long: each fault CHAOS_REPEATS times per
+# dataplane at seeded random points, kube-apiserver down CHAOS_API_DOWN;
+# the table of figures is printed (make test runs one of each, 5 s down).
+CHAOS_REPEATS ?= 3
+CHAOS_API_DOWN ?= 60s
+CHAOS_SEED ?= $(shell date +%s)
+chaos: build tools
+	$(GO) test -count=1 -v -timeout 60m -run=TestChaos ./tests/chaos/ -chaos.repeats=$(CHAOS_REPEATS) -chaos.api-down=$(CHAOS_API_DOWN) -chaos.seed=$(CHAOS_SEED)
 
 fuzz-targets:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/

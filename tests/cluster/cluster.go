@@ -168,11 +168,7 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	n.CNI = libcni.NewCNIConfigWithCacheDir([]string{filepath.Join(n.HostRoot, "opt/cni/bin")}, filepath.Join(n.Dir, "cni-cache"), nil)
 
 	c.progress("%s: nsx-ovs starts OVS, creates br-int, moves eth0's addresses and routes onto it", n.Name)
-	n.OVS = StartProcess(t, n.NS, filepath.Join(n.Dir, "nsx-ovs.log"), filepath.Join(c.opts.BinDir, "nsx-ovs"), "--config-file", n.INI)
-	n.OVS.WaitReady(t, 60*time.Second, func() error {
-		_, err := n.NS.Exec(context.Background(), filepath.Join(c.opts.BinDir, "nsx-ovs"), "health", "--config-file", n.INI).Output()
-		return err
-	})
+	n.startOVS(t)
 	if !c.opts.RealNodes {
 		// Without kubelet, the test registers the node.
 		if _, err := c.Client.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -194,6 +190,31 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 }
 
 func nodeName(i int) string { return fmt.Sprintf("node-%d", i+1) }
+
+// startOVS starts nsx-ovs and waits until it reports the node healthy.
+func (n *Node) startOVS(t testing.TB) {
+	t.Helper()
+	bin := filepath.Join(n.c.opts.BinDir, "nsx-ovs")
+	n.OVS = StartProcess(t, n.NS, filepath.Join(n.Dir, fmt.Sprintf("nsx-ovs-%d.log", time.Now().UnixNano())), bin, "--config-file", n.INI)
+	n.OVS.WaitReady(t, 60*time.Second, func() error {
+		_, err := n.NS.Exec(context.Background(), bin, "health", "--config-file", n.INI).Output()
+		return err
+	})
+}
+
+// RestartOVS restarts nsx-ovs as a container restart would: stopped
+// (SIGTERM: it saves the flows and stops its OVS daemons) or killed
+// (SIGKILL: its OVS daemons get SIGTERM from the kernel, nothing saved),
+// then started again, which starts OVS and restores what it saved.
+func (n *Node) RestartOVS(t testing.TB, kill bool) {
+	t.Helper()
+	if kill {
+		n.OVS.Kill()
+	} else {
+		n.OVS.Stop()
+	}
+	n.startOVS(t)
+}
 
 func (n *Node) writeINI(t testing.TB, dataplane string) {
 	n.dataplane = dataplane

@@ -169,6 +169,13 @@ func StartProcess(t testing.TB, n *harness.NetNS, logFile, bin string, args ...s
 // Pid is the process id.
 func (p *Process) Pid() int { return p.pid }
 
+// Kill sends SIGKILL (a crash: no cleanup of its own) and waits for the
+// process to exit.
+func (p *Process) Kill() {
+	_ = syscall.Kill(p.pid, syscall.SIGKILL)
+	<-p.done
+}
+
 // Stop sends SIGTERM and waits for the process to exit. Idempotent.
 func (p *Process) Stop() {
 	p.cancel()

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -408,4 +409,24 @@ func writeRSAKey(path string) error {
 	}
 	block := &pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}
 	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
+}
+
+// Freeze stops kube-apiserver in its tracks (SIGSTOP) until Thaw: clients
+// meet an API server that accepts nothing and answers nothing, as when it
+// is down behind a load balancer, without losing its state. The cleanup
+// thaws it.
+func (s *APIServer) Freeze(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.apiserver.cmd.Process.Pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("freeze kube-apiserver: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(s.apiserver.cmd.Process.Pid, syscall.SIGCONT) })
+}
+
+// Thaw lets a frozen kube-apiserver run again.
+func (s *APIServer) Thaw(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.apiserver.cmd.Process.Pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("thaw kube-apiserver: %v", err)
+	}
 }

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,14 +26,7 @@ const (
 )
 
 // switchResult is one switch (or restart) under load.
-type switchResult struct {
-	took          time.Duration // old proxy stopped -> new one serving alone
-	tried, failed int           // new connections during it
-	slow          int           // of them, up but slower than switchSlow
-	longestGap    time.Duration // between two successful new connections
-	broken        int           // of the switchHeld established connections
-	failures      []string      // when (from the switch's start) and why new connections failed
-}
+type switchResult = conformance.LoadResult
 
 // BenchmarkDataplaneSwitch measures a live dataplane switch of a running
 // node (the real nsx-kube-proxy restarted with the other dataplane) under
@@ -133,7 +124,7 @@ func BenchmarkDataplaneSwitch(b *testing.B) {
 				}
 			})
 			cur = to
-			for _, f := range r.failures {
+			for _, f := range r.Failures {
 				b.Logf("%s -> %s: new connection failed at %s", from, to, f)
 			}
 			res[key{from, to, busy}] = append(res[key{from, to, busy}], r)
@@ -159,25 +150,25 @@ func BenchmarkDataplaneSwitch(b *testing.B) {
 				load = "other core busy"
 			}
 			fmt.Fprintf(w, "| %s -> %s | %s | %s | %s | %s | %s | %s | %s / %s / %s / %s / %s |\n", sw[0], sw[1], load,
-				stat(got, func(r switchResult) float64 { return float64(r.failed) }, ""),
-				stat(got, func(r switchResult) float64 { return float64(r.slow) }, ""),
-				stat(got, func(r switchResult) float64 { return msf(r.longestGap) }, " ms"),
-				stat(got, func(r switchResult) float64 { return float64(r.broken) }, ""),
-				stat(got, func(r switchResult) float64 { return msf(r.took) }, " ms"),
-				stat(base, func(r switchResult) float64 { return float64(r.failed) }, ""),
-				stat(base, func(r switchResult) float64 { return float64(r.slow) }, ""),
-				stat(base, func(r switchResult) float64 { return msf(r.longestGap) }, " ms"),
-				stat(base, func(r switchResult) float64 { return float64(r.broken) }, ""),
-				stat(base, func(r switchResult) float64 { return msf(r.took) }, " ms"))
+				stat(got, func(r switchResult) float64 { return float64(r.Failed) }, ""),
+				stat(got, func(r switchResult) float64 { return float64(r.Slow) }, ""),
+				stat(got, func(r switchResult) float64 { return msf(r.LongestGap) }, " ms"),
+				stat(got, func(r switchResult) float64 { return float64(r.Broken) }, ""),
+				stat(got, func(r switchResult) float64 { return msf(r.Took) }, " ms"),
+				stat(base, func(r switchResult) float64 { return float64(r.Failed) }, ""),
+				stat(base, func(r switchResult) float64 { return float64(r.Slow) }, ""),
+				stat(base, func(r switchResult) float64 { return msf(r.LongestGap) }, " ms"),
+				stat(base, func(r switchResult) float64 { return float64(r.Broken) }, ""),
+				stat(base, func(r switchResult) float64 { return msf(r.Took) }, " ms"))
 			for _, fg := range []struct {
 				metric, unit string
 				v            func(switchResult) float64
 			}{
-				{"new connections failed (3 s)", "conns", func(r switchResult) float64 { return float64(r.failed) }},
-				{"new connections slower than 500 ms", "conns", func(r switchResult) float64 { return float64(r.slow) }},
-				{"longest gap", "ms", func(r switchResult) float64 { return msf(r.longestGap) }},
-				{"established broken", "conns", func(r switchResult) float64 { return float64(r.broken) }},
-				{"switch time", "ms", func(r switchResult) float64 { return msf(r.took) }},
+				{"new connections failed (3 s)", "conns", func(r switchResult) float64 { return float64(r.Failed) }},
+				{"new connections slower than 500 ms", "conns", func(r switchResult) float64 { return float64(r.Slow) }},
+				{"longest gap", "ms", func(r switchResult) float64 { return msf(r.LongestGap) }},
+				{"established broken", "conns", func(r switchResult) float64 { return float64(r.Broken) }},
+				{"switch time", "ms", func(r switchResult) float64 { return msf(r.Took) }},
 			} {
 				f := Figure{Bench: "dataplane switch", Case: fmt.Sprintf("%s %s", load, fg.metric),
 					Subject: fmt.Sprintf("nsx %s -> %s", sw[0], sw[1]), Baseline: fmt.Sprintf("nsx %s restart", sw[1]), Unit: fg.unit}
@@ -222,77 +213,10 @@ func waitServed(b *testing.B, client *conformance.Pod, vip string) {
 // measureSwitch runs the load around do (which returns once the switch is
 // complete), then keeps it on for switchSettle.
 func measureSwitch(b *testing.B, client, prober *conformance.Pod, vip string, do func()) switchResult {
-	var held []*conformance.Conn
-	for i := 0; i < switchHeld; i++ {
-		c, err := client.Dial(vip, 5*time.Second)
-		if err != nil {
-			b.Fatal(err)
-		}
-		held = append(held, c)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	broken := make([]bool, len(held))
-	for i, c := range held {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			t := time.NewTicker(100 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-				}
-				if err := c.Echo("ping", 2*time.Second); err != nil {
-					broken[i] = true
-					return
-				}
-			}
-		}()
-	}
-	var r switchResult
-	var t0 atomic.Value
-	t0.Store(time.Now())
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		last := time.Now()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			r.tried++
-			at := time.Now()
-			if _, _, err := prober.Get(vip, switchTimeout); err != nil {
-				r.failed++
-				r.failures = append(r.failures, fmt.Sprintf("%+dms: %v", at.Sub(t0.Load().(time.Time)).Milliseconds(), err))
-				continue
-			}
-			if time.Since(at) > switchSlow {
-				r.slow++
-			}
-			if gap := time.Since(last); gap > r.longestGap {
-				r.longestGap = gap
-			}
-			last = time.Now()
-		}
-	}()
-	time.Sleep(500 * time.Millisecond) // the load runs before the switch
-	t0.Store(time.Now())
-	do()
-	r.took = time.Since(t0.Load().(time.Time))
-	time.Sleep(switchSettle)
-	close(stop)
-	wg.Wait()
-	for _, x := range broken {
-		if x {
-			r.broken++
-		}
+	r, err := conformance.MeasureUnderLoad(client, prober, vip, conformance.LoadOptions{Held: switchHeld, NewTimeout: switchTimeout,
+		Slow: switchSlow, Settle: switchSettle}, do)
+	if err != nil {
+		b.Fatal(err)
 	}
 	return r
 }
