@@ -80,6 +80,8 @@ fuzz-targets:
 	$(GO) test -run='^$$' -fuzz=FuzzParseNetConf -fuzztime=$(FUZZTIME) ./pkg/cniwire/
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/config/
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./pkg/hyperbus/
+	$(GO) test -run='^$$' -fuzz=FuzzBuildFrontends -fuzztime=$(FUZZTIME) ./pkg/proxy/
+	$(GO) test -run='^$$' -fuzz=FuzzFromOVS -fuzztime=$(FUZZTIME) ./pkg/agent/ports/
 
 bench: build tools
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/

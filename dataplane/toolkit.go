@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -173,4 +174,34 @@ func (k FrontendKey) Compare(o FrontendKey) int {
 		return int(k.Port) - int(o.Port)
 	}
 	return strings.Compare(string(k.Protocol), string(o.Protocol))
+}
+
+// Checksum is the Internet checksum (RFC 1071) of data, starting from
+// initial (a pseudo-header's sum, or 0): for the packets nsx-ujo builds
+// itself (the OVS reject responder's answers, nsxctl's traced packets).
+func Checksum(data []byte, initial uint32) uint16 {
+	s := initial
+	for i := 0; i+1 < len(data); i += 2 {
+		s += uint32(binary.BigEndian.Uint16(data[i:]))
+	}
+	if len(data)%2 == 1 {
+		s += uint32(data[len(data)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
+}
+
+// PseudoHeaderSum is the sum of the TCP/UDP/ICMPv6 pseudo-header of an
+// IPv4 or IPv6 packet (addresses src and dst, 4 or 16 bytes each), to
+// start Checksum with.
+func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {
+	var s uint32
+	for _, a := range [][]byte{src, dst} {
+		for i := 0; i+1 < len(a); i += 2 {
+			s += uint32(binary.BigEndian.Uint16(a[i:]))
+		}
+	}
+	return s + uint32(proto) + uint32(length)
 }

@@ -158,43 +158,18 @@ func dispatch(ctx context.Context, node *nsxctl.Node, cmd string, args []string,
 			return exitUsage, errors.New("services NAMESPACE/NAME names Services from the API: drop --no-api")
 		}
 		r, err := node.Services(ctx, dp, filter)
-		if err != nil {
-			return exitErr, err
-		}
-		if err := nsxctl.Print(stdout, format, r); err != nil {
-			return exitErr, err
-		}
-		if r.Drifted() {
-			return exitFound, nil
-		}
-		return exitOK, nil
+		return report(stdout, format, r, err, func(r *nsxctl.ServicesReport) bool { return r.Drifted() })
 	case "pods":
 		if err := sub.Parse(args); err != nil || sub.NArg() > 0 {
 			return exitUsage, errors.New("usage: nsxctl pods")
 		}
 		r, err := node.Pods(ctx)
-		if err != nil {
-			return exitErr, err
-		}
-		if err := nsxctl.Print(stdout, format, r); err != nil {
-			return exitErr, err
-		}
-		if r.Stale() {
-			return exitFound, nil
-		}
-		return exitOK, nil
+		return report(stdout, format, r, err, func(r *nsxctl.PodsReport) bool { return r.Stale() })
 	case "status":
 		if err := sub.Parse(args); err != nil || sub.NArg() > 0 {
 			return exitUsage, errors.New("usage: nsxctl status")
 		}
-		r := node.Status(ctx)
-		if err := nsxctl.Print(stdout, format, r); err != nil {
-			return exitErr, err
-		}
-		if !r.Healthy() {
-			return exitFound, nil
-		}
-		return exitOK, nil
+		return report(stdout, format, node.Status(ctx), nil, func(r *nsxctl.StatusReport) bool { return !r.Healthy() })
 	case "trace":
 		var from, to, proto string
 		var srcPort uint
@@ -213,16 +188,11 @@ func dispatch(ctx context.Context, node *nsxctl.Node, cmd string, args []string,
 		}
 		req.Raw = raw
 		r, err := node.Trace(ctx, dp, req)
-		if err != nil {
-			return exitErr, err
+		code, err := report(stdout, format, r, err, func(*nsxctl.TraceReport) bool { return false })
+		if err == nil && (r.Verdict == string(dataplane.VerdictReject) || r.Verdict == string(dataplane.VerdictDrop)) {
+			code = exitBlock
 		}
-		if err := nsxctl.Print(stdout, format, r); err != nil {
-			return exitErr, err
-		}
-		if r.Verdict == string(dataplane.VerdictReject) || r.Verdict == string(dataplane.VerdictDrop) {
-			return exitBlock, nil
-		}
-		return exitOK, nil
+		return code, err
 	case "conntrack":
 		var service, frontend string
 		sub.StringVar(&service, "service", "", "only this Service's connections: NAMESPACE/NAME")
@@ -242,15 +212,24 @@ func dispatch(ctx context.Context, node *nsxctl.Node, cmd string, args []string,
 			return exitUsage, errors.New("--service names a Service from the API: drop --no-api")
 		}
 		r, err := node.Conntrack(ctx, dp, f)
-		if err != nil {
-			return exitErr, err
-		}
-		if err := nsxctl.Print(stdout, format, r); err != nil {
-			return exitErr, err
-		}
-		return exitOK, nil
+		return report(stdout, format, r, err, func(*nsxctl.ConntrackReport) bool { return false })
 	}
 	return exitUsage, fmt.Errorf("unknown command %q (services, pods, trace, conntrack, status)", cmd)
+}
+
+// report prints r (unless err) and returns the exit status: exitFound
+// when wrong says the report found something wrong.
+func report[R nsxctl.Tabler](stdout io.Writer, format nsxctl.Format, r R, err error, wrong func(R) bool) (int, error) {
+	if err != nil {
+		return exitErr, err
+	}
+	if err := nsxctl.Print(stdout, format, r); err != nil {
+		return exitErr, err
+	}
+	if wrong(r) {
+		return exitFound, nil
+	}
+	return exitOK, nil
 }
 
 // traceRequest checks trace's flags, naming the one that is wrong.

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/netip"
+
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
 
 // The test packets trace runs through the live program (and the unit tests
@@ -16,20 +18,6 @@ const (
 	tcpRST = 0x04
 	tcpACK = 0x10
 )
-
-func csum(b []byte, initial uint32) uint16 {
-	s := initial
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
 
 // buildPacket builds eth + IPv4 + TCP (with the options a real SYN has) or
 // UDP (a small payload).
@@ -60,7 +48,7 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 	s4, d4 := src.As4(), dst.As4()
 	copy(ip[12:], s4[:])
 	copy(ip[16:], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], csum(ip, 0))
+	binary.BigEndian.PutUint16(ip[10:], dataplane.Checksum(ip, 0))
 	ck := l4csum(ip, l4)
 	if proto == protoTCP {
 		binary.BigEndian.PutUint16(l4[16:], ck)
@@ -72,15 +60,7 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 }
 
 func l4csum(ip, l4 []byte) uint16 {
-	pseudo := make([]byte, 12)
-	copy(pseudo, ip[12:20])
-	pseudo[9] = ip[9]
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(l4)))
-	var s uint32
-	for i := 0; i < 12; i += 2 {
-		s += uint32(binary.BigEndian.Uint16(pseudo[i:]))
-	}
-	return csum(l4, s)
+	return dataplane.Checksum(l4, dataplane.PseudoHeaderSum(ip[12:16], ip[16:20], ip[9], len(l4)))
 }
 
 // packetInfo is a packet read back.
@@ -107,7 +87,7 @@ func parsePacket(b []byte) (packetInfo, error) {
 	}
 	l4 := ip[ihl:total]
 	p := packetInfo{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: ip[9], l4: l4}
-	p.ipOK = csum(ip[:ihl], 0) == 0
+	p.ipOK = dataplane.Checksum(ip[:ihl], 0) == 0
 	switch p.proto {
 	case protoTCP, protoUDP:
 		if len(l4) < 8 {
@@ -127,7 +107,7 @@ func parsePacket(b []byte) (packetInfo, error) {
 			return packetInfo{}, errors.New("truncated ICMP header")
 		}
 		p.icmpType = l4[0]
-		p.l4OK = csum(l4, 0) == 0
+		p.l4OK = dataplane.Checksum(l4, 0) == 0
 	}
 	return p, nil
 }

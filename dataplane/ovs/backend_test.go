@@ -60,7 +60,7 @@ func TestSyncAdoptCleanupOnRealOVS(t *testing.T) {
 	flows := o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--names", "--no-stats")
 	for _, want := range []string{
 		"priority=200,tcp,nw_dst=10.96.0.10,tp_dst=80 actions=ct(table=SvcLB,zone=65520,nat)",
-		"nat(dst=10.0.1.5:8080)", "nat(dst=10.0.2.6:8080)", "resubmit(,SvcAffinity),resubmit(,SvcDNAT)",
+		"nat(dst=10.0.1.5:8080)", "nat(dst=10.0.2.6:8080)", "resubmit(,SvcAffinity),resubmit(,SvcAffinityCheck)",
 		"ct_state=+new+trk,tcp,nw_dst=10.96.0.99,tp_dst=443 actions=CONTROLLER",
 	} {
 		if !strings.Contains(flows, want) {

@@ -11,6 +11,7 @@ import (
 	"antrea.io/libOpenflow/util"
 	"go.uber.org/zap"
 
+	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
 )
 
@@ -135,30 +136,6 @@ func rejectFrame(frame []byte) ([]byte, error) {
 	return append(eth, ip...), nil
 }
 
-func csum(data []byte, initial uint32) uint16 {
-	s := initial
-	for i := 0; i+1 < len(data); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(data[i:]))
-	}
-	if len(data)%2 == 1 {
-		s += uint32(data[len(data)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
-}
-
-func pseudoSum(src, dst []byte, proto uint8, length int) uint32 {
-	var s uint32
-	for _, a := range [][]byte{src, dst} {
-		for i := 0; i+1 < len(a); i += 2 {
-			s += uint32(binary.BigEndian.Uint16(a[i:]))
-		}
-	}
-	return s + uint32(proto) + uint32(length)
-}
-
 // tcpRST answers the TCP segment seg (RFC 9293 3.10.7.1).
 func tcpRST(seg []byte, payloadLen int) []byte {
 	flags := seg[13]
@@ -201,13 +178,13 @@ func reject4(p []byte) ([]byte, error) {
 			return nil, errors.New("short TCP segment or RST")
 		}
 		proto, l4 = 6, tcpRST(seg, len(seg)-int(seg[12]>>4)*4)
-		binary.BigEndian.PutUint16(l4[16:], csum(l4, pseudoSum(dst, src, 6, len(l4))))
+		binary.BigEndian.PutUint16(l4[16:], dataplane.Checksum(l4, dataplane.PseudoHeaderSum(dst, src, 6, len(l4))))
 	} else {
 		quote := p[:min(total, ihl+8)]
 		l4 = make([]byte, 8+len(quote))
 		l4[0], l4[1] = 3, 3 // destination unreachable, port unreachable
 		copy(l4[8:], quote)
-		binary.BigEndian.PutUint16(l4[2:], csum(l4, 0))
+		binary.BigEndian.PutUint16(l4[2:], dataplane.Checksum(l4, 0))
 		proto = 1
 	}
 	h := make([]byte, 20, 20+len(l4))
@@ -216,7 +193,7 @@ func reject4(p []byte) ([]byte, error) {
 	h[8], h[9] = 64, proto
 	copy(h[12:16], dst)
 	copy(h[16:20], src)
-	binary.BigEndian.PutUint16(h[10:], csum(h, 0))
+	binary.BigEndian.PutUint16(h[10:], dataplane.Checksum(h, 0))
 	return append(h, l4...), nil
 }
 
@@ -237,13 +214,13 @@ func reject6(p []byte) ([]byte, error) {
 			return nil, errors.New("short TCP segment or RST")
 		}
 		next, l4 = 6, tcpRST(seg, len(seg)-int(seg[12]>>4)*4)
-		binary.BigEndian.PutUint16(l4[16:], csum(l4, pseudoSum(dst, src, 6, len(l4))))
+		binary.BigEndian.PutUint16(l4[16:], dataplane.Checksum(l4, dataplane.PseudoHeaderSum(dst, src, 6, len(l4))))
 	} else {
 		quote := p[:min(40+plen, 1232)]
 		l4 = make([]byte, 8+len(quote))
 		l4[0], l4[1] = 1, 4 // destination unreachable, port unreachable
 		copy(l4[8:], quote)
-		binary.BigEndian.PutUint16(l4[2:], csum(l4, pseudoSum(dst, src, 58, len(l4))))
+		binary.BigEndian.PutUint16(l4[2:], dataplane.Checksum(l4, dataplane.PseudoHeaderSum(dst, src, 58, len(l4))))
 		next = 58
 	}
 	h := make([]byte, 40, 40+len(l4))

@@ -34,13 +34,22 @@ func (c *Client) GetBridge(ctx context.Context, name string) (*Bridge, error) {
 
 func (c *Client) bridgeRow(ctx context.Context, name string) (*BridgeRow, error) {
 	b := &BridgeRow{Name: name}
-	if err := c.db.Get(ctx, b); err != nil {
-		if errors.Is(err, client.ErrNotFound) {
-			return nil, fmt.Errorf("bridge %s: %w", name, ErrNotFound)
-		}
-		return nil, fmt.Errorf("bridge %s: %w", name, err)
+	if err := c.get(ctx, b, "bridge", name); err != nil {
+		return nil, err
 	}
 	return b, nil
+}
+
+// get fills m, a row with its index column set, from the cache; a row that
+// is not there is ErrNotFound.
+func (c *Client) get(ctx context.Context, m model.Model, what, name string) error {
+	if err := c.db.Get(ctx, m); err != nil {
+		if errors.Is(err, client.ErrNotFound) {
+			return fmt.Errorf("%s %s: %w", what, name, ErrNotFound)
+		}
+		return fmt.Errorf("%s %s: %w", what, name, err)
+	}
+	return nil
 }
 
 // Port is a Port row joined with its (single) Interface.
@@ -157,11 +166,8 @@ func (c *Client) DeletePort(ctx context.Context, bridge, name string) error {
 // GetPort reads one port and its interface by name (from the cache).
 func (c *Client) GetPort(ctx context.Context, name string) (*Port, error) {
 	pr := &PortRow{Name: name}
-	if err := c.db.Get(ctx, pr); err != nil {
-		if errors.Is(err, client.ErrNotFound) {
-			return nil, fmt.Errorf("port %s: %w", name, ErrNotFound)
-		}
-		return nil, fmt.Errorf("port %s: %w", name, err)
+	if err := c.get(ctx, pr, "port", name); err != nil {
+		return nil, err
 	}
 	p := c.join(pr)
 	return &p, nil

@@ -146,7 +146,7 @@ func TestChaos(t *testing.T) {
 				// A seeded point in the load's first second.
 				before := 300*time.Millisecond + time.Duration(rng.IntN(700))*time.Millisecond
 				var conv time.Duration
-				res, err := conformance.MeasureUnderLoad(client, prober, vip, conformance.LoadOptions{Held: held, UDP: true, Before: before},
+				res, err := conformance.MeasureUnderLoad(client, prober, vip, conformance.LoadOptions{Held: held, UDP: true, Before: before, NewEvery: 10 * time.Millisecond},
 					func() {
 						f.inject(t, c, dp)
 						conv = converged(t, n1, 2*time.Minute)
@@ -158,7 +158,11 @@ func TestChaos(t *testing.T) {
 				t.Logf("%s: %d/%d established broken, %d/%d new failed (longest gap %s), UDP %d/%d lost (window %s), converged %s after",
 					f.name, res.Broken, held, res.Failed, res.Tried, res.LongestGap.Round(time.Millisecond), res.UDPLost, res.UDPAsked,
 					res.UDPLossWindow.Round(time.Millisecond), conv.Round(time.Millisecond))
-				for _, fl := range res.Failures {
+				for i, fl := range res.Failures {
+					if i == 20 {
+						t.Logf("  ... %d more", len(res.Failures)-i)
+						break
+					}
 					t.Logf("  new connection failed at %s", fl)
 				}
 				// The targets.
@@ -199,7 +203,7 @@ func converged(t *testing.T, n *cluster.Node, limit time.Duration) time.Duration
 
 func table(rows []row) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nFaults under load (%d established TCP connections, new ones back to back, UDP every 50 ms; seed %d)\n\n", held, *seed)
+	fmt.Fprintf(&b, "\nFaults under load (%d established TCP connections, a new one every 10 ms, UDP every 50 ms; seed %d)\n\n", held, *seed)
 	fmt.Fprintln(&b, "| dataplane | fault | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | converged after |")
 	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {

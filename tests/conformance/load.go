@@ -13,8 +13,12 @@ type LoadOptions struct {
 	NewTimeout time.Duration // a new connection not up within it failed (default 3 s: one SYN retransmission fits)
 	Slow       time.Duration // a new connection slower than this was slow (default 500 ms)
 	UDP        bool          // also a UDP request each 50 ms from the prober
-	Before     time.Duration // load before the change (default 500 ms)
-	Settle     time.Duration // load kept on after it (default 2 s)
+	// NewEvery paces the new connections (0: back to back). A long
+	// outage at full speed exhausts the prober's ephemeral ports (each
+	// closed connection waits in TIME_WAIT).
+	NewEvery time.Duration
+	Before   time.Duration // load before the change (default 500 ms)
+	Settle   time.Duration // load kept on after it (default 2 s)
 }
 
 // LoadResult is what the load met.
@@ -88,11 +92,24 @@ func MeasureUnderLoad(client, prober *Pod, addr string, o LoadOptions, change fu
 	go func() {
 		defer wg.Done()
 		last := time.Now()
+		var pace <-chan time.Time
+		if o.NewEvery > 0 {
+			t := time.NewTicker(o.NewEvery)
+			defer t.Stop()
+			pace = t.C
+		}
 		for {
 			select {
 			case <-stop:
 				return
 			default:
+			}
+			if pace != nil {
+				select {
+				case <-stop:
+					return
+				case <-pace:
+				}
 			}
 			at := time.Now()
 			_, _, err := prober.Get(addr, o.NewTimeout)
