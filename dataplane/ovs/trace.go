@@ -53,9 +53,19 @@ func Trace(ctx context.Context, runDir, bridge string, inPort int, pkt dataplane
 	return readTrace(out, pkt), nil
 }
 
+// learnedMatch is ofproto/trace's line for a learned ClientIP affinity
+// flow (table SvcAffinity, our learned cookie) the packet matched.
+var learnedMatch = regexp.MustCompile(fmt.Sprintf(`(?m)^\s*%d\. .*cookie 0x%x`, tAffinity, compLearned))
+
 // readTrace reads ofproto/trace's output into a Trace.
 func readTrace(out string, pkt dataplane.TracePacket) *dataplane.Trace {
 	t := &dataplane.Trace{Raw: out}
+	switch {
+	case learnedMatch.MatchString(out):
+		t.Affinity = "used"
+	case strings.Contains(out, fmt.Sprintf("learn(table=%d", tAffinity)):
+		t.Affinity = "created"
+	}
 	var actions []string
 	for _, line := range strings.Split(out, "\n") {
 		if a, ok := strings.CutPrefix(strings.TrimSpace(line), "Datapath actions:"); ok {

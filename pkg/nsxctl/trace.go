@@ -145,6 +145,8 @@ func reason(t *dataplane.Trace, h *dataplane.Held, f *dataplane.Frontend) string
 			return "an open connection: it follows its conntrack entry to the backend it uses"
 		case t.Affinity == "used":
 			return "a new connection: ClientIP affinity sends it to the backend this client used before"
+		case h != nil && len(h.Endpoints) == 1:
+			return "a new connection, to the frontend's one endpoint"
 		case h != nil:
 			return fmt.Sprintf("a new connection, balanced over the frontend's %d endpoints", len(h.Endpoints))
 		}

@@ -160,6 +160,22 @@ func inspectAndTrace(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		}
 	}
 
+	// ClientIP affinity: the first connection creates the client's entry,
+	// a later one uses it (the trace removes what it created on eBPF;
+	// ofproto/trace learns nothing).
+	affTo := netip.MustParseAddrPort(addr(83))
+	tr, err = node.Trace(ctx, inst.Dataplane, nsxctl.TraceRequest{PodNamespace: "default", PodName: "client", To: affTo, Protocol: dataplane.UDP})
+	if err != nil || tr.Affinity != "created" {
+		t.Fatalf("trace to the affinity frontend before any connection: %+v, %v; want the affinity entry created", tr, err)
+	}
+	if srv, _, err := client.Ask(addr(83), true, timeout); err != nil || srv != "a" {
+		t.Fatalf("UDP to the affinity frontend: %q, %v", srv, err)
+	}
+	tr, err = node.Trace(ctx, inst.Dataplane, nsxctl.TraceRequest{PodNamespace: "default", PodName: "client", To: affTo, Protocol: dataplane.UDP})
+	if err != nil || tr.Affinity != "used" || tr.Backend != netip.AddrPortFrom(a.IP, 8080).String() {
+		t.Fatalf("trace to the affinity frontend after a connection: %+v, %v; want the client's entry used, to a", tr, err)
+	}
+
 	// What the dataplane counts: the real connections of frontend :80.
 	held, err = node.Held(ctx, inst.Dataplane)
 	if err != nil {
