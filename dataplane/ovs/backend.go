@@ -414,12 +414,20 @@ func emptinessChanged(changes []change) bool {
 // a UDP client's next datagram would go to its removed endpoint; an affine
 // client's new connection too, see affinityChanged). Other endpoint changes
 // need no wait: the select groups hash the 5-tuple, so a new connection
-// never matches a cached flow of another one. One unixctl request; it lasts
+// never matches a cached flow of another one. Each unixctl request lasts
 // until the revalidators' next round (at most about 500 ms with 100k flows
 // installed, a few ms with few).
+//
+// Twice: a wait can be answered by rounds that still used the old
+// translations (ovs-vswitchd turns a committed bundle into a new
+// revalidation generation in a later main-loop iteration); a conformance
+// case caught a cached reject surviving one wait, never two.
 func (b *Backend) waitRevalidated(ctx context.Context) {
-	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
-		b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
+	for range 2 {
+		if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/wait"); err != nil {
+			b.log.Debug("revalidator/wait failed; datapath flows catch up on their own", zap.Error(err))
+			return
+		}
 	}
 }
 

@@ -344,7 +344,7 @@ var Cases = []Case{
 		a := e.AddPod("a", 101, 10)
 		client := e.AddPod("client", 101, 50)
 		a.Serve(t, 8080)
-		for i := 0; i < 10; i++ {
+		for i := 0; i < 4; i++ {
 			for _, udp := range []bool{false, true} {
 				proto := map[bool]dataplane.Protocol{false: dataplane.TCP, true: dataplane.UDP}[udp]
 				syncModel(t, inst, Model(Frontend(80, proto, nil, 8080)))
