@@ -12,7 +12,7 @@ TEST_TIMEOUT ?= 30m
 DIFF_ROUNDS ?= 200
 FUZZTIME ?= 50000x
 
-.PHONY: all build test unit lint fuzz fuzz-targets chaos tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
+.PHONY: all build image test unit lint fuzz fuzz-targets chaos tools deps bench clean help generate check-generate demo demo-down bench-cluster bench-compare conformance cluster
 
 all: build
 
@@ -21,6 +21,7 @@ help:
 	@echo "make demo-down  remove what a killed demo or test run left (netns, OVS, temp dirs)"
 	@echo "make deps   install the Debian packages the tests need (root)"
 	@echo "make build  build $(BINARIES) into $(BIN)/"
+	@echo "make image [VERSION=semver]  the image tarball _output/image/nsx-ujo-<version>.tar without a Docker engine (docker load -i / ctr images import)"
 	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
 	@echo "make unit   tests that need no root"
 	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
@@ -38,6 +39,12 @@ deps:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+# The image without a container engine (internal/nsximage): Debian's
+# packages unpacked as one layer, our binaries as another.
+VERSION ?= 0.1.0
+image: deps
+	$(GO) run ./hack/image -version $(VERSION)
 
 tools:
 	hack/build-tools.sh

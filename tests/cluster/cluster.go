@@ -45,6 +45,9 @@ type Options struct {
 	RealNodes bool
 	// ConfigSource is where every node's agent takes pod configs from.
 	ConfigSource ConfigSource
+	// Daemons: how nsx-ujo runs on the nodes (default DaemonsProcesses;
+	// DaemonsFromDeploy needs RealNodes).
+	Daemons Daemons
 }
 
 // ConfigSource names a source of pod network configs.
@@ -119,6 +122,17 @@ func Start(t testing.TB, o Options) *Cluster {
 	default:
 		t.Fatalf("cluster: ConfigSource %q: want %q or %q", o.ConfigSource, FromAnnotation, FromHyperBus)
 	}
+	switch o.Daemons {
+	case "":
+		o.Daemons = DaemonsProcesses
+	case DaemonsProcesses:
+	case DaemonsFromDeploy:
+		if !o.RealNodes {
+			t.Fatal("cluster: Daemons deploy needs RealNodes (kubelet runs the DaemonSets)")
+		}
+	default:
+		t.Fatalf("cluster: Daemons %q: want %q or %q", o.Daemons, DaemonsProcesses, DaemonsFromDeploy)
+	}
 	c := &Cluster{opts: o}
 	if o.RealNodes && o.API != nil {
 		t.Fatal("cluster: RealNodes starts its own apiserver (Options.API must be nil)")
@@ -144,6 +158,19 @@ func Start(t testing.TB, o Options) *Cluster {
 	for i := 0; i < o.Nodes; i++ {
 		c.Nodes = append(c.Nodes, c.startNode(t, i))
 	}
+	if o.Daemons == DaemonsFromDeploy {
+		c.progress("make image %s, imported into every node's containerd", DeployVersion)
+		tarball, err := DeployImage(o.BinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Nodes {
+			n.ImportImage(t, tarball)
+		}
+		c.progress("kubectl apply -k deploy/ (tests/cluster/overlay), dataplane %s", o.Dataplane)
+		c.ConfigureDeploy(t, o.Dataplane)
+		c.WaitDeployed(t, 5*time.Minute)
+	}
 	return c
 }
 
@@ -155,6 +182,14 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	c.API.ExposeIn(t, n.NS)
 	// Short paths (unix sockets), swept after a crash.
 	n.RunDir, n.PinDir, n.HostRoot = harness.TempDir(t), harness.TempDir(t), filepath.Join(n.Dir, "host")
+	if c.opts.Daemons == DaemonsFromDeploy {
+		// kubelet runs nsx-ujo from deploy/ once every node is up (Start).
+		n.NS.OwnHostPaths(t, n.DeployHostPaths())
+		n.PinDir = "/sys/fs/bpf/nsx-ujo"
+		n.writeDeployINI(t, c.opts.Dataplane)
+		n.startKubelet(t, n.IP)
+		return n
+	}
 	n.writeINI(t, c.opts.Dataplane)
 
 	c.progress("%s: nsx-ncp-bootstrap installs the CNI plugin and conflist", n.Name)

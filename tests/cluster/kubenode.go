@@ -169,7 +169,12 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	}
 
 	cfg := filepath.Join(n.Dir, "containerd.toml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(containerdConfig, ctrdRoot, ctrdState, n.ContainerdSock,
+	// Pod network namespaces under the node's state, not machine-wide
+	// /var/run/netns where every node of this machine would put them;
+	// deploy mode's nodes have their own /var/run/netns, which the agent's
+	// container mounts (as on a real node).
+	netnsUnderState := c.opts.Daemons != DaemonsFromDeploy
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(containerdConfig, ctrdRoot, ctrdState, n.ContainerdSock, netnsUnderState,
 		filepath.Join(n.HostRoot, "opt/cni/bin"), filepath.Join(n.HostRoot, "etc/cni/net.d"), images.Pause)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -217,6 +222,9 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 		if err != nil {
 			return err
 		}
+		if c.opts.Daemons == DaemonsFromDeploy {
+			return nil // Ready once deploy/'s DaemonSets run (WaitDeployed)
+		}
 		for _, cond := range node.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
 				if cond.Status == corev1.ConditionTrue {
@@ -229,8 +237,8 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	})
 }
 
-// containerdConfig: root, state, socket, CNI bin dir, CNI conf dir, sandbox
-// image.
+// containerdConfig: root, state, socket, netns under the state dir, CNI
+// bin dir, CNI conf dir, sandbox image.
 const containerdConfig = `version = 3
 root = %q
 state = %q
@@ -247,9 +255,7 @@ disabled_plugins = ["io.containerd.nri.v1.nri"]
   # oom_score_adj below containerd's own fails. A production node does not
   # need this.
   restrict_oom_score_adj = true
-  # Pod network namespaces under the node's state, not machine-wide
-  # /var/run/netns where every node of this machine would put them.
-  netns_mounts_under_state_dir = true
+  netns_mounts_under_state_dir = %v
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = 'runc'
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]

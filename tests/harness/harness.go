@@ -165,6 +165,7 @@ func sweep(logf func(format string, args ...any)) {
 		}
 		logf("harness: removed leftover netns %s of a dead test process", name)
 	}
+	sweepMountNS(logf)
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), namePrefix+"*"))
 	for _, d := range dirs {
 		if ownerAlive(filepath.Base(d)) {

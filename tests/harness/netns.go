@@ -31,6 +31,9 @@ var netnsCounter atomic.Int64
 type NetNS struct {
 	Name string // nsxt-<pid>-<counter>
 	Path string // /run/netns/<Name>
+	// Mount, when set (OwnHostPaths), is the namespace's own mount
+	// namespace, which Exec enters too.
+	Mount string
 }
 
 // NewNetNS creates a network namespace with lo up. The cleanup kills every
@@ -91,7 +94,11 @@ func (n *NetNS) Do(fn func() error) error {
 // network namespace with nsenter: `ip netns exec` also unshares the mount
 // namespace and remounts /sys, which hides /sys/fs/bpf from the command.
 func (n *NetNS) Exec(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + n.Path, "--", name}, args...)...)
+	ns := []string{"--net=" + n.Path}
+	if n.Mount != "" {
+		ns = append(ns, "--mount="+n.Mount)
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", append(append(ns, "--", name), args...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }

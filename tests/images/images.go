@@ -7,29 +7,21 @@
 // The images are assembled from files on this machine with
 // go-containerregistry: our pause, agnhost built from k8s.io/kubernetes, and
 // Debian's busybox-static, bash, curl, netcat-openbsd and ss with the shared
-// libraries ldd lists for them. Every layer is a tar written here with
-// sorted entries, zero times and root ownership, so the same inputs give
-// the same bytes.
+// libraries ldd lists for them, through internal/ociimage (the same inputs
+// give the same bytes).
 package images
 
 import (
-	"archive/tar"
-	"bytes"
 	"fmt"
-	"io"
-	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/nsx-ujo/nsx-ujo/internal/ociimage"
 )
 
 // The names the e2e framework of k8s.io/kubernetes v1.37.2 uses
@@ -66,7 +58,7 @@ var HostTools = map[string]string{
 // Build writes one docker-archive tarball (loadable by `ctr images import`
 // and `docker load`) holding the three images to out.
 func Build(out string, o Options) error {
-	pause, err := image(Pause, []entry{fileEntry("/pause", o.Pause, 0o755)}, v1.Config{Entrypoint: []string{"/pause"}})
+	pause, err := image(Pause, []ociimage.Entry{ociimage.File("/pause", o.Pause, 0o755)}, v1.Config{Entrypoint: []string{"/pause"}})
 	if err != nil {
 		return err
 	}
@@ -78,204 +70,46 @@ func Build(out string, o Options) error {
 	if err != nil {
 		return err
 	}
-	ag := append([]entry{}, bb...)
+	ag := append([]ociimage.Entry{}, bb...)
 	tools, err := hostTools()
 	if err != nil {
 		return err
 	}
 	ag = append(ag, tools...)
 	ag = append(ag,
-		symlinkEntry("/bin/sh", "bash"),
-		fileEntry("/agnhost", o.Agnhost, 0o755),
+		ociimage.Symlink("/bin/sh", "bash"),
+		ociimage.File("/agnhost", o.Agnhost, 0o755),
 		// entrypoint-tester tests override the entrypoint with agnhost-2.
-		symlinkEntry("/agnhost-2", "agnhost"),
-		dirEntry("/uploads"), // netexec's upload directory
+		ociimage.Symlink("/agnhost-2", "agnhost"),
+		ociimage.Dir("/uploads"), // netexec's upload directory
 		// The upstream image's user and group (SupplementalGroups tests).
-		dataEntry("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\nuser-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n", 0o644),
-		dataEntry("/etc/group", "root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n", 0o644),
+		ociimage.Data("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\nuser-defined-in-image:x:1000:1000::/home/user-defined-in-image:/bin/sh\n"), 0o644),
+		ociimage.Data("/etc/group", []byte("root:x:0:\nuser-defined-in-image:x:1000:\ngroup-defined-in-image:x:50000:user-defined-in-image\n"), 0o644),
 	)
 	agnhost, err := image(Agnhost, ag, v1.Config{Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
 		Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}})
 	if err != nil {
 		return err
 	}
-	refs := map[name.Reference]v1.Image{}
-	for ref, img := range map[string]v1.Image{Pause: pause, BusyBox: busybox, Agnhost: agnhost} {
-		tag, err := name.NewTag(ref)
-		if err != nil {
-			return err
-		}
-		refs[tag] = img
-	}
-	var buf bytes.Buffer
-	if err := tarball.MultiRefWrite(refs, &buf); err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
-	}
-	sorted, err := sortedTar(&buf)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", out, err)
-	}
-	tmp := out + ".tmp"
-	if err := os.WriteFile(tmp, sorted, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, out)
-}
-
-// sortedTar rewrites a tar with its members in name order:
-// MultiRefWrite walks a map, so its member order changes run to run.
-func sortedTar(r io.Reader) ([]byte, error) {
-	type member struct {
-		h    *tar.Header
-		data []byte
-	}
-	var ms []member
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		b, err := io.ReadAll(tr)
-		if err != nil {
-			return nil, err
-		}
-		ms = append(ms, member{h, b})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].h.Name < ms[j].h.Name })
-	var out bytes.Buffer
-	tw := tar.NewWriter(&out)
-	for _, m := range ms {
-		if err := tw.WriteHeader(m.h); err != nil {
-			return nil, err
-		}
-		if _, err := tw.Write(m.data); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return out.Bytes(), nil
-}
-
-// entry is one file of a layer.
-type entry struct {
-	path   string // absolute, in the image
-	mode   int64
-	kind   byte // tar.TypeReg, TypeDir, TypeSymlink
-	data   []byte
-	src    string // TypeReg: read from this file when data is nil
-	target string // TypeSymlink
-}
-
-func fileEntry(p, src string, mode int64) entry {
-	return entry{path: p, mode: mode, kind: tar.TypeReg, src: src}
-}
-func dataEntry(p, data string, mode int64) entry {
-	return entry{path: p, mode: mode, kind: tar.TypeReg, data: []byte(data)}
-}
-func dirEntry(p string) entry { return entry{path: p, mode: 0o755, kind: tar.TypeDir} }
-func symlinkEntry(p, target string) entry {
-	return entry{path: p, mode: 0o777, kind: tar.TypeSymlink, target: target}
-}
-
-// image is a one-layer linux/amd64 image of entries with config cfg.
-func image(ref string, entries []entry, cfg v1.Config) (v1.Image, error) {
-	layerTar, err := layer(entries)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
-	}
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(layerTar)), nil })
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, l)
-	if err != nil {
-		return nil, fmt.Errorf("image %s: %w", ref, err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, err
-	}
-	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = "amd64", "linux"
-	cf.Config = cfg
-	return mutate.ConfigFile(img, cf)
-}
-
-// layer writes entries as a tar: parents first, sorted, zero times, root
-// owned. A later entry for a path replaces an earlier one.
-func layer(entries []entry) ([]byte, error) {
-	byPath := map[string]entry{}
-	for _, e := range entries {
-		byPath[path.Clean(e.path)] = e
-		for d := path.Dir(path.Clean(e.path)); d != "/"; d = path.Dir(d) {
-			if _, ok := byPath[d]; !ok {
-				byPath[d] = dirEntry(d)
-			}
-		}
-	}
-	paths := make([]string, 0, len(byPath))
-	for p := range byPath {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, p := range paths {
-		e := byPath[p]
-		h := &tar.Header{Name: strings.TrimPrefix(p, "/"), Mode: e.mode, Typeflag: e.kind, Format: tar.FormatPAX}
-		data := e.data
-		switch e.kind {
-		case tar.TypeDir:
-			h.Name += "/"
-		case tar.TypeSymlink:
-			h.Linkname = e.target
-		case tar.TypeReg:
-			if data == nil {
-				b, err := os.ReadFile(e.src)
-				if err != nil {
-					return nil, fmt.Errorf("file %s of the image: %w", p, err)
-				}
-				data = b
-			}
-			h.Size = int64(len(data))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return nil, err
-		}
-		if e.kind == tar.TypeReg {
-			if _, err := tw.Write(data); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return ociimage.WriteTarball(out, map[string]v1.Image{Pause: pause, BusyBox: busybox, Agnhost: agnhost})
 }
 
 // busyboxEntries is a busybox root: the binary and a link per applet,
 // where `busybox --list-full` puts it.
-func busyboxEntries(bin string) ([]entry, error) {
+func busyboxEntries(bin string) ([]ociimage.Entry, error) {
 	out, err := exec.Command(bin, "--list-full").Output()
 	if err != nil {
 		return nil, fmt.Errorf("busybox %s --list-full: %w", bin, err)
 	}
-	es := []entry{fileEntry("/bin/busybox", bin, 0o755), dirEntry("/tmp"), dirEntry("/root"), dirEntry("/etc"),
-		dataEntry("/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644), dataEntry("/etc/group", "root:x:0:\n", 0o644)}
+	es := []ociimage.Entry{ociimage.File("/bin/busybox", bin, 0o755), ociimage.Dir("/tmp"), ociimage.Dir("/root"), ociimage.Dir("/etc"),
+		ociimage.Data("/etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644), ociimage.Data("/etc/group", []byte("root:x:0:\n"), 0o644)}
 	for _, applet := range strings.Fields(string(out)) {
 		if applet == "bin/busybox" {
 			continue
 		}
-		es = append(es, symlinkEntry("/"+applet, "/bin/busybox"))
+		es = append(es, ociimage.Symlink("/"+applet, "/bin/busybox"))
 	}
-	es[1].mode = 0o1777
+	es[1].Mode = 0o1777
 	return es, nil
 }
 
@@ -283,8 +117,8 @@ var lddLine = regexp.MustCompile(`(?:=>\s*)?(/\S+)\s+\(0x`)
 
 // hostTools are HostTools with the shared libraries each needs, at the
 // paths the dynamic loader looks for them.
-func hostTools() ([]entry, error) {
-	var es []entry
+func hostTools() ([]ociimage.Entry, error) {
+	var es []ociimage.Entry
 	srcs := make([]string, 0, len(HostTools))
 	for src := range HostTools {
 		srcs = append(srcs, src)
@@ -292,7 +126,7 @@ func hostTools() ([]entry, error) {
 	sort.Strings(srcs)
 	libs := map[string]bool{}
 	for _, src := range srcs {
-		es = append(es, fileEntry(HostTools[src], src, 0o755))
+		es = append(es, ociimage.File(HostTools[src], src, 0o755))
 		out, err := exec.Command("ldd", src).Output()
 		if err != nil {
 			return nil, fmt.Errorf("ldd %s (install it: hack/install-deps.sh): %w", src, err)
@@ -306,7 +140,20 @@ func hostTools() ([]entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		es = append(es, fileEntry(lib, real, 0o755))
+		es = append(es, ociimage.File(lib, real, 0o755))
 	}
 	return es, nil
+}
+
+// image is a one-layer linux/amd64 image of entries with config cfg.
+func image(ref string, entries []ociimage.Entry, cfg v1.Config) (v1.Image, error) {
+	layerTar, err := ociimage.Layer(entries)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	img, err := ociimage.Image([][]byte{layerTar}, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return img, nil
 }

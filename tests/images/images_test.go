@@ -1,20 +1,15 @@
 package images
 
 import (
-	"archive/tar"
 	"bytes"
 	"errors"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
-
+	"github.com/nsx-ujo/nsx-ujo/internal/ociimage"
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
@@ -54,7 +49,8 @@ func TestBuildReproducible(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(first, second) {
-		t.Fatalf("two builds differ: %d and %d bytes", len(first), len(second))
+		diff, err := ociimage.FirstDifference(first, second)
+		t.Fatalf("two builds differ (%d and %d bytes) at %s %v", len(first), len(second), diff, err)
 	}
 }
 
@@ -90,43 +86,7 @@ func TestAgnhostShellFindsHostTools(t *testing.T) {
 // path into root.
 func extract(t *testing.T, path, ref, root string) {
 	t.Helper()
-	tag, err := name.NewTag(ref)
-	if err != nil {
+	if err := ociimage.Extract(path, ref, root); err != nil {
 		t.Fatal(err)
-	}
-	img, err := tarball.ImageFromPath(path, &tag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			return
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(root, filepath.Clean("/"+h.Name))
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(p, os.FileMode(h.Mode).Perm())
-		case tar.TypeSymlink:
-			if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-				err = os.Symlink(h.Linkname, p)
-			}
-		case tar.TypeReg:
-			var b []byte
-			if b, err = io.ReadAll(tr); err == nil {
-				if err = os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
-					err = os.WriteFile(p, b, os.FileMode(h.Mode).Perm())
-				}
-			}
-		}
-		if err != nil {
-			t.Fatalf("extract %s: %v", h.Name, err)
-		}
 	}
 }

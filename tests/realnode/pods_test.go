@@ -28,80 +28,88 @@ func TestDeploymentPodsWiredByContainerd(t *testing.T) {
 	for _, dp := range []string{"ovs", "ebpf"} {
 		t.Run(dp, func(t *testing.T) {
 			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, RealNodes: true})
-			ctx := context.Background()
-			ns := "web"
-			if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			replicas := int32(2)
-			labels := map[string]string{"app": "web"}
-			_, err := c.Client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
-				ObjectMeta: metav1.ObjectMeta{Name: "web"},
-				Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
-					Template: corev1.PodTemplateSpec{
-						ObjectMeta: metav1.ObjectMeta{Labels: labels},
-						Spec: corev1.PodSpec{
-							NodeSelector: map[string]string{"kubernetes.io/hostname": c.Nodes[1].Name},
-							Containers: []corev1.Container{{Name: "web", Image: images.Agnhost, Args: []string{"serve-hostname"},
-								Ports:          []corev1.ContainerPort{{ContainerPort: 9376}},
-								ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(9376)}}, PeriodSeconds: 1}}}}}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			svc, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Name: "web"},
-				Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(9376)}}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			client, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Name: "client"},
-				Spec: corev1.PodSpec{NodeName: c.Nodes[0].Name,
-					Containers: []corev1.Container{{Name: "client", Image: images.Agnhost, Args: []string{"pause"}}}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitReady(t, c, ns, "app=web", 2)
-			client = waitPodReady(t, c, ns, client.Name)
-
-			// Wired by our plugin through containerd: the access port on
-			// node-1's br-int carries the pod's identity.
-			pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range pods.Items {
-				node := c.Nodes[0]
-				if p.Spec.NodeName == c.Nodes[1].Name {
-					node = c.Nodes[1]
-				}
-				out := node.Vsctl(t, "--format=csv", "--no-headings", "--columns=external_ids", "find", "Interface",
-					fmt.Sprintf("external_ids:pod-uid=%s", p.UID))
-				if !strings.Contains(out, p.Name) {
-					t.Errorf("pod %s on %s: no OVS interface with its pod-uid (got %q)", p.Name, node.Name, out)
-				}
-			}
-
-			addr := fmt.Sprintf("%s:80", svc.Spec.ClusterIP)
-			seen := map[string]bool{}
-			deadline := time.Now().Add(60 * time.Second)
-			for len(seen) < 2 && time.Now().Before(deadline) {
-				out, err := execIn(c, ns, client.Name, "curl", "-sS", "--max-time", "2", "http://"+addr+"/")
-				if err == nil {
-					seen[strings.TrimSpace(out)] = true
-				} else {
-					t.Logf("curl %s from %s: %v", addr, client.Name, err)
-					time.Sleep(500 * time.Millisecond)
-				}
-			}
-			if len(seen) < 2 {
-				t.Fatalf("%s from pod %s on %s: answered by %v, want both replicas", addr, client.Name, client.Spec.NodeName, seen)
-			}
+			checkDeploymentPods(t, c, "web")
 			t.Run("hostPort", func(t *testing.T) { checkHostPort(t, c) })
 		})
+	}
+}
+
+// checkDeploymentPods runs a Deployment of two agnhost replicas on the
+// second node behind a ClusterIP and a client pod on the first in
+// namespace ns; each pod's OVS port names it, and the client reaches both
+// replicas through the ClusterIP.
+func checkDeploymentPods(t *testing.T, c *cluster.Cluster, ns string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	replicas := int32(2)
+	labels := map[string]string{"app": "web"}
+	_, err := c.Client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					NodeSelector: map[string]string{"kubernetes.io/hostname": c.Nodes[1].Name},
+					Containers: []corev1.Container{{Name: "web", Image: images.Agnhost, Args: []string{"serve-hostname"},
+						Ports:          []corev1.ContainerPort{{ContainerPort: 9376}},
+						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(9376)}}, PeriodSeconds: 1}}}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := c.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(9376)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := c.Client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "client"},
+		Spec: corev1.PodSpec{NodeName: c.Nodes[0].Name,
+			Containers: []corev1.Container{{Name: "client", Image: images.Agnhost, Args: []string{"pause"}}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, c, ns, "app=web", 2)
+	client = waitPodReady(t, c, ns, client.Name)
+
+	// Wired by our plugin through containerd: the access port on
+	// node-1's br-int carries the pod's identity.
+	pods, err := c.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		node := c.Nodes[0]
+		if p.Spec.NodeName == c.Nodes[1].Name {
+			node = c.Nodes[1]
+		}
+		out := node.Vsctl(t, "--format=csv", "--no-headings", "--columns=external_ids", "find", "Interface",
+			fmt.Sprintf("external_ids:pod-uid=%s", p.UID))
+		if !strings.Contains(out, p.Name) {
+			t.Errorf("pod %s on %s: no OVS interface with its pod-uid (got %q)", p.Name, node.Name, out)
+		}
+	}
+
+	addr := fmt.Sprintf("%s:80", svc.Spec.ClusterIP)
+	seen := map[string]bool{}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(seen) < 2 && time.Now().Before(deadline) {
+		out, err := execIn(c, ns, client.Name, "curl", "-sS", "--max-time", "2", "http://"+addr+"/")
+		if err == nil {
+			seen[strings.TrimSpace(out)] = true
+		} else {
+			t.Logf("curl %s from %s: %v", addr, client.Name, err)
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	if len(seen) < 2 {
+		t.Fatalf("%s from pod %s on %s: answered by %v, want both replicas", addr, client.Name, client.Spec.NodeName, seen)
 	}
 }
 
