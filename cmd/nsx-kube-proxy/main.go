@@ -30,6 +30,9 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		return cleanup(os.Args[2:])
+	}
 	var dp, healthz, metrics string
 	fs := flag.NewFlagSet("nsx-kube-proxy", flag.ExitOnError)
 	fs.StringVar(&dp, "dataplane", "", "ovs or ebpf; overrides ncp.ini [nsx_kube_proxy] dataplane")
@@ -88,4 +91,22 @@ func run() error {
 		return err
 	}
 	return nil
+}
+
+// cleanup removes what the proxy left on the node (backends.CleanupNode):
+// `nsx-kube-proxy cleanup [--config-file F]` after the DaemonSet is gone.
+func cleanup(args []string) error {
+	fs := flag.NewFlagSet("nsx-kube-proxy cleanup", flag.ExitOnError)
+	configFile := fs.String("config-file", config.DefaultConfigFile, "ncp.ini (for bpf_pin_dir)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("cleanup: unexpected arguments %q", fs.Args())
+	}
+	cfg, err := config.Load(*configFile, nil)
+	if err != nil {
+		return err
+	}
+	return backends.CleanupNode(cfg)
 }

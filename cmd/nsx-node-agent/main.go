@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent"
+	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 )
 
@@ -24,6 +25,9 @@ func main() {
 }
 
 func run() error {
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		return cleanup(os.Args[2:])
+	}
 	env, err := daemon.Start(daemon.Options{Component: "nsx-node-agent",
 		Flags: flag.NewFlagSet("nsx-node-agent", flag.ExitOnError), Args: os.Args[1:]})
 	if err != nil {
@@ -38,4 +42,22 @@ func run() error {
 		return err
 	}
 	return nil
+}
+
+// cleanup removes what the agent left on the node (agent.CleanupNode):
+// `nsx-node-agent cleanup [--config-file F]` after the DaemonSet is gone.
+func cleanup(args []string) error {
+	fs := flag.NewFlagSet("nsx-node-agent cleanup", flag.ExitOnError)
+	configFile := fs.String("config-file", config.DefaultConfigFile, "ncp.ini (for cni_socket)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("cleanup: unexpected arguments %q", fs.Args())
+	}
+	cfg, err := config.Load(*configFile, nil)
+	if err != nil {
+		return err
+	}
+	return agent.CleanupNode(cfg)
 }

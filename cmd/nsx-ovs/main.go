@@ -156,18 +156,31 @@ func cleanup(ctx context.Context, cfg *config.Config, log *zap.Logger, allowHost
 		return err
 	}
 	defer unlock()
-	if j, err := nodeif.LoadJournal(na.StateDir); err != nil || j == nil {
-		if err == nil {
-			log.Info("no journal: node-if was never migrated, nothing to restore", zap.String("stateDir", na.StateDir))
-		}
-		return err
-	}
-	o, err := ovsrun.Start(ctx, ovsOptions(cfg, log, allowHost))
+	j, err := nodeif.LoadJournal(na.StateDir)
 	if err != nil {
 		return err
 	}
-	defer stopOVS(o, log)
-	err = migrator(cfg, o, log).Cleanup(ctx)
-	crashIfAsked(log, err)
-	return err
+	if j == nil {
+		log.Info("no journal: node-if was never migrated, nothing to restore", zap.String("stateDir", na.StateDir))
+	} else {
+		o, err := ovsrun.Start(ctx, ovsOptions(cfg, log, allowHost))
+		if err != nil {
+			return err
+		}
+		err = migrator(cfg, o, log).Cleanup(ctx)
+		crashIfAsked(log, err)
+		stopOVS(o, log)
+		if err != nil {
+			return err
+		}
+	}
+	// OVS is stopped for good: what it kept between runs goes too, and
+	// the lock (held until we return, so no nsx-ovs starts meanwhile).
+	if err := ovsrun.RemoveState(ovsOptions(cfg, log, allowHost)); err != nil {
+		return err
+	}
+	if err := os.Remove(nodeif.LockPath(na.StateDir)); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
 }

@@ -318,6 +318,17 @@ func TestEndToEnd(t *testing.T) {
 	if line, ok := n.health(t); ok {
 		t.Errorf("healthy after cleanup: %s", line)
 	}
+	// Nothing nsx-ovs kept between runs is left: the database it created,
+	// the saved flows, the journal, the lock.
+	for _, d := range []string{n.stateDir, filepath.Join(n.dir, "db")} {
+		if entries, err := os.ReadDir(d); err != nil || len(entries) != 0 {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("%s after cleanup: %v %v, want it empty", d, names, err)
+		}
+	}
 }
 
 func (n *node) vsctl(t *testing.T, args ...string) string {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -114,4 +115,25 @@ func (w wrapped) Close() error {
 		return c.Close()
 	}
 	return nil
+}
+
+// CleanupNode removes what nsx-kube-proxy left on the node after it is
+// gone for good (`nsx-kube-proxy cleanup`, run by deploy/cleanup): the
+// eBPF programs, links and pinned maps under bpf_pin_dir and that
+// directory, and the nftables table of the node's own NodePort
+// connections. The OVS dataplane's flows live on br-int, which goes with
+// nsx-ovs's cleanup. Idempotent; every part is tried, errors are joined.
+func CleanupNode(cfg *config.Config) error {
+	pinDir := cfg.KubeProxy.BPFPinDir
+	var errs []error
+	if err := ebpfdp.CleanupPins(pinDir); err != nil {
+		errs = append(errs, fmt.Errorf("eBPF pins under %s: %w", pinDir, err))
+	}
+	if err := os.Remove(pinDir); err != nil && !os.IsNotExist(err) {
+		errs = append(errs, fmt.Errorf("bpf_pin_dir %s: %w", pinDir, err))
+	}
+	if err := nftables.New(nftables.Options{}).Cleanup(); err != nil {
+		errs = append(errs, fmt.Errorf("NodePort nftables table: %w", err))
+	}
+	return errors.Join(errs...)
 }

@@ -25,10 +25,11 @@ import (
 // Packages are the Debian packages of the image (the Dockerfile's list):
 // OVS for nsx-ovs, iproute2 and ethtool for the node-if and pod setup,
 // bpftool for inspecting the eBPF dataplane, apparmor (apparmor_parser)
-// for nsx-ncp-bootstrap, and dash: the probes of deploy/ run `sh -c`
-// (the Dockerfile's base image has it as an essential package; apt does
-// not resolve essential packages as dependencies).
-var Packages = []string{"openvswitch-switch", "iproute2", "ethtool", "bpftool", "apparmor", "dash"}
+// for nsx-ncp-bootstrap, dash (deploy/'s probes run `sh -c`) and
+// coreutils (deploy/cleanup's pod sleeps once done): the Dockerfile's base
+// image has these two as essential packages, which apt does not resolve
+// as dependencies.
+var Packages = []string{"openvswitch-switch", "iproute2", "ethtool", "bpftool", "apparmor", "dash", "coreutils"}
 
 // Name is the image's repository; deploy/ runs Name:latest.
 const Name = "nsx-ujo"

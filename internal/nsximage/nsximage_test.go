@@ -73,6 +73,7 @@ func TestImage(t *testing.T) {
 		{args: []string{"ethtool", "--version"}, want: "ethtool"},
 		{args: []string{"bpftool", "version"}, want: "bpftool"},
 		{args: []string{"apparmor_parser", "--version"}, want: "AppArmor"},
+		{args: []string{"sleep", "--version"}, want: "coreutils"},
 		// deploy/'s probes: a shell piping into the plugin.
 		{args: []string{"sh", "-c", `echo '{"cniVersion":"1.1.0"}' | CNI_COMMAND=VERSION nsx`}, want: `"supportedVersions"`},
 	} {

@@ -16,7 +16,7 @@ func Lock(stateDir string) (unlock func(), err error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	path := filepath.Join(stateDir, "nsx-ovs.lock")
+	path := LockPath(stateDir)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
@@ -30,3 +30,6 @@ func Lock(stateDir string) (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
+
+// LockPath is the lock file Lock takes in stateDir.
+func LockPath(stateDir string) string { return filepath.Join(stateDir, "nsx-ovs.lock") }

@@ -289,6 +289,11 @@ func (o *OVS) prepareDB(ctx context.Context, dbPath string) error {
 		if _, err := o.tool(ctx, "ovsdb-tool", "create", tmp, o.opts.Schema); err != nil {
 			return err
 		}
+		// Recorded before it exists: RemoveState removes only a database
+		// nsx-ovs created, never the host's own.
+		if err := os.WriteFile(createdRecord(o.opts.StateDir), []byte(dbPath+"\n"), 0o644); err != nil {
+			return fmt.Errorf("ovsrun: %w", err)
+		}
 		if err := os.Rename(tmp, dbPath); err != nil {
 			return fmt.Errorf("ovsrun: %w", err)
 		}
@@ -450,4 +455,28 @@ func (p *proc) stop(grace time.Duration) error {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	return fmt.Errorf("%s did not exit within %s of SIGTERM: killed", p.name, grace)
+}
+
+// createdRecord is the file saying nsx-ovs created the OVS database.
+func createdRecord(stateDir string) string { return filepath.Join(stateDir, "ovsdb-created") }
+
+// RemoveState removes what nsx-ovs kept on the node between its runs, for
+// `nsx-ovs cleanup` once OVS is stopped for good: the saved flows, and the
+// OVS database with its lock and the record of its creation if nsx-ovs
+// created it (a database that was the host's stays). Idempotent.
+func RemoveState(opts Options) error {
+	var errs []error
+	if err := os.RemoveAll(savedDir(opts.StateDir)); err != nil {
+		errs = append(errs, fmt.Errorf("saved flows: %w", err))
+	}
+	record := createdRecord(opts.StateDir)
+	if _, err := os.Stat(record); err == nil {
+		db := filepath.Join(opts.DBDir, "conf.db")
+		for _, f := range []string{db, filepath.Join(opts.DBDir, ".conf.db.~lock~"), db + ".tmp", filepath.Join(opts.DBDir, ".conf.db.tmp.~lock~"), record} {
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, fmt.Errorf("OVS database: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

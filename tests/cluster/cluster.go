@@ -74,6 +74,7 @@ type Cluster struct {
 	ControllerManager, Scheduler *Process
 	DNS                          netip.Addr // CoreDNS, the pods' nameserver
 	opts                         Options
+	deployDir                    string // the kustomization ApplyDeploy applied last
 }
 
 // Node is one cluster node.
@@ -126,7 +127,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	case "":
 		o.Daemons = DaemonsProcesses
 	case DaemonsProcesses:
-	case DaemonsFromDeploy:
+	case DaemonsFromDeploy, DaemonsDeployLater:
 		if !o.RealNodes {
 			t.Fatal("cluster: Daemons deploy needs RealNodes (kubelet runs the DaemonSets)")
 		}
@@ -159,17 +160,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		c.Nodes = append(c.Nodes, c.startNode(t, i))
 	}
 	if o.Daemons == DaemonsFromDeploy {
-		c.progress("make image %s, imported into every node's containerd", DeployVersion)
-		tarball, err := DeployImage(o.BinDir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range c.Nodes {
-			n.ImportImage(t, tarball)
-		}
-		c.progress("kubectl apply -k deploy/ (tests/cluster/overlay), dataplane %s", o.Dataplane)
-		c.ConfigureDeploy(t, o.Dataplane)
-		c.WaitDeployed(t, 5*time.Minute)
+		c.Install(t, o.Dataplane)
 	}
 	return c
 }
@@ -182,7 +173,7 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	c.API.ExposeIn(t, n.NS)
 	// Short paths (unix sockets), swept after a crash.
 	n.RunDir, n.PinDir, n.HostRoot = harness.TempDir(t), harness.TempDir(t), filepath.Join(n.Dir, "host")
-	if c.opts.Daemons == DaemonsFromDeploy {
+	if c.opts.Daemons == DaemonsFromDeploy || c.opts.Daemons == DaemonsDeployLater {
 		// kubelet runs nsx-ujo from deploy/ once every node is up (Start).
 		n.NS.OwnHostPaths(t, n.DeployHostPaths())
 		n.PinDir = "/sys/fs/bpf/nsx-ujo"

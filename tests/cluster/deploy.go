@@ -34,7 +34,28 @@ const (
 	// its own mount namespace with its own host paths (DeployHostPaths),
 	// so the manifests' hostPath volumes mean what they do on a real node.
 	DaemonsFromDeploy Daemons = "deploy"
+	// DaemonsDeployLater: nodes as with DaemonsFromDeploy, nothing
+	// installed; the test calls Install.
+	DaemonsDeployLater Daemons = "deploy-later"
 )
+
+// Install imports the image of `make image` (DeployVersion) into every
+// node's containerd, applies deploy/ with the dataplane and waits until it
+// runs on every node.
+func (c *Cluster) Install(t testing.TB, dataplane string) {
+	t.Helper()
+	c.progress("make image %s, imported into every node's containerd", DeployVersion)
+	tarball, err := DeployImage(c.opts.BinDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c.Nodes {
+		n.ImportImage(t, tarball)
+	}
+	c.progress("kubectl apply -k deploy/ (tests/cluster/overlay), dataplane %s", dataplane)
+	c.ConfigureDeploy(t, dataplane)
+	c.WaitDeployed(t, 5*time.Minute)
+}
 
 // DeployVersion is the version of the image a deploy-mode cluster runs.
 const DeployVersion = "0.1.0"
@@ -186,6 +207,13 @@ func (c *Cluster) ApplyDeploy(t testing.TB, ini string) {
 		}
 	}
 	c.Kubectl(t, "apply", "-k", dir)
+	c.deployDir = dir
+}
+
+// DeleteDeploy runs `kubectl delete -k` of what ApplyDeploy applied last.
+func (c *Cluster) DeleteDeploy(t testing.TB) {
+	t.Helper()
+	c.Kubectl(t, "delete", "-k", c.deployDir, "--wait=true", "--timeout=3m")
 }
 
 // Kubectl runs the real kubectl against the cluster as its admin.

@@ -173,7 +173,7 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	// /var/run/netns where every node of this machine would put them;
 	// deploy mode's nodes have their own /var/run/netns, which the agent's
 	// container mounts (as on a real node).
-	netnsUnderState := c.opts.Daemons != DaemonsFromDeploy
+	netnsUnderState := c.opts.Daemons == DaemonsProcesses
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(containerdConfig, ctrdRoot, ctrdState, n.ContainerdSock, netnsUnderState,
 		filepath.Join(n.HostRoot, "opt/cni/bin"), filepath.Join(n.HostRoot, "etc/cni/net.d"), images.Pause)), 0o600); err != nil {
 		t.Fatal(err)
@@ -222,7 +222,7 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 		if err != nil {
 			return err
 		}
-		if c.opts.Daemons == DaemonsFromDeploy {
+		if c.opts.Daemons != DaemonsProcesses {
 			return nil // Ready once deploy/'s DaemonSets run (WaitDeployed)
 		}
 		for _, cond := range node.Status.Conditions {

@@ -3,9 +3,11 @@ package realnode
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nsx-ujo/nsx-ujo/tests/cluster"
+	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 	"github.com/nsx-ujo/nsx-ujo/tests/images"
 )
 
@@ -29,7 +32,12 @@ import (
 // them. Then the ConfigMap says dataplane = ebpf, a rollout restart of the
 // node DaemonSet applies it, and new pods work the same on eBPF.
 func TestInstallThroughDeploy(t *testing.T) {
-	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, RealNodes: true, Daemons: cluster.DaemonsFromDeploy})
+	c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: "ovs", BinDir: binDir, RealNodes: true, Daemons: cluster.DaemonsDeployLater})
+	before := map[string]string{}
+	for _, n := range c.Nodes {
+		before[n.Name] = nodeSnapshot(t, n)
+	}
+	c.Install(t, "ovs")
 	checkDeploymentPods(t, c, "web")
 	checkDataplane(t, c, "ovs")
 	for _, n := range c.Nodes {
@@ -53,13 +61,13 @@ func TestInstallThroughDeploy(t *testing.T) {
 	for _, n := range c.Nodes {
 		n.ImportImage(t, tarball)
 	}
-	before, _, _ := holderAnswers(t, c, "web", "holder")
+	answered, _, _ := holderAnswers(t, c, "web", "holder")
 	setImage(t, c, higher)
 	time.Sleep(3 * time.Second) // answers after the last restart
 	times, backends, phase := holderAnswers(t, c, "web", "holder")
-	if phase != corev1.PodRunning || len(backends) != 1 || len(times) <= len(before)+10 {
+	if phase != corev1.PodRunning || len(backends) != 1 || len(times) <= len(answered)+10 {
 		t.Fatalf("the connection held across the upgrade: pod %s, answered by %v, %d answers before and %d after: want one open connection answered by one backend",
-			phase, backends, len(before), len(times))
+			phase, backends, len(answered), len(times))
 	}
 	t.Logf("upgrade to %s under a held connection: %d answers, longest gap %s, never broken", higher, len(times), longestGap(times))
 	for _, n := range c.Nodes {
@@ -82,6 +90,75 @@ func TestInstallThroughDeploy(t *testing.T) {
 	c.WaitDeployed(t, 5*time.Minute)
 	checkDataplane(t, c, "ebpf")
 	checkDeploymentPods(t, c, "web-ebpf")
+
+	// Removal (deploy/README.md): the workloads go, then the DaemonSets,
+	// then deploy/cleanup runs every component's cleanup on each node,
+	// then the rest of deploy/ goes. The nodes are as before the install.
+	for _, ns := range []string{"web", "web-upgraded", "web-ebpf"} {
+		c.Kubectl(t, "delete", "namespace", ns, "--wait=true", "--timeout=3m")
+	}
+	c.Kubectl(t, "--namespace", "nsx-system", "delete", "daemonset", "nsx-node-agent", "nsx-ncp-bootstrap",
+		"--cascade=foreground", "--wait=true", "--timeout=3m")
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cleanup := filepath.Join(root, "deploy/cleanup")
+	c.Kubectl(t, "apply", "-k", cleanup)
+	c.Kubectl(t, "--namespace", "nsx-system", "rollout", "status", "daemonset/nsx-node-cleanup", "--timeout=3m")
+	c.Kubectl(t, "delete", "-k", cleanup, "--cascade=foreground", "--wait=true", "--timeout=3m")
+	c.DeleteDeploy(t)
+	for _, n := range c.Nodes {
+		if after := nodeSnapshot(t, n); after != before[n.Name] {
+			t.Errorf("%s after removal differs from before the install:\n%s", n.Name, lineDiff(before[n.Name], after))
+		}
+	}
+}
+
+// nodeSnapshot is what an install changes on a node and its removal must
+// put back: links, addresses, routes, nftables, the bpffs, and the host
+// paths nsx-ujo writes.
+func nodeSnapshot(t *testing.T, n *cluster.Node) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"ip", "-o", "link", "show"},
+		{"ip", "-o", "addr", "show"},
+		{"ip", "-4", "route", "show", "table", "all"},
+		{"ip", "-6", "route", "show", "table", "all"},
+		{"nft", "list", "ruleset"},
+		{"find", "/sys/fs/bpf", "/etc/cni/net.d", "/opt/cni/bin", "/etc/apparmor.d", "/etc/openvswitch", "/var/lib/nsx-ujo",
+			"/var/log/nsx-ujo", "/var/run/nsx-ujo", "/var/run/openvswitch"},
+	} {
+		out, err := n.NS.Exec(context.Background(), args[0], args[1:]...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %s: %v\n%s", n.Name, strings.Join(args, " "), err, out)
+		}
+		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
+	}
+	return b.String()
+}
+
+// lineDiff lists the lines only in a (-) and only in b (+).
+func lineDiff(a, b string) string {
+	count := map[string]int{}
+	for _, l := range strings.Split(a, "\n") {
+		count[l]++
+	}
+	for _, l := range strings.Split(b, "\n") {
+		count[l]--
+	}
+	var out []string
+	for l, c := range count {
+		switch {
+		case c > 0:
+			out = append(out, "- "+l)
+		case c < 0:
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
 }
 
 // checkDataplane asks nsxctl on every node which dataplanes hold Service
