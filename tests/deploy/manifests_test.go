@@ -490,3 +490,30 @@ func TestDuplicateKeysRejected(t *testing.T) {
 		t.Fatal("a document with a duplicate key was accepted")
 	}
 }
+
+// TestCleanupDryRun: deploy/cleanup is valid beside the base (its
+// namespace and ConfigMap), and runs every component's cleanup.
+func TestCleanupDryRun(t *testing.T) {
+	base, err := render(deployDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := render(filepath.Join(deployDir(t), "cleanup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	validate(t, "cleanup", append(base, objs...))
+	ds := daemonSet(t, objs, "nsx-node-cleanup")
+	var ran []string
+	for _, c := range ds.Spec.Template.Spec.InitContainers {
+		if len(c.Command) < 2 || c.Command[1] != "cleanup" {
+			t.Errorf("init container %s runs %v, want <component> cleanup", c.Name, c.Command)
+			continue
+		}
+		ran = append(ran, c.Command[0])
+	}
+	want := []string{"nsx-kube-proxy", "nsx-node-agent", "nsx-ovs", "nsx-ncp-bootstrap"}
+	if !slices.Equal(ran, want) {
+		t.Errorf("cleanup runs %v, want %v", ran, want)
+	}
+}
