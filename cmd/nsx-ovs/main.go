@@ -30,6 +30,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/logging"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsrun"
+	"github.com/nsx-ujo/nsx-ujo/pkg/sysctl"
 )
 
 const component = "nsx-ovs"
@@ -125,7 +126,7 @@ func migrator(cfg *config.Config, o *ovsrun.OVS, log *zap.Logger) *nodeif.Migrat
 	na := cfg.NodeAgent
 	return nodeif.New(nodeif.Options{Bridge: na.OVSBridge, Uplink: na.OVSUplinkPort, DatapathType: na.OVSDatapathType,
 		StateDir: na.StateDir, DHCP: na.IsDHCPConfiguredOnOVSUplinkPort, OVS: o.Client(), Log: log,
-		StopAfter: os.Getenv(crashEnv)})
+		StopAfter: os.Getenv(crashEnv), Sysctl: sysctl.FromPrefix(na.ProcMountPathPrefix)})
 }
 
 // crashIfAsked kills the process, OVS daemons included (Pdeathsig), when

@@ -25,6 +25,7 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/pkg/hyperbus"
 	"github.com/nsx-ujo/nsx-ujo/pkg/nftables"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
+	"github.com/nsx-ujo/nsx-ujo/pkg/sysctl"
 )
 
 // DaemonOptions is what nsx-node-agent runs with.
@@ -88,7 +89,8 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 		Programs: programs,
 		Reporter: reporter,
 		// hostPorts leave the node by the bridge's internal port.
-		HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{LocalnetInterface: na.OVSBridge}),
+		HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{LocalnetInterface: na.OVSBridge,
+			Sysctl: sysctl.FromPrefix(na.ProcMountPathPrefix)}),
 		Healthy: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
 			defer cancel()

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -13,6 +12,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
+
+	"github.com/nsx-ujo/nsx-ujo/pkg/sysctl"
 )
 
 // HostPortTable is the table of pods' hostPorts, in the ip and ip6
@@ -38,6 +39,8 @@ type HostPortsOptions struct {
 	// by (the bridge's internal port): a hostPort on 127.0.0.1 needs its
 	// route_localnet, as with the reference portmap plugin.
 	LocalnetInterface string
+	// Sysctl is where the node's /proc/sys is (proc_mount_path_prefix).
+	Sysctl sysctl.Dir
 }
 
 // HostPorts serves pods' hostPorts with the node's nftables, in place of
@@ -111,8 +114,8 @@ func compareHostPort(a, b HostPort) int {
 // routeLocalnet lets packets from 127.0.0.1 leave by the interface once
 // DNATed to a pod (the masquerade rule then gives them the node's address).
 func (h *HostPorts) routeLocalnet() error {
-	key := filepath.Join("/proc/sys/net/ipv4/conf", h.o.LocalnetInterface, "route_localnet")
-	write := func(ns.NetNS) error { return os.WriteFile(key, []byte("1"), 0o644) }
+	key := filepath.Join("net/ipv4/conf", h.o.LocalnetInterface, "route_localnet")
+	write := func(ns.NetNS) error { return h.o.Sysctl.Write(key, "1") }
 	var err error
 	if h.o.NetNS == "" {
 		err = write(nil)
@@ -120,7 +123,7 @@ func (h *HostPorts) routeLocalnet() error {
 		err = ns.WithNetNSPath(h.o.NetNS, write)
 	}
 	if err != nil {
-		return fmt.Errorf("hostPort on 127.0.0.1: sysctl %s=1: %w", key, err)
+		return fmt.Errorf("hostPort on 127.0.0.1: %w", err)
 	}
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -312,25 +311,4 @@ func isolationSysctls(uplink string) map[string]string {
 		filepath.Join("net/ipv4/conf", uplink, "arp_ignore"):   "8",
 		filepath.Join("net/ipv6/conf", uplink, "disable_ipv6"): "1",
 	}
-}
-
-// readSysctl returns the value of /proc/sys/<key>, or ok=false when the
-// key does not exist (IPv6 disabled in the kernel).
-func readSysctl(key string) (value string, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join("/proc/sys", key))
-	if errors.Is(err, os.ErrNotExist) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("sysctl %s: %w", key, err)
-	}
-	return strings.TrimSpace(string(b)), true, nil
-}
-
-func writeSysctl(key, value string) error {
-	err := os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("sysctl %s=%s: %w", key, value, err)
-	}
-	return nil
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
+	"github.com/nsx-ujo/nsx-ujo/pkg/sysctl"
 )
 
 // Config keys named in errors, so an operator knows what to fix.
@@ -55,6 +56,8 @@ type Options struct {
 	// StopAfter names a step after which Migrate or Cleanup return
 	// ErrStopped, with the journal written: crash tests use it.
 	StopAfter string
+	// Sysctl is where the node's /proc/sys is (proc_mount_path_prefix).
+	Sysctl sysctl.Dir
 }
 
 // Migrator migrates one uplink. Its methods must not run concurrently
@@ -324,7 +327,7 @@ func (r *run) isolateUplink(context.Context) error {
 	if r.j.Sysctls == nil {
 		old := map[string]string{}
 		for k := range want {
-			v, ok, err := readSysctl(k)
+			v, ok, err := r.o.Sysctl.Read(k)
 			if err != nil {
 				return err
 			}
@@ -341,11 +344,11 @@ func (r *run) isolateUplink(context.Context) error {
 		if _, ok := r.j.Sysctls[k]; !ok {
 			continue
 		}
-		if err := writeSysctl(k, v); err != nil {
+		if err := r.o.Sysctl.Write(k, v); err != nil {
 			return err
 		}
 	}
-	if v, _, _ := readSysctl("net/ipv4/conf/all/rp_filter"); v == "2" {
+	if v, _, _ := r.o.Sysctl.Read("net/ipv4/conf/all/rp_filter"); v == "2" {
 		r.log.Warn("net.ipv4.conf.all.rp_filter = 2 (loose) overrides the uplink's strict setting: the kernel will also answer IPv4 packets that arrive on the uplink, so peers see duplicates")
 	}
 	return nil
@@ -364,7 +367,7 @@ func (r *run) startCleanup(context.Context) error {
 	if j.Uplink != r.o.Uplink || j.Bridge != r.o.Bridge {
 		r.log.Warn("cleanup follows the journal, not ncp.ini", zap.String("journalUplink", j.Uplink), zap.String("journalBridge", j.Bridge))
 		r.Migrator = New(Options{Bridge: j.Bridge, Uplink: j.Uplink, DatapathType: r.o.DatapathType, StateDir: r.o.StateDir,
-			DHCP: r.o.DHCP, OVS: r.o.OVS, Log: r.o.Log, StopAfter: r.o.StopAfter})
+			DHCP: r.o.DHCP, OVS: r.o.OVS, Log: r.o.Log, StopAfter: r.o.StopAfter, Sysctl: r.o.Sysctl})
 	}
 	r.j = j
 	return nil
@@ -372,7 +375,7 @@ func (r *run) startCleanup(context.Context) error {
 
 func (r *run) unisolateUplink(context.Context) error {
 	for k, v := range r.j.Sysctls {
-		if err := writeSysctl(k, v); err != nil {
+		if err := r.o.Sysctl.Write(k, v); err != nil {
 			return err
 		}
 	}

@@ -199,8 +199,12 @@ func (c *Cluster) ApplyDeploy(t testing.TB, ini string) {
 	for _, l := range strings.Split(strings.TrimRight(ini, "\n"), "\n") {
 		patch += "    " + l + "\n"
 	}
-	kust := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\npatches:\n  - path: ncp-ini.yaml\n",
-		filepath.Join(root, "tests/cluster/overlay"))
+	// kustomize takes a base by relative path only.
+	overlay, err := filepath.Rel(dir, filepath.Join(root, "tests/cluster/overlay"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kust := fmt.Sprintf("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - %s\npatches:\n  - path: ncp-ini.yaml\n", overlay)
 	for name, data := range map[string]string{"kustomization.yaml": kust, "ncp-ini.yaml": patch} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
 			t.Fatal(err)
