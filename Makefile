@@ -30,7 +30,7 @@ help:
 	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"
 	@echo "make tools  build kube-apiserver, kubelet, ... $(KUBE_VERSION), containerd, CoreDNS into _output/tools (once per machine; e2e.test only for make test and make conformance)"
-	@echo "make conformance [DATAPLANE=ovs|ebpf] [WIDE=1]  the upstream e2e conformance tests on a real-node cluster (kubelet + containerd), counts printed"
+	@echo "make conformance [DATAPLANE=ovs|ebpf] [DAEMONS=deploy|processes] [WIDE=1]  the upstream e2e conformance tests on a real-node cluster (kubelet + containerd), counts printed"
 	@echo "make cluster [DATAPLANE=ovs|ebpf] [NODES=n]  a real-node cluster to try kubectl against, until Ctrl-C"
 
 deps:
@@ -120,9 +120,12 @@ demo: deps build tools
 # with WIDE=1 Cilium's set ([Conformance]|[sig-network], minus the skips
 # tests/realnode/conformance_test.go lists with their reasons).
 DATAPLANE ?= ovs,ebpf
+# deploy: nsx-ujo from the image and deploy/ (as an operator installs it);
+# processes: the binaries started by the test.
+DAEMONS ?= deploy
 conformance: deps build tools
 	hack/build-tools.sh e2e.test
-	$(GO) test -count=1 -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.known -conformance.dataplanes=$(DATAPLANE) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
+	$(GO) test -count=1 -timeout 4h -v -run 'TestUpstreamConformance' ./tests/realnode/ -args -conformance.known -conformance.dataplanes=$(DATAPLANE) -conformance.daemons=$(DAEMONS) $(if $(WIDE),-conformance.focus='\[Conformance\]|\[sig-network\]') 2>&1 | grep -v -e '^=== RUN' ; test $${PIPESTATUS[0]} -eq 0
 
 # A real-node cluster for kubectl: prints KUBECONFIG, runs until Ctrl-C.
 cluster: deps build tools

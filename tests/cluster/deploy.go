@@ -217,7 +217,7 @@ func (c *Cluster) ApplyDeploy(t testing.TB, ini string) {
 // DeleteDeploy runs `kubectl delete -k` of what ApplyDeploy applied last.
 func (c *Cluster) DeleteDeploy(t testing.TB) {
 	t.Helper()
-	c.Kubectl(t, "delete", "-k", c.deployDir, "--wait=true", "--timeout=3m")
+	c.Kubectl(t, "delete", "-k", c.deployDir, "--ignore-not-found", "--wait=true", "--timeout=3m")
 }
 
 // Kubectl runs the real kubectl against the cluster as its admin.

@@ -70,6 +70,8 @@ var (
 	flagFocus      = flag.String("conformance.focus", "", "ginkgo focus (default FocusConformance; make conformance WIDE=1: FocusWide)")
 	flagDataplanes = flag.String("conformance.dataplanes", "ovs,ebpf", "dataplanes to run the upstream suite on")
 	flagKnown      = flag.Bool("conformance.known", false, "also run the known failures (make conformance), failing if one passes")
+	flagDaemons    = flag.String("conformance.daemons", string(cluster.DaemonsFromDeploy),
+		"how nsx-ujo runs on the nodes: deploy (the image and deploy/, as an operator installs it) or processes (the binaries started by the test)")
 )
 
 // TestUpstreamConformance runs the upstream e2e.test of KubeVersion against
@@ -94,9 +96,9 @@ func TestUpstreamConformance(t *testing.T) {
 	}
 	for _, dp := range strings.Split(*flagDataplanes, ",") {
 		t.Run(dp, func(t *testing.T) {
-			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, RealNodes: true})
+			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, RealNodes: true, Daemons: cluster.Daemons(*flagDaemons)})
 			rep := runE2E(t, c, e2e, focus, skip)
-			t.Logf("upstream e2e %s, dataplane %s, focus %q: %s", harness.KubeVersion, dp, focus, rep.summary())
+			t.Logf("upstream e2e %s, dataplane %s, nsx-ujo as %s, focus %q: %s", harness.KubeVersion, dp, *flagDaemons, focus, rep.summary())
 			for _, f := range rep.failed {
 				if issue, ok := knownFailure(f.name); ok {
 					t.Logf("FAILED (known, %s) %s\n    %s", issue, f.name, f.first)

@@ -192,7 +192,7 @@ while true; do
     case "$line" in [Cc]ontent-[Ll]ength:*) len=${line#*: };; esac
   done
   IFS= read -t 15 -r -N "$len" body <&3 || exit 5
-  echo "$(date +%s.%N) $body"
+  echo "$EPOCHREALTIME $body"
   sleep 0.2
 done`
 
