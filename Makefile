@@ -89,6 +89,7 @@ fuzz-targets:
 	$(GO) test -run='^$$' -fuzz=FuzzDecode -fuzztime=$(FUZZTIME) ./pkg/hyperbus/
 	$(GO) test -run='^$$' -fuzz=FuzzBuildFrontends -fuzztime=$(FUZZTIME) ./pkg/proxy/
 	$(GO) test -run='^$$' -fuzz=FuzzFromOVS -fuzztime=$(FUZZTIME) ./pkg/agent/ports/
+	$(GO) test -run='^$$' -fuzz=FuzzLoadJournal -fuzztime=$(FUZZTIME) ./pkg/nodeif/
 
 bench: build tools
 	$(GO) test -run='^$$' -bench=. -benchtime=1x -timeout 60m ./tests/perf/

@@ -6,9 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -115,7 +120,120 @@ func LoadJournal(stateDir string) (*Journal, error) {
 	if j.Version != journalVersion {
 		return nil, fmt.Errorf("journal %s: version %d, this nsx-ovs understands %d", path, j.Version, journalVersion)
 	}
+	if err := j.validate(); err != nil {
+		return nil, fmt.Errorf("journal %s: %w (nsx-ovs did not write this: restore the node by hand or from a backup of the file)", path, err)
+	}
 	return &j, nil
+}
+
+// phaseSteps names each phase's steps; set in init, as the steps' functions
+// read journals themselves.
+var phaseSteps map[string][]string
+
+func init() {
+	phaseSteps = map[string][]string{PhaseMigrate: MigrateSteps(), PhaseCleanup: CleanupSteps()}
+}
+
+// validate refuses what nsx-ovs cannot have written. Cleanup acts on the
+// journal (it writes its sysctls, sets the links' MAC and MTU, adds its
+// addresses and routes), so a damaged or foreign file must stop it before
+// the first step, not half way.
+func (j *Journal) validate() error {
+	names, ok := phaseSteps[j.Phase]
+	if !ok {
+		return fmt.Errorf("field phase: %q is neither %q nor %q", j.Phase, PhaseMigrate, PhaseCleanup)
+	}
+	if !slices.Contains(names, j.Step) {
+		return fmt.Errorf("field step: %q is not a step of %s (%s)", j.Step, j.Phase, strings.Join(names, ", "))
+	}
+	for field, name := range map[string]string{"uplink": j.Uplink, "bridge": j.Bridge} {
+		if err := validIfName(name); err != nil {
+			return fmt.Errorf("field %s: %w", field, err)
+		}
+	}
+	if j.MAC != "" {
+		if _, err := net.ParseMAC(j.MAC); err != nil {
+			return fmt.Errorf("field mac: %w", err)
+		}
+	}
+	if j.BridgeHWAddr != "" {
+		if _, err := net.ParseMAC(j.BridgeHWAddr); err != nil {
+			return fmt.Errorf("field bridge_hwaddr: %w", err)
+		}
+	}
+	if j.MTU != 0 && (j.MTU < 68 || j.MTU > 65535) {
+		return fmt.Errorf("field mtu: %d is outside 68-65535", j.MTU)
+	}
+	for i, a := range j.Addresses {
+		if err := a.validate(); err != nil {
+			return fmt.Errorf("field addresses[%d]: %w", i, err)
+		}
+	}
+	for i, r := range j.Routes {
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("field routes[%d]: %w", i, err)
+		}
+	}
+	allowed := isolationSysctls(j.Uplink)
+	for k, v := range j.Sysctls {
+		if _, ok := allowed[k]; !ok {
+			return fmt.Errorf("field sysctls: key %q is not one nsx-ovs sets on uplink %s", k, j.Uplink)
+		}
+		if _, err := strconv.Atoi(v); err != nil {
+			return fmt.Errorf("field sysctls: %s = %q is not a number", k, v)
+		}
+	}
+	return nil
+}
+
+// validIfName is the kernel's rule for a link name (dev_valid_name).
+func validIfName(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("%q is not a link name", name)
+	case len(name) > 15:
+		return fmt.Errorf("%q is longer than a link name can be (15 bytes)", name)
+	case strings.ContainsAny(name, "/: \t\n\v\f\r"):
+		return fmt.Errorf("%q: a link name has no '/', ':' or white space", name)
+	}
+	return nil
+}
+
+func (a Address) validate() error {
+	switch {
+	case !a.Prefix.IsValid():
+		return errors.New("prefix missing or invalid")
+	case a.Peer.IsValid() && a.Peer.Addr().Is4() != a.Prefix.Addr().Is4():
+		return fmt.Errorf("peer %s is not of the family of %s", a.Peer, a.Prefix)
+	case a.Broadcast.IsValid() && !(a.Broadcast.Is4() && a.Prefix.Addr().Is4()):
+		return fmt.Errorf("broadcast %s on %s: only IPv4 has one", a.Broadcast, a.Prefix)
+	case a.Scope < 0 || a.Scope > 255:
+		return fmt.Errorf("scope %d is outside 0-255", a.Scope)
+	case a.Flags < 0 || a.ValidLft < 0 || a.PreferredLft < 0:
+		return errors.New("negative flags or lifetime")
+	}
+	return nil
+}
+
+func (r Route) validate() error {
+	family := func(a netip.Addr) bool { return a.Is4() == r.Dst.Addr().Is4() }
+	switch {
+	case !r.Dst.IsValid():
+		return errors.New("dst missing or invalid")
+	case r.Gw.IsValid() && !family(r.Gw):
+		return fmt.Errorf("gateway %s is not of the family of %s", r.Gw, r.Dst)
+	case r.Src.IsValid() && !family(r.Src):
+		return fmt.Errorf("src %s is not of the family of %s", r.Src, r.Dst)
+	case r.Table < 0 || r.Table > math.MaxUint32:
+		return fmt.Errorf("table %d is outside 0-%d", r.Table, uint32(math.MaxUint32))
+	case r.Metric < 0 || r.Metric > math.MaxUint32:
+		return fmt.Errorf("metric %d is outside 0-%d", r.Metric, uint32(math.MaxUint32))
+	case r.Scope < 0 || r.Scope > 255 || r.Protocol < 0 || r.Protocol > 255 || r.Type < 0 || r.Type > 255 || r.Tos < 0 || r.Tos > 255:
+		return errors.New("scope, protocol, type or tos outside 0-255")
+	case r.MTU < 0 || r.AdvMSS < 0 || r.Hoplimit < 0 || r.Hoplimit > 255:
+		return errors.New("negative mtu or advmss, or hoplimit outside 0-255")
+	}
+	return nil
 }
 
 // save writes the journal atomically: a crash leaves the previous or the
