@@ -3,11 +3,14 @@ package nodeif_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/nodeif"
 	"github.com/nsx-ujo/nsx-ujo/pkg/ovsdb"
@@ -243,4 +246,72 @@ func TestCleanupGivesBackAnExistingBridge(t *testing.T) {
 	if got := strings.Fields(n.ovs.Vsctl(t, "list-ports", nodeiftest.Bridge)); strings.Join(got, " ") != "keep0 keep1" {
 		t.Errorf("ports on the bridge given back: %v, want [keep0 keep1]", got)
 	}
+}
+
+// fullDisk puts a small tmpfs at dir (emptied first) that fill() fills and
+// free() empties: state_dir on a full disk.
+type fullDisk struct {
+	t      *testing.T
+	filler string
+}
+
+func newFullDisk(t *testing.T, dir string) *fullDisk {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("tmpfs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return &fullDisk{t: t, filler: filepath.Join(dir, "filler")}
+}
+
+func (d *fullDisk) fill() {
+	err := os.WriteFile(d.filler, make([]byte, 1<<20), 0o644)
+	if !errors.Is(err, unix.ENOSPC) {
+		d.t.Fatalf("filling the disk: %v, want ENOSPC", err)
+	}
+}
+
+func (d *fullDisk) free() {
+	if err := os.Remove(d.filler); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// A full disk under state_dir: migrate and cleanup stop at their first
+// journal write, before touching the node, with the cause named; once
+// there is room again a rerun finishes. Migrate interrupted by the disk
+// filling half way (after uplink-port) is finished by the rerun too.
+func TestFullStateDisk(t *testing.T) {
+	n := newNode(t)
+	before := n.UplinkSnapshot(t)
+	disk := newFullDisk(t, n.stateDir)
+	noSpace := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "no space left on device") || !strings.Contains(err.Error(), nodeif.JournalFile) {
+			t.Fatalf("%s on a full disk: %v; want an error naming the journal and the lack of space", what, err)
+		}
+	}
+
+	disk.fill()
+	noSpace("migrate", n.migrate(t, ""))
+	n.CheckUplinkRestored(t, before)
+	if _, err := n.db.GetBridge(context.Background(), nodeiftest.Bridge); !errors.Is(err, ovsdb.ErrNotFound) {
+		t.Fatalf("bridge after a migrate that could not journal: %v, want none", err)
+	}
+	disk.free()
+
+	if err := n.migrate(t, "uplink-port"); !errors.Is(err, nodeif.ErrStopped) {
+		t.Fatalf("migrate up to uplink-port: %v", err)
+	}
+	disk.fill()
+	noSpace("migrate half way", n.migrate(t, ""))
+	disk.free()
+	n.mustMigrate(t)
+	n.checkMigrated(t)
+
+	disk.fill()
+	noSpace("cleanup", n.cleanup(t, ""))
+	n.checkMigrated(t)
+	disk.free()
+	n.mustCleanup(t)
+	n.checkRestored(t, before)
 }
