@@ -75,12 +75,14 @@ fuzz: fuzz-targets
 
 # The fault-injection suite, long: each fault CHAOS_REPEATS times per
 # dataplane at seeded random points, kube-apiserver down CHAOS_API_DOWN;
-# the table of figures is printed (make test runs one of each, 5 s down).
+# the table of figures is printed, at rest then with one core busy (make
+# test runs one of each at rest, 5 s down).
 CHAOS_REPEATS ?= 3
 CHAOS_API_DOWN ?= 60s
 CHAOS_SEED ?= $(shell date +%s)
 chaos: build tools
-	$(GO) test -count=1 -v -timeout 60m -run=TestChaos ./tests/chaos/ -chaos.repeats=$(CHAOS_REPEATS) -chaos.api-down=$(CHAOS_API_DOWN) -chaos.seed=$(CHAOS_SEED)
+	$(GO) test -count=1 -v -timeout 90m -run=TestChaos ./tests/chaos/ -chaos.repeats=$(CHAOS_REPEATS) -chaos.api-down=$(CHAOS_API_DOWN) -chaos.seed=$(CHAOS_SEED)
+	$(GO) test -count=1 -v -timeout 90m -run=TestChaos ./tests/chaos/ -chaos.repeats=$(CHAOS_REPEATS) -chaos.api-down=$(CHAOS_API_DOWN) -chaos.seed=$(CHAOS_SEED) -chaos.busy
 
 fuzz-targets:
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=$(FUZZTIME) ./pkg/agent/podconfig/

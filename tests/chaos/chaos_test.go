@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,7 @@ var (
 	seed    = flag.Uint64("chaos.seed", 1, "seed of the fault order and injection points")
 	repeats = flag.Int("chaos.repeats", 1, "each fault this many times per dataplane")
 	apiDown = flag.Duration("chaos.api-down", 5*time.Second, "how long kube-apiserver is down")
+	busy    = flag.Bool("chaos.busy", false, "keep one core busy (a spinning process) for the whole run")
 )
 
 // held is the long-lived connections of the load.
@@ -72,34 +74,64 @@ type fault struct {
 	// established connection; api: the dataplane must keep forwarding,
 	// new connections included.
 	daemon, api bool
-	inject      func(t *testing.T, c *cluster.Cluster, dp string)
+	inject      func(r *faultRun)
 }
+
+// faultRun is what a fault's injection acts on.
+type faultRun struct {
+	t     *testing.T
+	c     *cluster.Cluster
+	dp    string
+	churn *churn
+	rng   *rand.Rand
+}
+
+// pluginKills is how many pod starts the plugin-killed fault interrupts.
+const pluginKills = 20
 
 func faults(apiDown time.Duration) []fault {
 	return []fault{
-		{name: "nsx-kube-proxy killed (-9), restarted", daemon: true, inject: func(t *testing.T, c *cluster.Cluster, dp string) {
-			n := c.Nodes[0]
+		{name: "nsx-kube-proxy killed (-9), restarted", daemon: true, inject: func(r *faultRun) {
+			n := r.c.Nodes[0]
 			n.Proxy.Kill()
-			n.StartProxy(t, dp)
+			n.StartProxy(r.t, r.dp)
 		}},
-		{name: "nsx-node-agent killed (-9), restarted", daemon: true, inject: func(t *testing.T, c *cluster.Cluster, _ string) {
-			n := c.Nodes[0]
+		// The churn's ADDs and DELs in flight die with the agent (the
+		// plugin gets no answer); kubelet's DEL is retried until the
+		// agent is back.
+		{name: "nsx-node-agent killed (-9), restarted", daemon: true, inject: func(r *faultRun) {
+			n := r.c.Nodes[0]
 			n.Agent.Kill()
-			n.StartAgent(t)
+			n.StartAgent(r.t)
 		}},
 		// On the userspace datapath ovs-vswitchd holds conntrack: its
 		// restart loses it (the kernel datapath keeps it in the kernel).
 		// Measured, no target here.
-		{name: "nsx-ovs restarted (SIGTERM: flows saved and restored)", inject: func(t *testing.T, c *cluster.Cluster, _ string) {
-			c.Nodes[0].RestartOVS(t, false)
+		{name: "nsx-ovs restarted (SIGTERM: flows saved and restored)", inject: func(r *faultRun) {
+			r.c.Nodes[0].RestartOVS(r.t, false)
 		}},
-		{name: "nsx-ovs killed (-9), restarted", inject: func(t *testing.T, c *cluster.Cluster, _ string) {
-			c.Nodes[0].RestartOVS(t, true)
+		{name: "nsx-ovs killed (-9), restarted", inject: func(r *faultRun) {
+			r.c.Nodes[0].RestartOVS(r.t, true)
 		}},
-		{name: fmt.Sprintf("kube-apiserver down %s", apiDown), api: true, inject: func(t *testing.T, c *cluster.Cluster, _ string) {
-			c.API.Freeze(t)
+		{name: fmt.Sprintf("kube-apiserver down %s", apiDown), api: true, inject: func(r *faultRun) {
+			r.c.API.Freeze(r.t)
 			time.Sleep(apiDown)
-			c.API.Thaw(t)
+			r.c.API.Thaw(r.t)
+		}},
+		// Every request answered with a 500, watches cut.
+		{name: fmt.Sprintf("kube-apiserver answering 500s %s", apiDown), api: true, inject: func(r *faultRun) {
+			r.c.Front.SetMode(harness.FrontErrors)
+			time.Sleep(apiDown)
+			r.c.Front.SetMode(harness.FrontPass)
+		}},
+		// The API server stays up and answers errors until etcd is back.
+		{name: "etcd killed (-9), restarted", api: true, inject: func(r *faultRun) {
+			r.c.API.RestartEtcd(r.t)
+		}},
+		// A runtime's timeout kills the plugin at a random point of the
+		// ADD; the runtime then tears the sandbox down with a DEL.
+		{name: fmt.Sprintf("CNI plugin killed (-9) mid-ADD, %d pods", pluginKills), daemon: true, inject: func(r *faultRun) {
+			r.churn.killPluginsMidAdd(r.rng, pluginKills)
 		}},
 	}
 }
@@ -108,24 +140,34 @@ func faults(apiDown time.Duration) []fault {
 type row struct {
 	dataplane, fault string
 	load             conformance.LoadResult
+	churn            churnResult
 	converge         time.Duration
 }
 
 func TestChaos(t *testing.T) {
 	rng := rand.New(rand.NewPCG(*seed, 0xc4a05))
 	var rows []row
+	if *busy {
+		// A compile or another pod on the node, as in the benchmarks.
+		spin := exec.Command("sh", "-c", "while :; do :; done")
+		if err := spin.Start(); err != nil {
+			t.Fatalf("busy loop: %v", err)
+		}
+		t.Cleanup(func() { _ = spin.Process.Kill(); _ = spin.Wait() })
+	}
 	for _, dp := range []string{"ovs", "ebpf"} {
 		t.Run(dp, func(t *testing.T) {
-			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, API: api})
+			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, API: api, APIFront: true})
 			n1, n2 := c.Nodes[0], c.Nodes[1]
 			ns := "chaos-" + dp
 			if _, err := c.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			web := map[string]string{"app": "web"}
-			c.RunPod(t, ns, "web-1", n1, cluster.PodOptions{Labels: web, Serve: 8080})
+			webPod := c.RunPod(t, ns, "web-1", n1, cluster.PodOptions{Labels: web, Serve: 8080})
 			c.RunPod(t, ns, "web-2", n2, cluster.PodOptions{Labels: web, Serve: 8080})
-			client, prober := loadPod(c.RunPod(t, ns, "client", n1, cluster.PodOptions{})), loadPod(c.RunPod(t, ns, "prober", n1, cluster.PodOptions{}))
+			clientPod, proberPod := c.RunPod(t, ns, "client", n1, cluster.PodOptions{}), c.RunPod(t, ns, "prober", n1, cluster.PodOptions{})
+			client, prober := loadPod(clientPod), loadPod(proberPod)
 			svc, err := c.Client.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
 				ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
 				Spec: corev1.ServiceSpec{Selector: web, Ports: []corev1.ServicePort{
@@ -142,19 +184,34 @@ func TestChaos(t *testing.T) {
 				plan = append(plan, faults(*apiDown)...)
 			}
 			rng.Shuffle(len(plan), func(i, j int) { plan[i], plan[j] = plan[j], plan[i] })
+			live := []*cluster.Pod{webPod, clientPod, proberPod}
+			churned := 0
 			for _, f := range plan {
 				// A seeded point in the load's first second.
 				before := 300*time.Millisecond + time.Duration(rng.IntN(700))*time.Millisecond
 				var conv time.Duration
+				ch := startChurn(c, n1, ns, &churned)
+				t.Cleanup(ch.halt)
 				res, err := conformance.MeasureUnderLoad(client, prober, vip, conformance.LoadOptions{Held: held, UDP: true, Before: before, NewEvery: 10 * time.Millisecond},
 					func() {
-						f.inject(t, c, dp)
+						f.inject(&faultRun{t: t, c: c, dp: dp, churn: ch, rng: rng})
 						conv = converged(t, n1, 2*time.Minute)
 					})
+				pods, churnErrs, lerr := ch.finish(live)
 				if err != nil {
 					t.Fatalf("%s: %v", f.name, err)
 				}
-				rows = append(rows, row{dataplane: dp, fault: f.name, load: res, converge: conv})
+				if lerr != nil {
+					t.Fatalf("%s: %v", f.name, lerr)
+				}
+				rows = append(rows, row{dataplane: dp, fault: f.name, load: res, churn: pods, converge: conv})
+				t.Logf("%s: pod churn: %d of %d ADDs failed (%d plugins killed mid-ADD), left behind: %v", f.name, pods.Failed, pods.Adds, pods.Killed, pods.Leftovers)
+				for _, e := range churnErrs {
+					t.Logf("  pod churn: %s", e)
+				}
+				if len(pods.Leftovers) > 0 {
+					t.Errorf("%s on %s left pods half-configured (the target is none): %v", f.name, dp, pods.Leftovers)
+				}
 				t.Logf("%s: %d/%d established broken, %d/%d new failed (longest gap %s), UDP %d/%d lost (window %s), converged %s after",
 					f.name, res.Broken, held, res.Failed, res.Tried, res.LongestGap.Round(time.Millisecond), res.UDPLost, res.UDPAsked,
 					res.UDPLossWindow.Round(time.Millisecond), conv.Round(time.Millisecond))
@@ -203,13 +260,17 @@ func converged(t *testing.T, n *cluster.Node, limit time.Duration) time.Duration
 
 func table(rows []row) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\nFaults under load (%d established TCP connections, a new one every 10 ms, UDP every 50 ms; seed %d)\n\n", held, *seed)
-	fmt.Fprintln(&b, "| dataplane | fault | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | converged after |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|")
+	machine := "at rest"
+	if *busy {
+		machine = "one core busy"
+	}
+	fmt.Fprintf(&b, "\nFaults under load (%d established TCP connections, a new one every 10 ms, UDP every 50 ms, pod churn on the node; %s; seed %d)\n\n", held, machine, *seed)
+	fmt.Fprintln(&b, "| dataplane | fault | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | pod ADDs failed / tried | pods left half-configured | converged after |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %d ms | %d / %d | %d ms | %d ms |\n", r.dataplane, r.fault, r.load.Broken,
+		fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %d ms | %d / %d | %d ms | %d / %d | %d | %d ms |\n", r.dataplane, r.fault, r.load.Broken,
 			r.load.Failed, r.load.Tried, r.load.LongestGap.Milliseconds(), r.load.UDPLost, r.load.UDPAsked,
-			r.load.UDPLossWindow.Milliseconds(), r.converge.Milliseconds())
+			r.load.UDPLossWindow.Milliseconds(), r.churn.Failed, r.churn.Adds, len(r.churn.Leftovers), r.converge.Milliseconds())
 	}
 	return b.String()
 }

@@ -48,6 +48,10 @@ type Options struct {
 	// Daemons: how nsx-ujo runs on the nodes (default DaemonsProcesses;
 	// DaemonsFromDeploy needs RealNodes).
 	Daemons Daemons
+	// APIFront: the nodes' daemons (and nsxctl) reach kube-apiserver
+	// through a front the test can make fail (Cluster.Front); processes
+	// mode only.
+	APIFront bool
 }
 
 // ConfigSource names a source of pod network configs.
@@ -66,7 +70,9 @@ const (
 // nsx-kube-proxy binaries with its own OVS and ncp.ini; the CNI is
 // installed per node by the real nsx-ncp-bootstrap.
 type Cluster struct {
-	API    *harness.APIServer
+	API *harness.APIServer
+	// Front is the daemons' way to the API with Options.APIFront.
+	Front  *harness.APIFront
 	Client kubernetes.Interface
 	Fabric *fabric.Fabric
 	Nodes  []*Node
@@ -147,6 +153,9 @@ func Start(t testing.TB, o Options) *Cluster {
 		c.API = harness.StartAPIServerWith(t, ao)
 	}
 	c.Client = c.API.Client(t)
+	if o.APIFront {
+		c.Front = c.API.StartFront(t)
+	}
 	c.progress("starting the NSX fabric simulator (hypervisor bridge, router, NCP stand-in)")
 	c.Fabric = fabric.Start(t, fabric.Options{Client: c.Client, PodsOnly: o.RealNodes})
 	if o.RealNodes {
@@ -171,6 +180,9 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 	c.progress("%s: network namespace, uplink eth0 to the fabric", n.Name)
 	n.IP = c.Fabric.ConnectNode(t, n.NS, "eth0", i).Addr()
 	c.API.ExposeIn(t, n.NS)
+	if c.Front != nil {
+		c.Front.ExposeIn(t, n.NS)
+	}
 	// Short paths (unix sockets), swept after a crash.
 	n.RunDir, n.PinDir, n.HostRoot = harness.TempDir(t), harness.TempDir(t), filepath.Join(n.Dir, "host")
 	if c.opts.Daemons == DaemonsFromDeploy || c.opts.Daemons == DaemonsDeployLater {
@@ -265,13 +277,21 @@ dataplane = %s
 bpf_pin_dir = %s
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
-`, n.c.API.Kubeconfig, n.RunDir, filepath.Join(n.Dir, "ovsdb"), filepath.Join(n.Dir, "state"), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
+`, n.c.daemonKubeconfig(), n.RunDir, filepath.Join(n.Dir, "ovsdb"), filepath.Join(n.Dir, "state"), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
 	if n.c.opts.ConfigSource == FromHyperBus {
 		ini = strings.Replace(ini, "[nsx_node_agent]\n", "[nsx_node_agent]\nenable_hyperbus = True\n", 1)
 	}
 	if err := os.WriteFile(n.INI, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// daemonKubeconfig is how the nodes' daemons reach the API.
+func (c *Cluster) daemonKubeconfig() string {
+	if c.Front != nil {
+		return c.Front.Kubeconfig
+	}
+	return c.API.Kubeconfig
 }
 
 func (n *Node) run(t testing.TB, bin string, args ...string) string {
@@ -385,6 +405,84 @@ func (c *Cluster) RunPod(t testing.TB, namespace, name string, node *Node, o Pod
 		t.Fatal(err)
 	}
 	return p
+}
+
+// ErrADDTimedOut is returned (wrapped) by AddPod when AddPodOptions.Timeout
+// ended the ADD: libcni killed the plugin process.
+var ErrADDTimedOut = errors.New("CNI ADD timed out: plugin killed")
+
+// AddPodOptions shape AddPod.
+type AddPodOptions struct {
+	// Timeout bounds the CNI ADD alone, as a runtime's does: when it ends
+	// first the plugin process is killed mid-ADD. 0: only ctx.
+	Timeout time.Duration
+}
+
+// AddPod is a pod's start as kubelet does it, for a goroutine other than
+// the test's: the object, a sandbox netns, CNI ADD. When the ADD fails the
+// sandbox is torn down as kubelet does (CNI DEL, netns, object) and the
+// ADD's error returned with any of the teardown's. No workload.
+func (c *Cluster) AddPod(ctx context.Context, namespace, name string, node *Node, o AddPodOptions) (*Pod, error) {
+	obj, err := c.Client.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+		Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "workload", Image: "nsx-ujo/workload:test"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("create pod %s/%s: %w", namespace, name, err)
+	}
+	p := &Pod{Name: name, Namespace: namespace, Node: node, Obj: obj,
+		ContainerID: fmt.Sprintf("%s-%s-%d", namespace, name, time.Now().UnixNano())}
+	if p.NS, err = harness.CreateNetNS(); err != nil {
+		return nil, errors.Join(err, c.Client.CoreV1().Pods(namespace).Delete(context.WithoutCancel(ctx), name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
+	}
+	actx, cancel := ctx, context.CancelFunc(func() {})
+	if o.Timeout > 0 {
+		actx, cancel = context.WithTimeout(ctx, o.Timeout)
+	}
+	r, err := node.CNI.AddNetworkList(actx, node.List, p.runtimeConf())
+	if err != nil && o.Timeout > 0 && actx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("%w after %s: %w", ErrADDTimedOut, o.Timeout, err)
+	}
+	cancel()
+	if err == nil {
+		var res *types100.Result
+		if res, err = types100.GetResult(r); err == nil && len(res.IPs) > 0 {
+			p.IP, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+			return p, nil
+		}
+		err = fmt.Errorf("result %v: %v", r, err)
+	}
+	err = fmt.Errorf("CNI ADD of %s/%s on %s: %w", namespace, name, node.Name, err)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	return nil, errors.Join(err, c.RemovePod(tctx, p))
+}
+
+// RemovePod is a pod's end as kubelet does it, without t: CNI DEL, retried
+// until it succeeds or ctx ends (kubelet keeps a sandbox until its DEL
+// succeeds), then the netns and the object.
+func (c *Cluster) RemovePod(ctx context.Context, p *Pod) error {
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.Node.CNI.DelNetworkList(dctx, p.Node.List, p.runtimeConf())
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("CNI DEL of %s/%s: %w (%w)", p.Namespace, p.Name, err, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := p.NS.Delete(); err != nil {
+		return err
+	}
+	err := c.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	return nil
 }
 
 func (p *Pod) runtimeConf() *libcni.RuntimeConf {

@@ -45,6 +45,8 @@ type APIServer struct {
 
 	etcd      *daemon
 	apiserver *daemon
+	// etcd's client and peer URLs, for a restart on the same ports.
+	etcdURL, etcdPeerURL string
 
 	opts   APIServerOptions
 	tokens map[string]string // user -> token, of opts.Users
@@ -189,7 +191,8 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 		return err
 	}
 	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	if s.etcd, err = startEtcd(dir, etcdURL, fmt.Sprintf("http://127.0.0.1:%d", ports[1])); err != nil {
+	s.etcdURL, s.etcdPeerURL = etcdURL, fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	if s.etcd, err = startEtcd(dir, s.etcdURL, s.etcdPeerURL); err != nil {
 		return err
 	}
 
@@ -421,6 +424,20 @@ func (s *APIServer) Freeze(t testing.TB) {
 		t.Fatalf("freeze kube-apiserver: %v", err)
 	}
 	t.Cleanup(func() { _ = syscall.Kill(s.apiserver.cmd.Process.Pid, syscall.SIGCONT) })
+}
+
+// RestartEtcd kills etcd (-9: a crash, not a shutdown) and starts it again
+// on the same data and ports, as a control plane's supervisor does;
+// kube-apiserver reconnects by itself. It returns once etcd is healthy.
+func (s *APIServer) RestartEtcd(t testing.TB) {
+	t.Helper()
+	_ = syscall.Kill(-s.etcd.cmd.Process.Pid, syscall.SIGKILL)
+	<-s.etcd.done
+	d, err := startEtcd(s.Dir, s.etcdURL, s.etcdPeerURL)
+	if err != nil {
+		t.Fatalf("restart etcd: %v", err)
+	}
+	s.etcd = d
 }
 
 // Thaw lets a frozen kube-apiserver run again.

@@ -16,13 +16,25 @@ import (
 // traffic leaves the machine or reaches any other address.
 func (s *APIServer) ExposeIn(t testing.TB, n *NetNS) {
 	t.Helper()
-	u, err := url.Parse(s.URL)
+	exposeIn(t, n, s.URL)
+}
+
+// ExposeIn makes the front reachable inside n at its URL, as
+// APIServer.ExposeIn does for the API server.
+func (f *APIFront) ExposeIn(t testing.TB, n *NetNS) {
+	t.Helper()
+	exposeIn(t, n, f.URL)
+}
+
+func exposeIn(t testing.TB, n *NetNS, rawURL string) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln, err := listenIn(n, u.Host)
 	if err != nil {
-		t.Fatalf("expose %s in netns %s: %v", s.URL, n.Name, err)
+		t.Fatalf("expose %s in netns %s: %v", rawURL, n.Name, err)
 	}
 	var wg sync.WaitGroup
 	t.Cleanup(func() {

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -55,6 +56,25 @@ func NewNetNS(t testing.TB) *NetNS {
 	n.Run(t, "ip", "link", "set", "lo", "up")
 	return n
 }
+
+// CreateNetNS is NewNetNS for a goroutine other than the test's (which
+// must not call t.Fatal): the caller deletes it with Delete. A killed test
+// process leaves it to the next run's sweep.
+func CreateNetNS() (*NetNS, error) {
+	name := fmt.Sprintf("%s%d-%d", namePrefix, os.Getpid(), netnsCounter.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %w: %s", name, err, out)
+	}
+	n := &NetNS{Name: name, Path: filepath.Join(netnsDir, name)}
+	if out, err := n.Exec(context.Background(), "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return nil, errors.Join(fmt.Errorf("netns %s: lo up: %w: %s", name, err, out), n.Delete())
+	}
+	return n, nil
+}
+
+// Delete kills what runs in the namespace and deletes it; deleting one
+// already gone is no error.
+func (n *NetNS) Delete() error { return deleteNetNS(n.Name) }
 
 // deleteNetNS kills the processes inside the namespace, then unmounts it.
 // Killing first matters: a namespace lives on while a process holds it.
