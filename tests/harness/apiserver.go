@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -67,6 +68,9 @@ type APIServerOptions struct {
 	// kubelet: "system:node:<node>" in "system:nodes"). UserKubeconfig
 	// writes a kubeconfig for one.
 	Users map[string][]string
+	// AuditUsers: the requests of these users are written to the audit
+	// log (metadata only), which AuditRequests reads.
+	AuditUsers []string
 }
 
 // KubeAPIServerBinary returns $NSX_UJO_KUBE_APISERVER if set, else
@@ -263,6 +267,14 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 			"--disable-admission-plugins=ServiceAccount",
 		)
 	}
+	if len(s.opts.AuditUsers) > 0 {
+		policy := filepath.Join(dir, "audit-policy.yaml")
+		users, _ := json.Marshal(s.opts.AuditUsers) // a YAML flow sequence
+		if err := os.WriteFile(policy, []byte(fmt.Sprintf(auditPolicy, users)), 0o600); err != nil {
+			return err
+		}
+		args = append(args, "--audit-policy-file="+policy, "--audit-log-path="+s.auditLog(), "--audit-log-format=json")
+	}
 	cmd := exec.Command(bin, args...)
 	if s.apiserver, err = startDaemon("kube-apiserver", cmd, filepath.Join(dir, "kube-apiserver.log")); err != nil {
 		return err
@@ -275,6 +287,79 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 
 	s.Kubeconfig = filepath.Join(dir, "kubeconfig")
 	return s.writeKubeconfig()
+}
+
+// auditPolicy logs the metadata of the requests of some users (%s: a
+// YAML sequence). ResponseStarted stays: a watch completes only when it
+// ends, which may be after the test.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    users: %s
+  - level: None
+`
+
+func (s *APIServer) auditLog() string { return filepath.Join(s.Dir, "audit.log") }
+
+// AuditRequest is one request of the audit log.
+type AuditRequest struct {
+	User                            string
+	Verb                            string // get, list, watch, create, ...
+	APIGroup, Resource, Subresource string // "" group: core
+	Namespace, Name                 string
+	Code                            int // the response's status code (0: a watch still open)
+}
+
+// AuditRequests reads the audit log (APIServerOptions.AuditUsers): each
+// request once, in order.
+func (s *APIServer) AuditRequests() ([]AuditRequest, error) {
+	data, err := os.ReadFile(s.auditLog())
+	if err != nil {
+		return nil, err
+	}
+	var out []AuditRequest
+	index := map[string]int{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" {
+			continue
+		}
+		var e struct {
+			AuditID string `json:"auditID"`
+			User    struct {
+				Username string `json:"username"`
+			} `json:"user"`
+			Verb      string `json:"verb"`
+			ObjectRef *struct {
+				APIGroup    string `json:"apiGroup"`
+				Resource    string `json:"resource"`
+				Subresource string `json:"subresource"`
+				Namespace   string `json:"namespace"`
+				Name        string `json:"name"`
+			} `json:"objectRef"`
+			ResponseStatus *struct {
+				Code int `json:"code"`
+			} `json:"responseStatus"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			return nil, fmt.Errorf("%s: %w", s.auditLog(), err)
+		}
+		r := AuditRequest{User: e.User.Username, Verb: e.Verb}
+		if e.ObjectRef != nil {
+			r.APIGroup, r.Resource, r.Subresource, r.Namespace, r.Name = e.ObjectRef.APIGroup, e.ObjectRef.Resource, e.ObjectRef.Subresource, e.ObjectRef.Namespace, e.ObjectRef.Name
+		}
+		if e.ResponseStatus != nil {
+			r.Code = e.ResponseStatus.Code
+		}
+		if i, ok := index[e.AuditID]; ok { // a later stage of one request
+			out[i] = r
+			continue
+		}
+		index[e.AuditID] = len(out)
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // startEtcd starts a single-member etcd with its data in dir and waits for
