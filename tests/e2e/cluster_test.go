@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -92,6 +95,7 @@ func TestClusterPodsAndServicesAcrossNodes(t *testing.T) {
 		late := c.RunPod(t, "x", "late-"+dp, n1, cluster.PodOptions{})
 		servedBy(t, late, vip, "b")
 		checkNsxctl(t, n1, dp, vip, b)
+		checkListeners(t, n1)
 	}
 	if err := c.Client.CoreV1().Services("x").Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -102,6 +106,42 @@ func TestClusterPodsAndServicesAcrossNodes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// checkListeners: the daemons listen only where ncp.ini says (the test
+// cluster's: nsx-kube-proxy's healthz and metrics on 127.0.0.1), the
+// agent on its CNI socket alone, which only root can reach.
+func checkListeners(t *testing.T, n *cluster.Node) {
+	t.Helper()
+	out := n.NS.Run(t, "ss", "-H", "-l", "-n", "-p", "-t", "-u", "-x")
+	want := map[string][]string{"nsx-kube-proxy": {"127.0.0.1:10256", "127.0.0.1:10249"}}
+	got := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 {
+			continue
+		}
+		for _, d := range []string{"nsx-kube-proxy", "nsx-node-agent"} {
+			if strings.Contains(line, `"`+d+`"`) && f[0] != "u_str" && f[0] != "u_dgr" && f[0] != "u_seq" {
+				got[d] = append(got[d], f[4])
+			}
+		}
+	}
+	for _, d := range []string{"nsx-kube-proxy", "nsx-node-agent"} {
+		slices.Sort(got[d])
+		slices.Sort(want[d])
+		if !slices.Equal(got[d], want[d]) {
+			t.Errorf("%s: %s listens on %v, want %v (ncp.ini's)\n%s", n.Name, d, got[d], want[d], out)
+		}
+	}
+	sock := filepath.Join(n.RunDir, "cni.sock")
+	st, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sys := st.Sys().(*syscall.Stat_t); st.Mode().Perm() != 0o600 || sys.Uid != 0 {
+		t.Errorf("%s: the CNI socket is %v owned by uid %d, want 0600 root", n.Name, st.Mode().Perm(), sys.Uid)
+	}
 }
 
 // The pod lifecycle and daemon restarts, with the pods' configs from the
