@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -146,7 +148,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	if c.API = o.API; c.API == nil {
 		c.progress("starting etcd and kube-apiserver %s", harness.KubeVersion)
-		ao := harness.APIServerOptions{RealNodes: o.RealNodes, Users: map[string][]string{}}
+		ao := harness.APIServerOptions{RealNodes: o.RealNodes, Users: map[string][]string{}, AuditUsers: DeployServiceAccounts}
 		for i := 0; i < o.Nodes; i++ {
 			ao.Users[nodeUser(nodeName(i))] = []string{"system:nodes"}
 		}
@@ -254,6 +256,31 @@ func (n *Node) RestartOVS(t testing.TB, kill bool) {
 	n.startOVS(t)
 }
 
+// KillOVSDaemon kills one of the OVS daemons nsx-ovs runs (ovs-vswitchd or
+// ovsdb-server) with SIGKILL; nsx-ovs notices, stops the other and exits,
+// and is started again as kubelet restarts a container that exited.
+func (n *Node) KillOVSDaemon(t testing.TB, daemon string) {
+	t.Helper()
+	pidFile := filepath.Join(n.RunDir, daemon+".pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatalf("%s: %v", n.Name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: %s: %v", n.Name, pidFile, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("%s: kill %s (%d): %v", n.Name, daemon, pid, err)
+	}
+	select {
+	case <-n.OVS.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: nsx-ovs still runs 30 s after its %s was killed", n.Name, daemon)
+	}
+	n.startOVS(t)
+}
+
 func (n *Node) writeINI(t testing.TB, dataplane string) {
 	n.dataplane = dataplane
 	n.INI = filepath.Join(n.Dir, "ncp.ini")
@@ -284,6 +311,14 @@ metrics_bind_address = 127.0.0.1:10249
 	if err := os.WriteFile(n.INI, []byte(ini), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// DeployServiceAccounts are the users deploy/'s pods reach the API as; the
+// API server of a RealNodes cluster audits their requests
+// (APIServer.AuditRequests), to check deploy/'s RBAC against them.
+var DeployServiceAccounts = []string{
+	"system:serviceaccount:nsx-system:nsx-node-agent",
+	"system:serviceaccount:nsx-system:nsx-ncp-bootstrap",
 }
 
 // daemonKubeconfig is how the nodes' daemons reach the API.

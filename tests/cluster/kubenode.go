@@ -149,8 +149,12 @@ func (n *Node) startKubelet(t testing.TB, nodeIP netip.Addr) {
 	cgroupRoot := harness.CgroupRoot(n.NS) // unique per test run and node
 	n.CgroupRoot = cgroupRoot
 	ctrdRoot := filepath.Join(n.Dir, "containerd")
-	ctrdState := filepath.Join(n.RunDir, "ctrd") // short: sockets live under it
-	n.ContainerdSock = filepath.Join(n.RunDir, "containerd.sock")
+	// Short (sockets live under it), and not under RunDir: that is the
+	// node's /var/run/openvswitch in deploy mode, which holds nsx-ujo's
+	// files only.
+	ctrdRun := harness.TempDir(t)
+	ctrdState := filepath.Join(ctrdRun, "ctrd")
+	n.ContainerdSock = filepath.Join(ctrdRun, "containerd.sock")
 	kubeletDir := filepath.Join(n.Dir, "kubelet")
 	// Registered first, runs last: after kubelet and containerd stopped.
 	t.Cleanup(func() {

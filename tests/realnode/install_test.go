@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -91,6 +94,8 @@ func TestInstallThroughDeploy(t *testing.T) {
 	checkDataplane(t, c, "ebpf")
 	checkDeploymentPods(t, c, "web-ebpf")
 
+	checkRBAC(t, c)
+
 	// Removal (deploy/README.md): the workloads go, then the DaemonSets,
 	// then deploy/cleanup runs every component's cleanup on each node,
 	// then the rest of deploy/ goes. The nodes are as before the install.
@@ -115,6 +120,72 @@ func TestInstallThroughDeploy(t *testing.T) {
 	}
 }
 
+// rareGrants are what deploy/'s ClusterRole grants for what this test
+// does not make happen, each with where the code uses it.
+var rareGrants = map[string]string{
+	"create events": "nsx-kube-proxy records a Warning on a Service whose health check port cannot be opened or whose frontend the dataplane refused (pkg/proxy/proxier.go)",
+	"patch events":  "the event recorder patches the count of a repeated event instead of creating another",
+}
+
+// checkRBAC runs nsxctl where the README says, in each node's
+// nsx-node-agent container, then reads what deploy/'s service accounts
+// asked of the API during the whole test: nothing was denied (the
+// ClusterRole holds all the code uses), and everything the ClusterRole
+// grants was used (it holds no more), but rareGrants.
+func checkRBAC(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	pods, err := c.Client.CoreV1().Pods("nsx-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=nsx-node-agent"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		for _, args := range [][]string{{"status"}, {"services"}, {"pods"}} {
+			c.Kubectl(t, append([]string{"--namespace", "nsx-system", "exec", p.Name, "-c", "nsx-node-agent", "--", "nsxctl"}, args...)...)
+		}
+	}
+	reqs, err := c.API.AuditRequests()
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]bool{}
+	for _, r := range reqs {
+		if r.Resource == "" { // /version, /api discovery: every client may
+			continue
+		}
+		res := r.Resource
+		if r.Subresource != "" {
+			res += "/" + r.Subresource
+		}
+		if r.APIGroup != "" {
+			res += "." + r.APIGroup
+		}
+		if r.Code == http.StatusForbidden {
+			t.Errorf("deploy/'s RBAC denied %s: %s %s %s/%s", r.User, r.Verb, res, r.Namespace, r.Name)
+		}
+		used[r.Verb+" "+res] = true
+	}
+	role, err := c.Client.RbacV1().ClusterRoles().Get(context.Background(), "nsx-node-agent", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range role.Rules {
+		for _, g := range rule.APIGroups {
+			for _, res := range rule.Resources {
+				if g != "" {
+					res += "." + g
+				}
+				for _, v := range rule.Verbs {
+					grant := v + " " + res
+					if !used[grant] && rareGrants[grant] == "" {
+						t.Errorf("deploy/'s ClusterRole nsx-node-agent grants %q, which nothing used during the test: drop it, or name where the code needs it in rareGrants", grant)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("deploy/'s service accounts used: %v", slices.Sorted(maps.Keys(used)))
+}
+
 // nodeSnapshot is what an install changes on a node and its removal must
 // put back: links, addresses, routes, nftables, the bpffs, and the host
 // paths nsx-ujo writes.
@@ -134,10 +205,14 @@ func nodeSnapshot(t *testing.T, n *cluster.Node) string {
 		if err != nil {
 			t.Fatalf("%s: %s: %v\n%s", n.Name, strings.Join(args, " "), err, out)
 		}
+		// kubelet's own nftables rules count packets.
+		out = nftCounter.ReplaceAll(out, []byte("counter"))
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), out)
 	}
 	return b.String()
 }
+
+var nftCounter = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 
 // lineDiff lists the lines only in a (-) and only in b (+).
 func lineDiff(a, b string) string {
