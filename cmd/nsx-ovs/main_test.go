@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -425,4 +426,49 @@ func TestOVSOnHost(t *testing.T) {
 	}
 	n.CheckUplinkRestored(t, before)
 	host.Vsctl(t, "show")
+}
+
+// When one of its OVS daemons dies, nsx-ovs says which, stops the other
+// and exits for its container to be restarted; without ovsdb-server it
+// cannot list the bridges to save their flows and must not try (it used
+// to wait out its whole stop timeout for the dead database first).
+func TestOVSDaemonDies(t *testing.T) {
+	for _, daemon := range []string{"ovsdb-server", "ovs-vswitchd"} {
+		t.Run(daemon, func(t *testing.T) {
+			n := newNode(t)
+			p := n.start(t, nil)
+			n.waitHealthy(t, p)
+			pids := map[string]int{}
+			for _, d := range []string{"ovsdb-server", "ovs-vswitchd"} {
+				b, err := os.ReadFile(filepath.Join(n.runDir, d+".pid"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if pids[d], err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := syscall.Kill(pids[daemon], syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.wait(t); err == nil {
+				t.Fatalf("nsx-ovs exited 0 after its %s died; want an error exit for a restart", daemon)
+			}
+			out := p.out.String()
+			if !strings.Contains(out, "open vswitch died") || !strings.Contains(out, daemon+" exited") {
+				t.Errorf("nsx-ovs's log does not say that %s died:\n%s", daemon, out)
+			}
+			if strings.Contains(out, "save flows") {
+				t.Errorf("nsx-ovs tried to save flows with its %s dead:\n%s", daemon, out)
+			}
+			// The killed one leaves its pidfile: look for the processes.
+			for d, pid := range pids {
+				for deadline := time.Now().Add(20 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(50 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s (pid %d) still runs 20 s after nsx-ovs exited", d, pid)
+					}
+				}
+			}
+		})
+	}
 }

@@ -201,7 +201,9 @@ func (o *OVS) watch() {
 // With an OVS it did not start it only closes the connection.
 func (o *OVS) Stop(ctx context.Context) error {
 	var errs []error
-	if o.vsProc != nil && !o.vsProc.exited() {
+	// Saving needs both: ovs-vswitchd for the flows, the database for
+	// the bridges (without it the listing would wait out ctx).
+	if o.vsProc != nil && !o.vsProc.exited() && (o.dbProc == nil || !o.dbProc.exited()) {
 		if err := o.saveFlows(ctx); err != nil {
 			errs = append(errs, err)
 		}

@@ -113,6 +113,14 @@ func faults(apiDown time.Duration) []fault {
 		{name: "nsx-ovs killed (-9), restarted", inject: func(r *faultRun) {
 			r.c.Nodes[0].RestartOVS(r.t, true)
 		}},
+		// nsx-ovs exits when one of its OVS daemons dies and is
+		// restarted (kubelet's job; the test's here).
+		{name: "ovs-vswitchd killed (-9), nsx-ovs restarted", inject: func(r *faultRun) {
+			r.c.Nodes[0].KillOVSDaemon(r.t, "ovs-vswitchd")
+		}},
+		{name: "ovsdb-server killed (-9), nsx-ovs restarted", inject: func(r *faultRun) {
+			r.c.Nodes[0].KillOVSDaemon(r.t, "ovsdb-server")
+		}},
 		{name: fmt.Sprintf("kube-apiserver down %s", apiDown), api: true, inject: func(r *faultRun) {
 			r.c.API.Freeze(r.t)
 			time.Sleep(apiDown)

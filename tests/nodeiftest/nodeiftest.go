@@ -73,6 +73,16 @@ func New(t testing.TB) *Topology {
 	} {
 		n.Run(t, "ip", r...)
 	}
+	// The link-local address gets its local route only once DAD is done:
+	// a snapshot taken before would lack it (seen on a busy machine).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if strings.TrimSpace(n.Output(t, "ip", "-o", "addr", "show", "dev", Uplink, "tentative")) == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: addresses still tentative after 20 s (DAD)", Uplink)
+		}
+	}
 	return tp
 }
 
