@@ -25,7 +25,7 @@ help:
 	@echo "make test   lint, build, every test (root: OVS, netns, kube-apiserver), short fuzzing"
 	@echo "make unit   tests that need no root"
 	@echo "make bench  benchmarks (tests/perf), figures beside their baselines"
-	@echo "make chaos [CHAOS_REPEATS=3] [CHAOS_API_DOWN=60s] [CHAOS_SEED=n]  faults under load on both dataplanes, the table of figures"
+	@echo "make chaos [CHAOS_REPEATS=3] [CHAOS_API_DOWN=60s] [CHAOS_SEED=n]  faults under load on both dataplanes, at rest then with one core busy, the tables of figures"
 	@echo "make generate  recompile bpf/ into dataplane/ebpf (clang)"
 	@echo "make bench-compare OLD=a.json NEW=b.json  ratios between two tests/perf/results files, changes beyond ±10% flagged (report only)"
 	@echo "make bench-cluster  on the Vagrant control VM: benchmarks against the real multi-node cluster (Vagrantfile)"

@@ -96,17 +96,5 @@ func run() error {
 // cleanup removes what the proxy left on the node (backends.CleanupNode):
 // `nsx-kube-proxy cleanup [--config-file F]` after the DaemonSet is gone.
 func cleanup(args []string) error {
-	fs := flag.NewFlagSet("nsx-kube-proxy cleanup", flag.ExitOnError)
-	configFile := fs.String("config-file", config.DefaultConfigFile, "ncp.ini (for bpf_pin_dir)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("cleanup: unexpected arguments %q", fs.Args())
-	}
-	cfg, err := config.Load(*configFile, nil)
-	if err != nil {
-		return err
-	}
-	return backends.CleanupNode(cfg)
+	return daemon.RunWithConfig("nsx-kube-proxy cleanup", args, backends.CleanupNode)
 }

@@ -13,7 +13,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent"
-	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 	"github.com/nsx-ujo/nsx-ujo/pkg/daemon"
 )
 
@@ -47,17 +46,5 @@ func run() error {
 // cleanup removes what the agent left on the node (agent.CleanupNode):
 // `nsx-node-agent cleanup [--config-file F]` after the DaemonSet is gone.
 func cleanup(args []string) error {
-	fs := flag.NewFlagSet("nsx-node-agent cleanup", flag.ExitOnError)
-	configFile := fs.String("config-file", config.DefaultConfigFile, "ncp.ini (for cni_socket)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("cleanup: unexpected arguments %q", fs.Args())
-	}
-	cfg, err := config.Load(*configFile, nil)
-	if err != nil {
-		return err
-	}
-	return agent.CleanupNode(cfg)
+	return daemon.RunWithConfig("nsx-node-agent cleanup", args, agent.CleanupNode)
 }

@@ -99,3 +99,21 @@ func WaitFor(ctx context.Context, log *zap.Logger, what string, try func() error
 		}
 	}
 }
+
+// RunWithConfig is a one-shot subcommand that needs only ncp.ini (a
+// node's cleanup): `<name> [--config-file F]`, no other arguments.
+func RunWithConfig(name string, args []string, run func(*config.Config) error) error {
+	fs := flag.NewFlagSet(name, flag.ExitOnError)
+	configFile := fs.String("config-file", config.DefaultConfigFile, "ncp.ini")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected arguments %q", name, fs.Args())
+	}
+	cfg, err := config.Load(*configFile, nil)
+	if err != nil {
+		return err
+	}
+	return run(cfg)
+}

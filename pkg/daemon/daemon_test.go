@@ -56,3 +56,22 @@ func TestStartValidatesOverrides(t *testing.T) {
 		t.Fatalf("a bad override was accepted: %v", err)
 	}
 }
+
+func TestRunWithConfig(t *testing.T) {
+	ini := filepath.Join(t.TempDir(), "ncp.ini")
+	if err := os.WriteFile(ini, []byte("[nsx_kube_proxy]\nbpf_pin_dir = /x/y\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	run := func(cfg *config.Config) error { got = cfg.KubeProxy.BPFPinDir; return nil }
+	if err := RunWithConfig("x cleanup", []string{"--config-file", ini}, run); err != nil || got != "/x/y" {
+		t.Fatalf("RunWithConfig: %v, ran with bpf_pin_dir %q; want nil, /x/y", err, got)
+	}
+	got = ""
+	if err := RunWithConfig("x cleanup", []string{"--config-file", ini, "extra"}, run); err == nil || !strings.Contains(err.Error(), `"extra"`) || got != "" {
+		t.Errorf("an extra argument: %v (ran: %v); want an error naming it, nothing run", err, got != "")
+	}
+	if err := RunWithConfig("x cleanup", []string{"--config-file", ini + ".missing"}, run); err == nil || got != "" {
+		t.Errorf("a missing ncp.ini: %v (ran: %v); want an error, nothing run", err, got != "")
+	}
+}

@@ -65,7 +65,7 @@ func startChurn(c *cluster.Cluster, node *cluster.Node, ns string, next *int) *c
 // cycle starts one pod and removes it. o.Timeout bounds the ADD: when it
 // ends first, libcni kills the plugin process mid-ADD, as a runtime's
 // timeout does.
-func (ch *churn) cycle(o cluster.AddPodOptions) (killed bool) {
+func (ch *churn) cycle(o cluster.AddPodOptions) {
 	ch.mu.Lock()
 	*ch.next++
 	name := fmt.Sprintf("churn-%d", *ch.next)
@@ -81,9 +81,9 @@ func (ch *churn) cycle(o cluster.AddPodOptions) (killed bool) {
 		if err != nil {
 			ch.record(fmt.Errorf("removing %s: %w", name, err))
 		}
-		return false
+		return
 	}
-	killed = errors.Is(err, cluster.ErrADDTimedOut)
+	killed := errors.Is(err, cluster.ErrADDTimedOut)
 	ch.mu.Lock()
 	ch.res.Failed++
 	if killed {
@@ -93,7 +93,6 @@ func (ch *churn) cycle(o cluster.AddPodOptions) (killed bool) {
 	if !killed {
 		ch.record(err)
 	}
-	return killed
 }
 
 func (ch *churn) record(err error) {
@@ -124,15 +123,12 @@ func (ch *churn) halt() {
 
 // killPluginsMidAdd runs n pod starts whose plugin process is killed at a
 // random point of the ADD (1-120 ms after it starts), each torn down as
-// kubelet does; it returns how many were killed before the ADD returned.
-func (ch *churn) killPluginsMidAdd(rng *rand.Rand, n int) int {
-	killed := 0
+// kubelet does; churnResult.Killed counts those killed before the ADD
+// returned.
+func (ch *churn) killPluginsMidAdd(rng *rand.Rand, n int) {
 	for range n {
-		if ch.cycle(cluster.AddPodOptions{Timeout: time.Duration(1+rng.IntN(120)) * time.Millisecond}) {
-			killed++
-		}
+		ch.cycle(cluster.AddPodOptions{Timeout: time.Duration(1+rng.IntN(120)) * time.Millisecond})
 	}
-	return killed
 }
 
 // leftovers lists what node holds for attachments of pods not in live:

@@ -399,31 +399,17 @@ type PodOptions struct {
 func (c *Cluster) RunPod(t testing.TB, namespace, name string, node *Node, o PodOptions) *Pod {
 	t.Helper()
 	ctx := context.Background()
-	obj := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: o.Labels},
-		Spec: corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "workload", Image: "nsx-ujo/workload:test",
-			Ports: []corev1.ContainerPort{{Name: "serve", ContainerPort: int32(o.Serve)}}}}},
-	}
-	if o.Serve == 0 {
-		obj.Spec.Containers[0].Ports = nil
-	}
-	obj, err := c.Client.CoreV1().Pods(namespace).Create(ctx, obj, metav1.CreateOptions{})
+	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	p, err := c.startPod(actx, podObject(namespace, name, node, o), node, AddPodOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Pod{Name: name, Namespace: namespace, Node: node, NS: harness.NewNetNS(t), Obj: obj,
-		ContainerID: fmt.Sprintf("%s-%s-%d", namespace, name, time.Now().UnixNano())}
-	actx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	r, err := node.CNI.AddNetworkList(actx, node.List, p.runtimeConf())
-	if err != nil {
-		t.Fatalf("CNI ADD of %s/%s on %s: %v", namespace, name, node.Name, err)
-	}
-	res, err := types100.GetResult(r)
-	if err != nil || len(res.IPs) == 0 {
-		t.Fatalf("CNI ADD of %s/%s: result %v, %v", namespace, name, r, err)
-	}
-	p.IP, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	t.Cleanup(func() {
+		if err := p.NS.Delete(); err != nil {
+			t.Errorf("delete netns %s: %v", p.NS.Name, err)
+		}
+	})
 	if o.Serve != 0 {
 		p.workload = StartProcess(t, p.NS, filepath.Join(node.Dir, fmt.Sprintf("pod-%s-%s.log", namespace, name)),
 			filepath.Join(c.opts.BinDir, "workload"), "serve", "--name", name, "--port", fmt.Sprint(o.Serve))
@@ -458,10 +444,25 @@ type AddPodOptions struct {
 // sandbox is torn down as kubelet does (CNI DEL, netns, object) and the
 // ADD's error returned with any of the teardown's. No workload.
 func (c *Cluster) AddPod(ctx context.Context, namespace, name string, node *Node, o AddPodOptions) (*Pod, error) {
-	obj, err := c.Client.CoreV1().Pods(namespace).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace},
+	return c.startPod(ctx, podObject(namespace, name, node, PodOptions{}), node, o)
+}
+
+// podObject is the API object of a pod of the cluster on node.
+func podObject(namespace, name string, node *Node, o PodOptions) *corev1.Pod {
+	obj := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: o.Labels},
 		Spec:       corev1.PodSpec{NodeName: node.Name, Containers: []corev1.Container{{Name: "workload", Image: "nsx-ujo/workload:test"}}},
-	}, metav1.CreateOptions{})
+	}
+	if o.Serve != 0 {
+		obj.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "serve", ContainerPort: int32(o.Serve)}}
+	}
+	return obj
+}
+
+// startPod creates obj, its sandbox netns and runs CNI ADD (AddPod).
+func (c *Cluster) startPod(ctx context.Context, obj *corev1.Pod, node *Node, o AddPodOptions) (*Pod, error) {
+	namespace, name := obj.Namespace, obj.Name
+	obj, err := c.Client.CoreV1().Pods(namespace).Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("create pod %s/%s: %w", namespace, name, err)
 	}

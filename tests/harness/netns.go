@@ -43,17 +43,15 @@ func NewNetNS(t testing.TB) *NetNS {
 	t.Helper()
 	RequireRoot(t)
 	sweepLeftovers(t.Logf)
-	name := fmt.Sprintf("%s%d-%d", namePrefix, os.Getpid(), netnsCounter.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	n, err := CreateNetNS()
+	if err != nil {
+		t.Fatal(err)
 	}
-	n := &NetNS{Name: name, Path: filepath.Join(netnsDir, name)}
 	t.Cleanup(func() {
-		if err := deleteNetNS(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
+		if err := n.Delete(); err != nil {
+			t.Errorf("delete netns %s: %v", n.Name, err)
 		}
 	})
-	n.Run(t, "ip", "link", "set", "lo", "up")
 	return n
 }
 
