@@ -8,6 +8,7 @@ package ociimage
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -159,8 +160,9 @@ func WriteTarball(out string, images map[string]v1.Image) error {
 	return os.Rename(tmp, out)
 }
 
-// sortedTar rewrites a tar with its members in name order:
-// MultiRefWrite walks a map, so its member order changes run to run.
+// sortedTar rewrites a tar with its members in name order and its
+// manifest.json canonical: MultiRefWrite walks maps, so its member order
+// and the order of an image's tags change run to run.
 func sortedTar(r io.Reader) ([]byte, error) {
 	type member struct {
 		h    *tar.Header
@@ -180,6 +182,12 @@ func sortedTar(r io.Reader) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
+		if h.Name == "manifest.json" {
+			if b, err = canonicalManifest(b); err != nil {
+				return nil, err
+			}
+			h.Size = int64(len(b))
+		}
 		ms = append(ms, member{h, b})
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].h.Name < ms[j].h.Name })
@@ -197,6 +205,19 @@ func sortedTar(r io.Reader) ([]byte, error) {
 		return nil, err
 	}
 	return out.Bytes(), nil
+}
+
+// canonicalManifest sorts each image's tags and the images by config.
+func canonicalManifest(b []byte) ([]byte, error) {
+	var m tarball.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest.json: %w", err)
+	}
+	for i := range m {
+		sort.Strings(m[i].RepoTags)
+	}
+	sort.Slice(m, func(i, j int) bool { return m[i].Config < m[j].Config })
+	return json.Marshal(m)
 }
 
 // Extract unpacks the flattened file system of image ref from the tarball
