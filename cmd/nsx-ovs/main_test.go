@@ -277,6 +277,9 @@ func TestEndToEnd(t *testing.T) {
 	if other := n.vsctl(t, "get", "Open_vSwitch", ".", "other_config"); strings.Contains(other, "flow-restore-wait") {
 		t.Errorf("flow-restore-wait left set: %s", other)
 	}
+	if out := p.out.String(); strings.Contains(out, "did not stop cleanly") || !strings.Contains(out, "restored saved flows") {
+		t.Errorf("after a clean stop, the restarted nsx-ovs should say it restored the flows, nothing else:\n%s", out)
+	}
 	n.CheckConnectivity(t)
 
 	t.Run("drift repaired", func(t *testing.T) {
@@ -468,6 +471,16 @@ func TestOVSDaemonDies(t *testing.T) {
 						t.Fatalf("%s (pid %d) still runs 20 s after nsx-ovs exited", d, pid)
 					}
 				}
+			}
+			// The next nsx-ovs says why its bridges start without the
+			// flows of the last run.
+			p = n.start(t, nil)
+			n.waitHealthy(t, p)
+			if err := p.stop(t); err != nil {
+				t.Fatalf("stop: %v\n%s", err, p.out)
+			}
+			if out := p.out.String(); !strings.Contains(out, "the previous nsx-ovs did not stop cleanly") {
+				t.Errorf("the nsx-ovs started after %s died does not say the previous run saved no flows:\n%s", daemon, out)
 			}
 		})
 	}

@@ -192,8 +192,15 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 	}
 	b.stats.LastChanges = 0
 	if !b.adopted || opts.Full {
+		first := !b.adopted
 		if err := b.adopt(); err != nil {
 			return err
+		}
+		if first && len(b.installed) > 0 {
+			// A restarted proxy: said once, for whoever reads the log
+			// after a crash.
+			b.log.Info("found the services of an earlier nsx-kube-proxy in the pinned maps; they keep forwarding while this sync brings them to the model",
+				zap.String("pinDir", b.opts.PinDir), zap.Int("frontends", len(b.installed)))
 		}
 		b.attachExisting(ctx)
 	}

@@ -79,6 +79,7 @@ type Backend struct {
 	installed       map[flowKey]installedFlow
 	installedGroups map[uint32]Group
 	adopted         bool
+	adoptedOnce     bool // the first adoption of this process was done (and said)
 	serial          uint32
 	last            *dataplane.Model // for the replay after a reconnection
 
@@ -676,7 +677,12 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 		installed[k] = installedFlow{cookie: fs.Cookie}
 	}
 	if !b.adopted {
-		b.adoptIDs(installed)
+		// The first sync of a restarted proxy: say so, for whoever reads
+		// the log after a crash. A replay logs its own line.
+		if n := b.adoptIDs(installed); n > 0 && !b.adoptedOnce {
+			b.log.Info("found the services of an earlier nsx-kube-proxy on the bridge; they keep forwarding while this sync brings them to the model",
+				zap.String("bridge", b.opts.Bridge), zap.Int("frontends", n))
+		}
 	}
 	prev, prevGroups, prevFronts := b.installed, b.installedGroups, b.fronts
 	b.resetSized(len(m.Frontends))
@@ -758,7 +764,7 @@ func (b *Backend) fullSync(ctx context.Context, m *dataplane.Model) error {
 			return fmt.Errorf("ovs dataplane: remove stale flows on %s: %w", b.opts.Bridge, err)
 		}
 	}
-	b.adopted = true
+	b.adopted, b.adoptedOnce = true, true
 	if b.stats.LastChanges > 0 {
 		b.log.Info("full sync repaired the bridge", zap.Int("changes", b.stats.LastChanges), zap.Int("frontends", len(m.Frontends)))
 	}
@@ -806,18 +812,21 @@ func sortKeys(keys []dataplane.FrontendKey) {
 }
 
 // adoptIDs recovers frontend -> id from the classifier flows of an earlier
-// process, so groups keep their ids across restarts.
-func (b *Backend) adoptIDs(installed map[flowKey]installedFlow) {
+// process, so groups keep their ids across restarts, and returns how many
+// frontends it found.
+func (b *Backend) adoptIDs(installed map[flowKey]installedFlow) int {
+	n := 0
 	for k, f := range installed {
 		if k.Table != tClassifier || k.Priority != 200 || k.Match.TPDst == 0 {
 			continue
 		}
 		proto, ok := dataplane.ProtocolOf(k.Match.IPProto)
 		fk := dataplane.FrontendKey{IP: k.Match.IPDst, Port: k.Match.TPDst, Protocol: proto}
-		if ok && fk.IP.IsValid() {
-			b.ids.Adopt(fk, cookieOwner(f.cookie))
+		if ok && fk.IP.IsValid() && b.ids.Adopt(fk, cookieOwner(f.cookie)) {
+			n++
 		}
 	}
+	return n
 }
 
 // Cleanup implements dataplane.ServiceBackend: every flow and group this

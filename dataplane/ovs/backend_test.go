@@ -11,7 +11,10 @@ import (
 
 	"antrea.io/libOpenflow/openflow15"
 	"antrea.io/libOpenflow/util"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 	"github.com/nsx-ujo/nsx-ujo/pkg/openflow"
@@ -98,9 +101,19 @@ func TestSyncAdoptCleanupOnRealOVS(t *testing.T) {
 	// key atomically), never deleted first.
 	before := groupIDs(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"))
 	flowsBefore := flowKeys(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-flows", "--no-stats"))
-	b2 := newBackend(t, o)
+	core, logs := observer.New(zapcore.InfoLevel)
+	b2, err := New(Options{Bridge: "br-int", OVSRunDir: o.RunDir, NodeName: "node1", Timeout: 5 * time.Second, Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b2.Close() })
 	if err := b2.Sync(ctx, m, dataplane.SyncOptions{}); err != nil {
 		t.Fatalf("adopting Sync: %v", err)
+	}
+	// Whoever reads the log after a crash learns what the new process
+	// found.
+	if found := logs.FilterMessageSnippet("found the services of an earlier nsx-kube-proxy").All(); len(found) != 1 || found[0].ContextMap()["frontends"] != int64(3) {
+		t.Errorf("the adopting proxy's log: %v", logs.All())
 	}
 	if after := groupIDs(o.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups")); after != before {
 		t.Fatalf("group ids changed on restart:\n%s\n%s", before, after)

@@ -216,6 +216,13 @@ func (a *Agent) Handle(ctx context.Context, req *cniwire.Request) *cniwire.Respo
 	case cniwire.CmdGC:
 		err = a.GC(ctx, req)
 	}
+	if ctx.Err() != nil {
+		// The plugin's connection closed before the answer: the runtime
+		// killed it or gave up. Said on its own line, because the ADD's
+		// own outcome does not tell it.
+		log.Warn("the CNI plugin hung up before its answer (killed, or the runtime timed out); the runtime tears the pod down with a DEL",
+			zap.Error(context.Cause(ctx)), zap.Duration("took", time.Since(start)))
+	}
 	if err != nil {
 		log.Warn("CNI request failed", zap.Error(err), zap.Duration("took", time.Since(start)))
 		return errResponse(toCNIError(err))

@@ -16,7 +16,10 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent"
 	"github.com/nsx-ujo/nsx-ujo/pkg/agent/audit"
@@ -138,8 +141,11 @@ func newNodeIn(t *testing.T, mode string) *node {
 }
 
 // newAgent is a fresh agent process on the node (as after a restart).
-func (nd *node) newAgent(t *testing.T) *agent.Agent {
-	d := agent.Deps{Log: zaptest.NewLogger(t), Pods: nd.source, Ports: nd.ports, PodNet: podnet.New(podnet.Options{HostNetNS: nd.ns.Path}),
+func (nd *node) newAgent(t *testing.T) *agent.Agent { return nd.newAgentLogging(zaptest.NewLogger(t)) }
+
+// newAgentLogging is newAgent logging to log.
+func (nd *node) newAgentLogging(log *zap.Logger) *agent.Agent {
+	d := agent.Deps{Log: log, Pods: nd.source, Ports: nd.ports, PodNet: podnet.New(podnet.Options{HostNetNS: nd.ns.Path}),
 		HostPorts: nftables.NewHostPorts(nftables.HostPortsOptions{NetNS: nd.ns.Path, LocalnetInterface: "br-int"})}
 	if nd.hb != nil {
 		d.Reporter = nd.hb.srv
@@ -750,6 +756,27 @@ func TestAddTwiceIsIdempotent(t *testing.T) {
 // config is refused where it enters: by the ADD in annotation mode, on the
 // session (the ack naming the field) in HyperBus mode, where the ADD then
 // finds no config.
+// TestPluginHangUpIsLogged: a runtime that kills the plugin mid-ADD
+// closes the request's connection; the agent's log says so on its own
+// line, since the ADD's outcome alone does not tell the cause.
+func TestPluginHangUpIsLogged(t *testing.T) {
+	nd := newNode(t)
+	core, logs := observer.New(zapcore.InfoLevel)
+	nd.agent = nd.newAgentLogging(zap.New(core))
+	p := nd.newPod(t, 1, 101)
+	ctx, hangUp := context.WithCancel(context.Background())
+	hangUp()
+	nd.agent.Handle(ctx, p.req(cniwire.CmdAdd))
+	if n := logs.FilterMessageSnippet("the CNI plugin hung up before its answer").Len(); n != 1 {
+		t.Errorf("the agent's log does not say the plugin hung up: %v", logs.All())
+	}
+	// The runtime's DEL then removes whatever the ADD did.
+	if resp := nd.do(t, p.req(cniwire.CmdDel)); resp.Error != nil {
+		t.Fatalf("DEL: %v", resp.Error)
+	}
+	nd.assertEmpty(t)
+}
+
 func TestFailedAddLeavesNothing(t *testing.T) {
 	type want struct {
 		code uint

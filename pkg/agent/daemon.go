@@ -128,6 +128,17 @@ func RunDaemon(ctx context.Context, o DaemonOptions) error {
 	}}, log.Named("audit"), pm, pods, a)
 	go aud.Run(ctx)
 
+	// A restarted agent says what it found, for whoever reads the log
+	// after a crash: those pods kept their network while it was away.
+	lctx, cancel := context.WithTimeout(ctx, na.OVSOperationTimeout)
+	found, err := pm.List(lctx)
+	cancel()
+	if err != nil {
+		log.Warn("listing the pod ports on the bridge", zap.String("bridge", na.OVSBridge), zap.Error(err))
+	} else if len(found) > 0 {
+		log.Info("found the pod ports of an earlier nsx-node-agent on the bridge; they keep forwarding, the audit removes those of pods that are gone",
+			zap.String("bridge", na.OVSBridge), zap.Int("pods", len(found)))
+	}
 	log.Info("nsx-node-agent serving", zap.String("socket", na.CNISocket), zap.String("bridge", na.OVSBridge),
 		zap.String("node", o.NodeName))
 	return srv.Serve()

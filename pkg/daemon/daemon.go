@@ -66,6 +66,7 @@ func Start(o Options) (*Env, error) {
 	for _, w := range warnings {
 		log.Sugar().Warnw(w[0].(string), w[1:]...)
 	}
+	logging.RouteKlog(log)
 	rc, err := cfg.RESTConfig()
 	if err != nil {
 		return nil, err

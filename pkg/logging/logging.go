@@ -9,9 +9,11 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/go-logr/zapr"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
+	"k8s.io/klog/v2"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 )
@@ -79,4 +81,13 @@ func New(d config.Default, component string, opts Options) (*zap.Logger, error) 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// RouteKlog sends what client-go logs through klog (a watch cut, a list
+// that failed and why, an API server answering errors) to log, named
+// client-go, so that an operator finds the API server's failures in the
+// daemon's JSON log with its other entries rather than as klog text.
+// klog holds one process-wide logger: the last call wins.
+func RouteKlog(log *zap.Logger) {
+	klog.SetLogger(zapr.NewLogger(log.Named("client-go")))
 }

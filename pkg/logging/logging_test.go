@@ -3,12 +3,14 @@ package logging
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"go.uber.org/zap"
+	"k8s.io/klog/v2"
 
 	"github.com/nsx-ujo/nsx-ujo/pkg/config"
 )
@@ -91,5 +93,30 @@ func TestLogFile(t *testing.T) {
 	}
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		t.Errorf("log dir %v, %v", fi, err)
+	}
+}
+
+// TestRouteKlog: what client-go logs through klog (here as its reflector
+// does on a failed list) is a JSON entry of the daemon's logger, with its
+// component and the error.
+func TestRouteKlog(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := New(config.Default{}, "nsx-kube-proxy", Options{Stderr: &buf, ForceJSON: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	RouteKlog(log)
+	t.Cleanup(klog.ClearLogger)
+	klog.ErrorS(errors.New(`Get "https://10.0.0.1/api/v1/services": dial tcp 10.0.0.1:443: connect: connection refused`),
+		"Failed to watch", "reflector", "k8s.io/client-go/informers/factory.go:160", "type", "*v1.Service")
+	klog.Flush()
+	entries := decode(t, buf.Bytes())
+	if len(entries) != 1 {
+		t.Fatalf("want one entry, got %d: %s", len(entries), buf.String())
+	}
+	e := entries[0]
+	if e["component"] != "nsx-kube-proxy" || e["logger"] != "client-go" || e["level"] != "error" ||
+		e["msg"] != "Failed to watch" || !strings.Contains(e["error"].(string), "connection refused") || e["type"] != "*v1.Service" {
+		t.Errorf("entry %v", e)
 	}
 }

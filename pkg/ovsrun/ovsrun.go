@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -112,6 +113,13 @@ func Start(ctx context.Context, opts Options) (*OVS, error) {
 	if err != nil {
 		log.Error("cannot read saved flows, starting with empty flow tables", zap.Error(err))
 	}
+	if _, err := os.Stat(runningRecord(opts.StateDir)); err == nil && len(saved) == 0 {
+		// The one line that tells the operator why the first seconds
+		// after this start dropped traffic.
+		log.Warn("the previous nsx-ovs did not stop cleanly (killed, or one of its OVS daemons died) and saved no flows: "+
+			"the bridges start with their default flows until nsx-kube-proxy and nsx-node-agent reinstall theirs",
+			zap.String("record", runningRecord(opts.StateDir)))
+	}
 	// ovs-vswitchd must find flow-restore-wait set when it starts, so that
 	// it keeps the datapath as it is until the flows are back, and unset
 	// when there is nothing to restore: a flag left by a start that died
@@ -134,6 +142,11 @@ func Start(ctx context.Context, opts Options) (*OVS, error) {
 	}
 	go o.watch()
 	ok = true
+	// Removed once a stop has saved the flows: what the next start finds
+	// says whether this run ended cleanly.
+	if err := os.WriteFile(runningRecord(opts.StateDir), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		log.Warn("cannot record this run in the state directory; the next start cannot tell an unclean stop", zap.Error(err))
+	}
 	return o, nil
 }
 
@@ -205,6 +218,8 @@ func (o *OVS) Stop(ctx context.Context) error {
 	// the bridges (without it the listing would wait out ctx).
 	if o.vsProc != nil && !o.vsProc.exited() && (o.dbProc == nil || !o.dbProc.exited()) {
 		if err := o.saveFlows(ctx); err != nil {
+			errs = append(errs, err)
+		} else if err := os.Remove(runningRecord(o.opts.StateDir)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)
 		}
 	}
@@ -462,6 +477,10 @@ func (p *proc) stop(grace time.Duration) error {
 // createdRecord is the file saying nsx-ovs created the OVS database.
 func createdRecord(stateDir string) string { return filepath.Join(stateDir, "ovsdb-created") }
 
+// runningRecord is the file saying an nsx-ovs runs the daemons and has
+// not yet saved its flows at a stop.
+func runningRecord(stateDir string) string { return filepath.Join(stateDir, "ovs-running") }
+
 // RemoveState removes what nsx-ovs kept on the node between its runs, for
 // `nsx-ovs cleanup` once OVS is stopped for good: the saved flows, and the
 // OVS database with its lock and the record of its creation if nsx-ovs
@@ -470,6 +489,9 @@ func RemoveState(opts Options) error {
 	var errs []error
 	if err := os.RemoveAll(savedDir(opts.StateDir)); err != nil {
 		errs = append(errs, fmt.Errorf("saved flows: %w", err))
+	}
+	if err := os.Remove(runningRecord(opts.StateDir)); err != nil && !os.IsNotExist(err) {
+		errs = append(errs, fmt.Errorf("run record: %w", err))
 	}
 	record := createdRecord(opts.StateDir)
 	if _, err := os.Stat(record); err == nil {

@@ -75,6 +75,12 @@ type fault struct {
 	// new connections included.
 	daemon, api bool
 	inject      func(r *faultRun)
+	// causes are the log entries that tell an operator what happened
+	// (one is enough); unseen, when set, is why the daemons may not
+	// notice the fault at all, so that a missing entry is reported and
+	// not failed.
+	causes []cause
+	unseen string
 }
 
 // faultRun is what a fault's injection acts on.
@@ -86,6 +92,9 @@ type faultRun struct {
 	rng   *rand.Rand
 }
 
+// clientGo is what the daemons' client-go loggers say of an API failure.
+var clientGo = []cause{{daemon: "nsx-kube-proxy", clientGo: true}, {daemon: "nsx-node-agent", clientGo: true}}
+
 // pluginKills is how many pod starts the plugin-killed fault interrupts.
 const pluginKills = 20
 
@@ -95,7 +104,7 @@ func faults(apiDown time.Duration) []fault {
 			n := r.c.Nodes[0]
 			n.Proxy.Kill()
 			n.StartProxy(r.t, r.dp)
-		}},
+		}, causes: []cause{{daemon: "nsx-kube-proxy", msg: "found the services of an earlier nsx-kube-proxy"}}},
 		// The churn's ADDs and DELs in flight die with the agent (the
 		// plugin gets no answer); kubelet's DEL is retried until the
 		// agent is back.
@@ -103,44 +112,50 @@ func faults(apiDown time.Duration) []fault {
 			n := r.c.Nodes[0]
 			n.Agent.Kill()
 			n.StartAgent(r.t)
-		}},
+		}, causes: []cause{{daemon: "nsx-node-agent", msg: "found the pod ports of an earlier nsx-node-agent"}}},
 		// On the userspace datapath ovs-vswitchd holds conntrack: its
 		// restart loses it (the kernel datapath keeps it in the kernel).
 		// Measured, no target here.
 		{name: "nsx-ovs restarted (SIGTERM: flows saved and restored)", inject: func(r *faultRun) {
 			r.c.Nodes[0].RestartOVS(r.t, false)
-		}},
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "restored saved flows"}}},
 		{name: "nsx-ovs killed (-9), restarted", inject: func(r *faultRun) {
 			r.c.Nodes[0].RestartOVS(r.t, true)
-		}},
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "the previous nsx-ovs did not stop cleanly"}}},
 		// nsx-ovs exits when one of its OVS daemons dies and is
 		// restarted (kubelet's job; the test's here).
 		{name: "ovs-vswitchd killed (-9), nsx-ovs restarted", inject: func(r *faultRun) {
 			r.c.Nodes[0].KillOVSDaemon(r.t, "ovs-vswitchd")
-		}},
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "failed", err: "ovs-vswitchd exited"}}},
 		{name: "ovsdb-server killed (-9), nsx-ovs restarted", inject: func(r *faultRun) {
 			r.c.Nodes[0].KillOVSDaemon(r.t, "ovsdb-server")
-		}},
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "failed", err: "ovsdb-server exited"}}},
+		// kubelet restarting the node DaemonSet's pod: ovs-vswitchd
+		// restarts with the rest, so no target on the userspace
+		// datapath (as for nsx-ovs alone).
+		{name: "node pod restarted (every container SIGTERM, then started)", inject: func(r *faultRun) {
+			r.c.Nodes[0].RestartPod(r.t)
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "restored saved flows"}}},
 		{name: fmt.Sprintf("kube-apiserver down %s", apiDown), api: true, inject: func(r *faultRun) {
 			r.c.API.Freeze(r.t)
 			time.Sleep(apiDown)
 			r.c.API.Thaw(r.t)
-		}},
+		}, causes: clientGo, unseen: "a frozen API server cuts nothing: idle watches wait, and client-go's HTTP/2 health check needs 45 s"},
 		// Every request answered with a 500, watches cut.
 		{name: fmt.Sprintf("kube-apiserver answering 500s %s", apiDown), api: true, inject: func(r *faultRun) {
 			r.c.Front.SetMode(harness.FrontErrors)
 			time.Sleep(apiDown)
 			r.c.Front.SetMode(harness.FrontPass)
-		}},
+		}, causes: clientGo},
 		// The API server stays up and answers errors until etcd is back.
 		{name: "etcd killed (-9), restarted", api: true, inject: func(r *faultRun) {
 			r.c.API.RestartEtcd(r.t)
-		}},
+		}, causes: clientGo, unseen: "kube-apiserver keeps the watches open while etcd is away"},
 		// A runtime's timeout kills the plugin at a random point of the
 		// ADD; the runtime then tears the sandbox down with a DEL.
 		{name: fmt.Sprintf("CNI plugin killed (-9) mid-ADD, %d pods", pluginKills), daemon: true, inject: func(r *faultRun) {
 			r.churn.killPluginsMidAdd(r.rng, pluginKills)
-		}},
+		}, causes: []cause{{daemon: "nsx-node-agent", msg: "the CNI plugin hung up before its answer"}}},
 	}
 }
 
@@ -150,6 +165,7 @@ type row struct {
 	load             conformance.LoadResult
 	churn            churnResult
 	converge         time.Duration
+	cause            string // the log entry naming the cause, or why none
 }
 
 func TestChaos(t *testing.T) {
@@ -200,6 +216,7 @@ func TestChaos(t *testing.T) {
 				var conv time.Duration
 				ch := startChurn(c, n1, ns, &churned)
 				t.Cleanup(ch.halt)
+				mark, procs := markLogs(n1), daemons(n1)
 				res, err := conformance.MeasureUnderLoad(client, prober, vip, conformance.LoadOptions{Held: held, UDP: true, Before: before, NewEvery: 10 * time.Millisecond},
 					func() {
 						f.inject(&faultRun{t: t, c: c, dp: dp, churn: ch, rng: rng})
@@ -212,7 +229,21 @@ func TestChaos(t *testing.T) {
 				if lerr != nil {
 					t.Fatalf("%s: %v", f.name, lerr)
 				}
-				rows = append(rows, row{dataplane: dp, fault: f.name, load: res, churn: pods, converge: conv})
+				entries, err := mark.since(n1, procs)
+				if err != nil {
+					t.Fatalf("%s: the daemons' logs: %v", f.name, err)
+				}
+				said := found(entries, f.causes)
+				switch {
+				case said != "":
+					t.Logf("%s: the cause is in the log: %s", f.name, said)
+				case f.unseen != "":
+					said = "not seen by the daemons: " + f.unseen
+				default:
+					said = "**none**"
+					t.Errorf("%s on %s: no daemon logged the cause (want one of %+v)", f.name, dp, f.causes)
+				}
+				rows = append(rows, row{dataplane: dp, fault: f.name, load: res, churn: pods, converge: conv, cause: said})
 				t.Logf("%s: pod churn: %d of %d ADDs failed (%d plugins killed mid-ADD), left behind: %v", f.name, pods.Failed, pods.Adds, pods.Killed, pods.Leftovers)
 				for _, e := range churnErrs {
 					t.Logf("  pod churn: %s", e)
@@ -273,12 +304,12 @@ func table(rows []row) string {
 		machine = "one core busy"
 	}
 	fmt.Fprintf(&b, "\nFaults under load (%d established TCP connections, a new one every 10 ms, UDP every 50 ms, pod churn on the node; %s; seed %d)\n\n", held, machine, *seed)
-	fmt.Fprintln(&b, "| dataplane | fault | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | pod ADDs failed / tried | pods left half-configured | converged after |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(&b, "| dataplane | fault | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | pod ADDs failed / tried | pods left half-configured | converged after | cause logged |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %d ms | %d / %d | %d ms | %d / %d | %d | %d ms |\n", r.dataplane, r.fault, r.load.Broken,
+		fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %d ms | %d / %d | %d ms | %d / %d | %d | %d ms | %s |\n", r.dataplane, r.fault, r.load.Broken,
 			r.load.Failed, r.load.Tried, r.load.LongestGap.Milliseconds(), r.load.UDPLost, r.load.UDPAsked,
-			r.load.UDPLossWindow.Milliseconds(), r.churn.Failed, r.churn.Adds, len(r.churn.Leftovers), r.converge.Milliseconds())
+			r.load.UDPLossWindow.Milliseconds(), r.churn.Failed, r.churn.Adds, len(r.churn.Leftovers), r.converge.Milliseconds(), r.cause)
 	}
 	return b.String()
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -254,6 +255,25 @@ func (n *Node) RestartOVS(t testing.TB, kill bool) {
 		n.OVS.Stop()
 	}
 	n.startOVS(t)
+}
+
+// RestartPod restarts the node's nsx-ujo daemons together, as kubelet
+// restarts the node DaemonSet's pod: SIGTERM to every container at once,
+// then each started again (nsx-ovs first: the others wait for it anyway).
+func (n *Node) RestartPod(t testing.TB) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for _, p := range []*Process{n.OVS, n.Agent, n.Proxy} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Stop()
+		}()
+	}
+	wg.Wait()
+	n.startOVS(t)
+	n.StartAgent(t)
+	n.StartProxy(t, n.dataplane)
 }
 
 // KillOVSDaemon kills one of the OVS daemons nsx-ovs runs (ovs-vswitchd or
