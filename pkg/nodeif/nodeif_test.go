@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -224,9 +225,12 @@ func TestCleanupGivesBackAnExistingBridge(t *testing.T) {
 	n.ovs.Vsctl(t, "add-br", nodeiftest.Bridge, "--", "set", "Bridge", nodeiftest.Bridge, "datapath_type=netdev")
 	n.Node.Run(t, "ip", "link", "set", nodeiftest.Bridge, "up")
 	var before string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		// The bridge's IPv6 link-local route comes on the kernel's time.
-		if before = n.UplinkSnapshot(t); strings.Contains(before, "fe80::/64 dev "+nodeiftest.Bridge) {
+	bridgeLocal := regexp.MustCompile(`local fe80::\S+ dev ` + nodeiftest.Bridge + ` `)
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		// The bridge's IPv6 link-local routes come on the kernel's time:
+		// the subnet's at once, the address's local one after DAD (a
+		// snapshot between the two failed CI on a busy machine).
+		if before = n.UplinkSnapshot(t); strings.Contains(before, "fe80::/64 dev "+nodeiftest.Bridge) && bridgeLocal.MatchString(before) {
 			break
 		}
 	}
