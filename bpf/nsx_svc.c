@@ -792,6 +792,10 @@ static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
 					found = 1;
 					break;
 				}
+				// SCTP keeps its port: a rewritten one would need the
+				// CRC32c recomputed (dataplane.Unservable).
+				if (p->ip.protocol == IPPROTO_SCTP)
+					break;
 				port = bpf_htons(SNAT_PORT_MIN + (bpf_get_prandom_u32() & 0x7fff));
 			}
 			if (!found) {

@@ -191,6 +191,12 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		}
 	}
 	b.stats.LastChanges = 0
+	m, unservable := dataplane.Servable(m, func(k dataplane.FrontendKey) *dataplane.Frontend {
+		if s := b.installed[k]; s != nil {
+			return s.src
+		}
+		return nil
+	})
 	if !b.adopted || opts.Full {
 		first := !b.adopted
 		if err := b.adopt(); err != nil {
@@ -204,7 +210,7 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		}
 		b.attachExisting(ctx)
 	}
-	var refused []dataplane.FrontendError
+	refused := unservable
 	for k, f := range m.Frontends {
 		if !k.IP.Is4() {
 			continue // IPv6 frontends are not served by this dataplane yet

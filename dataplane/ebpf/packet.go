@@ -3,6 +3,7 @@ package ebpf
 import (
 	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"net/netip"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
@@ -35,6 +36,12 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 		l4[13] = tcpFlags
 		binary.BigEndian.PutUint16(l4[14:], 64240)
 		copy(l4[20:], []byte{2, 4, 5, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7})
+	} else if proto == dataplane.ProtoSCTP {
+		// The common header (ports, verification tag, CRC32c), no chunk.
+		l4 = make([]byte, 12)
+		binary.BigEndian.PutUint16(l4[0:], sport)
+		binary.BigEndian.PutUint16(l4[2:], dport)
+		binary.BigEndian.PutUint32(l4[4:], 0x1234abcd)
 	} else {
 		l4 = make([]byte, 12)
 		binary.BigEndian.PutUint16(l4[0:], sport)
@@ -49,15 +56,28 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 	copy(ip[12:], s4[:])
 	copy(ip[16:], d4[:])
 	binary.BigEndian.PutUint16(ip[10:], dataplane.Checksum(ip, 0))
-	ck := l4csum(ip, l4)
-	if proto == protoTCP {
-		binary.BigEndian.PutUint16(l4[16:], ck)
-	} else {
-		binary.BigEndian.PutUint16(l4[6:], ck)
+	switch proto {
+	case protoTCP:
+		binary.BigEndian.PutUint16(l4[16:], l4csum(ip, l4))
+	case dataplane.ProtoSCTP:
+		binary.LittleEndian.PutUint32(l4[8:], sctpCRC(l4))
+	default:
+		binary.BigEndian.PutUint16(l4[6:], l4csum(ip, l4))
 	}
 	eth := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0}
 	return append(append(eth, ip...), l4...)
 }
+
+// sctpCRC is the CRC32c of an SCTP packet (RFC 9260 appendix A) with its
+// checksum field taken as zero, to be stored little-endian as the kernel
+// does.
+func sctpCRC(l4 []byte) uint32 {
+	c := crc32.Update(0, castagnoli, l4[:8])
+	c = crc32.Update(c, castagnoli, []byte{0, 0, 0, 0})
+	return crc32.Update(c, castagnoli, l4[12:])
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func l4csum(ip, l4 []byte) uint16 {
 	return dataplane.Checksum(l4, dataplane.PseudoHeaderSum(ip[12:16], ip[16:20], ip[9], len(l4)))
@@ -102,6 +122,12 @@ func parsePacket(b []byte) (packetInfo, error) {
 			p.tcpFlags = l4[13]
 			p.ack = binary.BigEndian.Uint32(l4[8:])
 		}
+	case dataplane.ProtoSCTP:
+		if len(l4) < 12 {
+			return packetInfo{}, errors.New("truncated SCTP header")
+		}
+		p.sport, p.dport = binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
+		p.l4OK = binary.LittleEndian.Uint32(l4[8:]) == sctpCRC(l4)
 	case protoICMP:
 		if len(l4) < 8 {
 			return packetInfo{}, errors.New("truncated ICMP header")

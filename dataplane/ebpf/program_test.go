@@ -1,7 +1,9 @@
 package ebpf
 
 import (
+	"bytes"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -419,5 +421,59 @@ func TestExternalSNATPortCollision(t *testing.T) {
 	// Pods' ingress program never serves external frontends.
 	if ret, _ := runOut(t, o.NsxIngress, packet(protoTCP, c1, nodeIP, 40001, 30080, 0x02)); ret != tcxNext {
 		t.Fatalf("pod ingress: ret %d, want TCX_NEXT", int32(ret))
+	}
+}
+
+// sctpPacket is eth + IPv4 + an SCTP common header with a valid CRC32c,
+// and the SCTP part alone.
+func sctpPacket(src, dst netip.Addr, sport, dport uint16) ([]byte, []byte) {
+	pkt := buildPacket(dataplane.ProtoSCTP, src, dst, sport, dport, 0)
+	return pkt, slices.Clone(pkt[14+20:])
+}
+
+// TestSCTPKeepsItsCRC: SCTP's CRC32c covers its ports and not the IP
+// addresses, so a DNAT to an endpoint on the same port (the only one the
+// dataplanes serve, dataplane.Unservable) and its reverse leave the SCTP
+// bytes as they were, and an external frontend's SNAT never moves an SCTP
+// client to another port: a collision is dropped.
+func TestSCTPKeepsItsCRC(t *testing.T) {
+	o := load(t)
+	const protoSCTP = dataplane.ProtoSCTP
+	addService(t, o, protoSCTP, 3868, 1, 0, netip.AddrPortFrom(backend1, 3868))
+	in, sctp := sctpPacket(clientIP, vip, 40000, 3868)
+	ret, out := runOut(t, o.NsxEgress, in)
+	p := parse(t, out)
+	if ret != tcxPass || p.dst != backend1 || p.dport != 3868 || !p.ipOK || !p.l4OK {
+		t.Fatalf("SCTP DNAT: ret %d, %s:%d -> %s:%d, ip checksum ok %v", int32(ret), p.src, p.sport, p.dst, p.dport, p.ipOK)
+	}
+	if got := out[14+20 : 14+20+len(sctp)]; !bytes.Equal(got, sctp) {
+		t.Fatalf("SCTP bytes changed by the DNAT (the CRC32c no longer holds):\n%x\n%x", sctp, got)
+	}
+	in, sctp = sctpPacket(backend1, clientIP, 3868, 40000)
+	ret, out = runOut(t, o.NsxIngress, in)
+	if p := parse(t, out); ret != tcxPass || p.src != vip || p.sport != 3868 || !p.ipOK || !bytes.Equal(out[14+20:14+20+len(sctp)], sctp) {
+		t.Fatalf("SCTP reverse NAT: ret %d, %s:%d -> %s:%d", int32(ret), p.src, p.sport, p.dst, p.dport)
+	}
+
+	// Two external clients on one port: the first keeps it at the SNAT
+	// address, the second is dropped rather than moved (TCP would move).
+	nodeIP := netip.MustParseAddr("10.0.100.2")
+	if err := o.NsxBackends.Put(nsxBeKey{SvcId: 7}, nsxBeVal{Ip: be32(backend1), Port: be16(3868)}); err != nil {
+		t.Fatal(err)
+	}
+	v := nsxSvcVal{Id: 7, Count: 1, Flags: flagExternal, SnatIp: be32(nodeIP)}
+	if err := o.NsxServices.Put(nsxSvcKey{Vip: be32(nodeIP), Port: be16(3868), Proto: protoSCTP}, v); err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := netip.MustParseAddr("192.168.50.2"), netip.MustParseAddr("192.168.50.3")
+	in, sctp = sctpPacket(c1, nodeIP, 40000, 3868)
+	ret, out = runOut(t, o.NsxNodeIngress, in)
+	if p := parse(t, out); ret != tcRedirect || p.src != nodeIP || p.sport != 40000 || p.dst != backend1 || !bytes.Equal(out[14+20:14+20+len(sctp)], sctp) {
+		t.Fatalf("SCTP from %s: ret %d, %s:%d -> %s:%d", c1, int32(ret), p.src, p.sport, p.dst, p.dport)
+	}
+	in, _ = sctpPacket(c2, nodeIP, 40000, 3868)
+	if ret, out := runOut(t, o.NsxNodeIngress, in); ret != tcActShot {
+		p := parse(t, out)
+		t.Fatalf("SCTP from %s on a port taken at the SNAT address: ret %d (%s:%d -> %s:%d), want a drop", c2, int32(ret), p.src, p.sport, p.dst, p.dport)
 	}
 }

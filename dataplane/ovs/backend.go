@@ -214,11 +214,17 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 	defer cancel()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	m, refused := dataplane.Servable(m, func(k dataplane.FrontendKey) *dataplane.Frontend {
+		if c := b.fronts[k]; c != nil {
+			return c.src
+		}
+		return nil
+	})
 	b.last = m
 	if !b.adopted || opts.Full {
-		return b.fullSync(ctx, m)
+		return dataplane.WithRefused(b.fullSync(ctx, m), refused)
 	}
-	return b.incrementalSync(ctx, m)
+	return dataplane.WithRefused(b.incrementalSync(ctx, m), refused)
 }
 
 // change is one frontend's step of a Sync, undone if the switch refuses it.

@@ -501,6 +501,52 @@ var Cases = []Case{
 			t.Fatalf("after the endpoint change the same socket got %q, %v; want b", got, err)
 		}
 	}},
+	{Name: "SCTP: served when the endpoints listen on the Service port, refused otherwise (CRC32c), and a refused change keeps what was served", Row: "14", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
+		a, b := e.AddPod("a", 101, 10), e.AddPod("b", 102, 20)
+		same := Frontend(3868, dataplane.SCTP, []*Pod{a, b}, 3868)
+		rewrite := Frontend(80, dataplane.SCTP, []*Pod{a}, 8080)
+		tcp := Frontend(80, dataplane.TCP, []*Pod{a}, 8080)
+		held := func() map[dataplane.FrontendKey][]netip.AddrPort {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			hs, err := Nsxctl(e, inst).Held(ctx, inst.Dataplane)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := map[dataplane.FrontendKey][]netip.AddrPort{}
+			for _, h := range hs {
+				out[h.Key] = h.Endpoints
+			}
+			return out
+		}
+		refusedOnly := func(err error, k dataplane.FrontendKey) {
+			t.Helper()
+			var fe *dataplane.FrontendErrors
+			if !errors.As(err, &fe) || len(fe.Failed) != 1 || fe.Failed[0].Key != k || !errors.Is(fe.Failed[0].Err, dataplane.ErrSCTPPortRewrite) {
+				t.Fatalf("Sync: %v; want %s refused alone for its SCTP port rewrite", err, k)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		refusedOnly(inst.Backend.Sync(ctx, Model(same, rewrite, tcp), dataplane.SyncOptions{}), rewrite.Key)
+		h := held()
+		if got := h[same.Key]; len(got) != 2 || got[0].Port() != 3868 {
+			t.Errorf("SCTP frontend on its endpoints' port: held %v, want both endpoints on 3868", got)
+		}
+		if _, ok := h[rewrite.Key]; ok {
+			t.Errorf("SCTP frontend with a port rewrite is programmed: %v", h[rewrite.Key])
+		}
+		if len(h[tcp.Key]) != 1 {
+			t.Errorf("the TCP frontend beside the refused one: held %v", h[tcp.Key])
+		}
+		// The served one's endpoints move to another port: refused, and it
+		// keeps serving what it had (as any refused frontend).
+		moved := Frontend(3868, dataplane.SCTP, []*Pod{a, b}, 3869)
+		refusedOnly(inst.Backend.Sync(ctx, Model(moved, tcp), dataplane.SyncOptions{Full: true}), moved.Key)
+		if got := held()[same.Key]; len(got) != 2 || got[0].Port() != 3868 {
+			t.Errorf("after a refused change the SCTP frontend holds %v, want what it had (3868)", got)
+		}
+	}},
 	{Name: "deleted service stops serving", Row: "16", Run: func(t *testing.T, e *Env, inst *Instance, _ Factory) {
 		a := e.AddPod("a", 101, 10)
 		client := e.AddPod("client", 101, 50)
