@@ -81,8 +81,12 @@ func (r *ServicesReport) Table() ([]string, [][]string) {
 		if kind == "" && s.External {
 			kind = "external"
 		}
+		drift := strings.Join(s.Drift, "; ")
+		if s.Refused != "" {
+			drift = "refused: " + s.Refused
+		}
 		rows = append(rows, []string{s.Frontend, s.Service, kind, list(s.Endpoints, 3), s.Affinity, s.TrafficPolicy,
-			s.NoEndpoints, fmt.Sprint(s.NewConnections), strings.Join(s.Drift, "; ")})
+			s.NoEndpoints, fmt.Sprint(s.NewConnections), drift})
 	}
 	return header, rows
 }

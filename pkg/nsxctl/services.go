@@ -27,6 +27,10 @@ type ServiceRow struct {
 	// Drift: how the dataplane differs from the API's model; empty when it
 	// holds what the model says (or without the API).
 	Drift []string `json:"drift,omitempty"`
+	// Refused: why neither dataplane serves the model's frontend
+	// (dataplane.Unservable); such a row is not drift: the dataplane
+	// keeps what it had, or nothing.
+	Refused string `json:"refused,omitempty"`
 }
 
 // ServicesReport is `nsxctl services`.
@@ -93,8 +97,14 @@ func BuildServices(held []dataplane.Held, model *dataplane.Model, filter string)
 		} else {
 			row.Endpoints = []string{}
 		}
+		var unservable error
+		if f != nil {
+			unservable = dataplane.Unservable(f)
+		}
 		switch {
 		case model == nil:
+		case unservable != nil:
+			row.Refused = unservable.Error()
 		case f == nil:
 			row.Drift = []string{NotInAPI}
 		case !inDP:
