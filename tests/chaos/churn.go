@@ -18,7 +18,8 @@ import (
 
 // churn is the pod churn of the load: pods started and removed on one node
 // in a loop, as kubelet does it (a failed ADD is torn down with a DEL,
-// retried until it succeeds).
+// retried until it succeeds; every third pod's netns is gone before its
+// DEL).
 type churn struct {
 	c    *cluster.Cluster
 	node *cluster.Node
@@ -68,7 +69,8 @@ func startChurn(c *cluster.Cluster, node *cluster.Node, ns string, next *int) *c
 func (ch *churn) cycle(o cluster.AddPodOptions) {
 	ch.mu.Lock()
 	*ch.next++
-	name := fmt.Sprintf("churn-%d", *ch.next)
+	idx := *ch.next
+	name := fmt.Sprintf("churn-%d", idx)
 	ch.res.Adds++
 	ch.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -76,7 +78,9 @@ func (ch *churn) cycle(o cluster.AddPodOptions) {
 	p, err := ch.c.AddPod(ctx, ch.ns, name, ch.node, o)
 	if err == nil {
 		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		err = ch.c.RemovePod(rctx, p)
+		// Every third pod's netns is gone before its DEL (a sandbox lost
+		// to a reboot or a runtime crash): nothing may stay behind.
+		err = ch.c.RemovePod(rctx, p, cluster.RemovePodOptions{NetnsGone: idx%3 == 0})
 		cancel()
 		if err != nil {
 			ch.record(fmt.Errorf("removing %s: %w", name, err))

@@ -511,13 +511,26 @@ func (c *Cluster) startPod(ctx context.Context, obj *corev1.Pod, node *Node, o A
 	err = fmt.Errorf("CNI ADD of %s/%s on %s: %w", namespace, name, node.Name, err)
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer cancel()
-	return nil, errors.Join(err, c.RemovePod(tctx, p))
+	return nil, errors.Join(err, c.RemovePod(tctx, p, RemovePodOptions{}))
+}
+
+// RemovePodOptions shape a pod's end.
+type RemovePodOptions struct {
+	// NetnsGone removes the pod's netns before the DEL, as after a node
+	// reboot or a runtime that lost the sandbox: the DEL must still clean
+	// up (CNI spec).
+	NetnsGone bool
 }
 
 // RemovePod is a pod's end as kubelet does it, without t: CNI DEL, retried
 // until it succeeds or ctx ends (kubelet keeps a sandbox until its DEL
 // succeeds), then the netns and the object.
-func (c *Cluster) RemovePod(ctx context.Context, p *Pod) error {
+func (c *Cluster) RemovePod(ctx context.Context, p *Pod, o RemovePodOptions) error {
+	if o.NetnsGone {
+		if err := p.NS.Delete(); err != nil {
+			return err
+		}
+	}
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := p.Node.CNI.DelNetworkList(dctx, p.Node.List, p.runtimeConf())
