@@ -277,7 +277,7 @@ func TestEndToEnd(t *testing.T) {
 	if other := n.vsctl(t, "get", "Open_vSwitch", ".", "other_config"); strings.Contains(other, "flow-restore-wait") {
 		t.Errorf("flow-restore-wait left set: %s", other)
 	}
-	if out := p.out.String(); strings.Contains(out, "did not stop cleanly") || !strings.Contains(out, "restored saved flows") {
+	if out := p.out.String(); strings.Contains(out, "the previous nsx-ovs saved no flows") || !strings.Contains(out, "restored saved flows") {
 		t.Errorf("after a clean stop, the restarted nsx-ovs should say it restored the flows, nothing else:\n%s", out)
 	}
 	n.CheckConnectivity(t)
@@ -479,7 +479,7 @@ func TestOVSDaemonDies(t *testing.T) {
 			if err := p.stop(t); err != nil {
 				t.Fatalf("stop: %v\n%s", err, p.out)
 			}
-			if out := p.out.String(); !strings.Contains(out, "the previous nsx-ovs did not stop cleanly") {
+			if out := p.out.String(); !strings.Contains(out, "the previous nsx-ovs saved no flows") {
 				t.Errorf("the nsx-ovs started after %s died does not say the previous run saved no flows:\n%s", daemon, out)
 			}
 		})

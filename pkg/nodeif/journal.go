@@ -252,6 +252,15 @@ func (j *Journal) save(stateDir string) error {
 	return nil
 }
 
+// sameButStep says whether a and b differ at most in their phase and step.
+func sameButStep(a, b *Journal) bool {
+	ac, bc := *a, *b
+	ac.Phase, ac.Step, bc.Phase, bc.Step = "", "", "", ""
+	ja, erra := json.Marshal(&ac)
+	jb, errb := json.Marshal(&bc)
+	return erra == nil && errb == nil && string(ja) == string(jb)
+}
+
 func removeJournal(stateDir string) error {
 	if err := os.Remove(journalPath(stateDir)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("journal: %w", err)

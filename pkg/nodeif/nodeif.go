@@ -156,6 +156,15 @@ func (m *Migrator) runSteps(ctx context.Context, phase string, steps []step) err
 	defer h.Close()
 	r := &run{Migrator: m, h: h}
 	start := time.Now()
+	// A node whose journal records a finished migration is only checked
+	// and repaired by another Migrate: its journal would change in the
+	// step only, so it is not written, and a full state_dir cannot stop
+	// nsx-ovs from starting (the OVS datapath with it).
+	var settled *Journal
+	if j, err := LoadJournal(m.o.StateDir); err == nil && j != nil && phase == PhaseMigrate &&
+		j.Phase == PhaseMigrate && j.Step == steps[len(steps)-1].name {
+		settled = j
+	}
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -167,8 +176,10 @@ func (m *Migrator) runSteps(ctx context.Context, phase string, steps []step) err
 			break
 		}
 		r.j.Phase, r.j.Step = phase, s.name
-		if err := r.j.save(m.o.StateDir); err != nil {
-			return err
+		if settled == nil || !sameButStep(r.j, settled) {
+			if err := r.j.save(m.o.StateDir); err != nil {
+				return err
+			}
 		}
 		m.log.Debug("step done", zap.String("phase", phase), zap.String("step", s.name))
 		if s.name == m.o.StopAfter {

@@ -312,7 +312,13 @@ func TestFullStateDisk(t *testing.T) {
 	n.mustMigrate(t)
 	n.checkMigrated(t)
 
+	// A migrated node migrates again (nsx-ovs restarting) with the disk
+	// full: nothing to journal, so nothing stops it.
 	disk.fill()
+	if err := n.migrate(t, ""); err != nil {
+		t.Fatalf("migrate of a migrated node on a full disk: %v", err)
+	}
+	n.checkMigrated(t)
 	noSpace("cleanup", n.cleanup(t, ""))
 	n.checkMigrated(t)
 	disk.free()

@@ -116,7 +116,7 @@ func Start(ctx context.Context, opts Options) (*OVS, error) {
 	if _, err := os.Stat(runningRecord(opts.StateDir)); err == nil && len(saved) == 0 {
 		// The one line that tells the operator why the first seconds
 		// after this start dropped traffic.
-		log.Warn("the previous nsx-ovs did not stop cleanly (killed, or one of its OVS daemons died) and saved no flows: "+
+		log.Warn("the previous nsx-ovs saved no flows at its end (it was killed, one of its OVS daemons died, or the save failed: its log says which): "+
 			"the bridges start with their default flows until nsx-kube-proxy and nsx-node-agent reinstall theirs",
 			zap.String("record", runningRecord(opts.StateDir)))
 	}

@@ -121,7 +121,7 @@ func faults(apiDown time.Duration) []fault {
 		}, causes: []cause{{daemon: "nsx-ovs", msg: "restored saved flows"}}},
 		{name: "nsx-ovs killed (-9), restarted", inject: func(r *faultRun) {
 			r.c.Nodes[0].RestartOVS(r.t, true)
-		}, causes: []cause{{daemon: "nsx-ovs", msg: "the previous nsx-ovs did not stop cleanly"}}},
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "the previous nsx-ovs saved no flows"}}},
 		// nsx-ovs exits when one of its OVS daemons dies and is
 		// restarted (kubelet's job; the test's here).
 		{name: "ovs-vswitchd killed (-9), nsx-ovs restarted", inject: func(r *faultRun) {
@@ -136,6 +136,14 @@ func faults(apiDown time.Duration) []fault {
 		{name: "node pod restarted (every container SIGTERM, then started)", inject: func(r *faultRun) {
 			r.c.Nodes[0].RestartPod(r.t)
 		}, causes: []cause{{daemon: "nsx-ovs", msg: "restored saved flows"}}},
+		// state_dir full: the stop cannot save the flows (said in the
+		// log), and the restart must not need to write there.
+		{name: "state_dir full, nsx-ovs restarted (SIGTERM)", inject: func(r *faultRun) {
+			n := r.c.Nodes[0]
+			free := n.FillStateDir(r.t)
+			defer free()
+			n.RestartOVS(r.t, false)
+		}, causes: []cause{{daemon: "nsx-ovs", msg: "stopping Open vSwitch", err: "no space left on device"}}},
 		{name: fmt.Sprintf("kube-apiserver down %s", apiDown), api: true, inject: func(r *faultRun) {
 			r.c.API.Freeze(r.t)
 			time.Sleep(apiDown)
@@ -181,7 +189,7 @@ func TestChaos(t *testing.T) {
 	}
 	for _, dp := range []string{"ovs", "ebpf"} {
 		t.Run(dp, func(t *testing.T) {
-			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, API: api, APIFront: true})
+			c := cluster.Start(t, cluster.Options{Nodes: 2, Dataplane: dp, BinDir: binDir, API: api, APIFront: true, StateDirSize: "16m"})
 			n1, n2 := c.Nodes[0], c.Nodes[1]
 			ns := "chaos-" + dp
 			if _, err := c.Client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -55,6 +56,10 @@ type Options struct {
 	// through a front the test can make fail (Cluster.Front); processes
 	// mode only.
 	APIFront bool
+	// StateDirSize, when set (tmpfs size, e.g. "16m"), puts each node's
+	// state_dir on a tmpfs of its own that a test can fill
+	// (Node.FillStateDir); processes mode only.
+	StateDirSize string
 }
 
 // ConfigSource names a source of pod network configs.
@@ -196,6 +201,9 @@ func (c *Cluster) startNode(t testing.TB, i int) *Node {
 		n.startKubelet(t, n.IP)
 		return n
 	}
+	if c.opts.StateDirSize != "" {
+		n.mountStateDir(t, c.opts.StateDirSize)
+	}
 	n.writeINI(t, c.opts.Dataplane)
 
 	c.progress("%s: nsx-ncp-bootstrap installs the CNI plugin and conflist", n.Name)
@@ -301,6 +309,49 @@ func (n *Node) KillOVSDaemon(t testing.TB, daemon string) {
 	n.startOVS(t)
 }
 
+// stateDir is the node's ncp.ini state_dir (processes mode).
+func (n *Node) stateDir() string { return filepath.Join(n.Dir, "state") }
+
+func (n *Node) mountStateDir(t testing.TB, size string) {
+	t.Helper()
+	if err := os.MkdirAll(n.stateDir(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", n.stateDir(), "tmpfs", 0, "size="+size); err != nil {
+		t.Fatalf("%s: tmpfs for state_dir: %v", n.Name, err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(n.stateDir(), unix.MNT_DETACH) })
+}
+
+// FillStateDir fills the node's state_dir tmpfs (Options.StateDirSize)
+// to the last byte and returns the func that frees it again.
+func (n *Node) FillStateDir(t testing.TB) (free func()) {
+	t.Helper()
+	filler := filepath.Join(n.stateDir(), "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatalf("%s: fill state_dir: %v", n.Name, err)
+	}
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, unix.ENOSPC) {
+				t.Fatalf("%s: fill state_dir: %v", n.Name, err)
+			}
+			break
+		}
+	}
+	// The last bytes a 64 KiB chunk did not take.
+	for _, err := f.Write(chunk[:1]); err == nil; _, err = f.Write(chunk[:1]) {
+	}
+	f.Close()
+	return func() {
+		if err := os.Remove(filler); err != nil {
+			t.Errorf("%s: free state_dir: %v", n.Name, err)
+		}
+	}
+}
+
 func (n *Node) writeINI(t testing.TB, dataplane string) {
 	n.dataplane = dataplane
 	n.INI = filepath.Join(n.Dir, "ncp.ini")
@@ -324,7 +375,7 @@ dataplane = %s
 bpf_pin_dir = %s
 healthz_bind_address = 127.0.0.1:10256
 metrics_bind_address = 127.0.0.1:10249
-`, n.c.daemonKubeconfig(), n.RunDir, filepath.Join(n.Dir, "ovsdb"), filepath.Join(n.Dir, "state"), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
+`, n.c.daemonKubeconfig(), n.RunDir, filepath.Join(n.Dir, "ovsdb"), n.stateDir(), filepath.Join(n.RunDir, "cni.sock"), dataplane, n.PinDir)
 	if n.c.opts.ConfigSource == FromHyperBus {
 		ini = strings.Replace(ini, "[nsx_node_agent]\n", "[nsx_node_agent]\nenable_hyperbus = True\n", 1)
 	}
