@@ -84,16 +84,19 @@ func found(entries []logEntry, causes []cause) string {
 				Msg    string `json:"msg"`
 				Logger string `json:"logger"`
 				Error  string `json:"error"`
+				Err    string `json:"err"` // client-go's key
 			}
 			if json.Unmarshal([]byte(e.line), &j) != nil {
 				continue
 			}
 			if c.clientGo && j.Logger == "client-go" || c.msg != "" && strings.Contains(j.Msg, c.msg) && strings.Contains(j.Error, c.err) {
 				s := j.Msg
-				if j.Error != "" {
-					s += ": " + j.Error
+				for _, e := range []string{j.Error, j.Err} {
+					if e != "" {
+						s += ": " + e
+					}
 				}
-				return fmt.Sprintf("%s: %s", e.daemon, shorten(s, 110))
+				return fmt.Sprintf("%s: %s", e.daemon, shorten(s, 140))
 			}
 		}
 	}

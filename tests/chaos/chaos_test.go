@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -318,6 +319,77 @@ func table(rows []row) string {
 		fmt.Fprintf(&b, "| %s | %s | %d | %d / %d | %d ms | %d / %d | %d ms | %d / %d | %d | %d ms | %s |\n", r.dataplane, r.fault, r.load.Broken,
 			r.load.Failed, r.load.Tried, r.load.LongestGap.Milliseconds(), r.load.UDPLost, r.load.UDPAsked,
 			r.load.UDPLossWindow.Milliseconds(), r.churn.Failed, r.churn.Adds, len(r.churn.Leftovers), r.converge.Milliseconds(), r.cause)
+	}
+	if *repeats > 1 {
+		b.WriteString(summary(rows))
+	}
+	return b.String()
+}
+
+// summary folds the repeats of each fault on each dataplane into one row:
+// counts summed, durations as min-max, the causes logged counted.
+func summary(rows []row) string {
+	type agg struct {
+		n, broken, failed, tried, udpLost, udpAsked, addsFailed, adds, left, logged int
+		gap, window, conv                                                           [2]time.Duration
+		cause                                                                       string
+	}
+	span := func(s *[2]time.Duration, d time.Duration, first bool) {
+		if first || d < s[0] {
+			s[0] = d
+		}
+		if first || d > s[1] {
+			s[1] = d
+		}
+	}
+	var order []string
+	by := map[string]*agg{}
+	for _, r := range rows {
+		k := r.fault + "\x00" + r.dataplane
+		a := by[k]
+		if a == nil {
+			a = &agg{}
+			by[k] = a
+			order = append(order, k)
+		}
+		first := a.n == 0
+		a.n++
+		a.broken += r.load.Broken
+		a.failed += r.load.Failed
+		a.tried += r.load.Tried
+		a.udpLost += r.load.UDPLost
+		a.udpAsked += r.load.UDPAsked
+		a.addsFailed += r.churn.Failed
+		a.adds += r.churn.Adds
+		a.left += len(r.churn.Leftovers)
+		span(&a.gap, r.load.LongestGap, first)
+		span(&a.window, r.load.UDPLossWindow, first)
+		span(&a.conv, r.converge, first)
+		if !strings.HasPrefix(r.cause, "not seen") && r.cause != "**none**" {
+			a.logged++
+			if a.cause == "" {
+				a.cause = r.cause
+			}
+		} else if a.cause == "" && strings.HasPrefix(r.cause, "not seen") {
+			a.cause = r.cause
+		}
+	}
+	sort.SliceStable(order, func(i, j int) bool { return order[i] < order[j] })
+	ms := func(s [2]time.Duration) string {
+		if s[0].Round(time.Millisecond) == s[1].Round(time.Millisecond) {
+			return fmt.Sprintf("%d ms", s[0].Milliseconds())
+		}
+		return fmt.Sprintf("%d-%d ms", s[0].Milliseconds(), s[1].Milliseconds())
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nBy fault, %d repeats: sums, and min-max of the durations\n\n", *repeats)
+	fmt.Fprintln(&b, "| fault | dataplane | established broken | new conns failed / tried | longest gap | UDP lost / asked | UDP loss window | pod ADDs failed / tried | pods left half-configured | converged after | cause logged |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, k := range order {
+		a := by[k]
+		fault, dp, _ := strings.Cut(k, "\x00")
+		fmt.Fprintf(&b, "| %s | %s | %d of %d | %d / %d | %s | %d / %d | %s | %d / %d | %d | %s | %d of %d: %s |\n", fault, dp, a.broken, held*a.n,
+			a.failed, a.tried, ms(a.gap), a.udpLost, a.udpAsked, ms(a.window), a.addsFailed, a.adds, a.left, ms(a.conv), a.logged, a.n, a.cause)
 	}
 	return b.String()
 }
