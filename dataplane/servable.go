@@ -5,9 +5,14 @@ import (
 	"fmt"
 )
 
+// ErrUnservable marks a refusal every later Sync would repeat: the model
+// asks for what neither dataplane does. The proxy reports it once and
+// does not count it as a failed sync.
+var ErrUnservable = errors.New("not served by nsx-ujo")
+
 // ErrSCTPPortRewrite is Unservable's answer for an SCTP frontend whose
 // endpoints listen on another port.
-var ErrSCTPPortRewrite = errors.New("SCTP with a targetPort other than the port is not served: rewriting an SCTP port needs the packet's CRC32c recomputed, which the eBPF dataplane cannot do (both dataplanes refuse it, to stay equal); give the Service targetPort = port")
+var ErrSCTPPortRewrite = fmt.Errorf("%w: SCTP with a targetPort other than the port (rewriting an SCTP port needs the packet's CRC32c recomputed, which the eBPF dataplane cannot do; both dataplanes refuse it, to stay equal); give the Service targetPort = port", ErrUnservable)
 
 // Unservable says why neither dataplane serves f, or nil. SCTP's checksum
 // is a CRC32c over the SCTP packet, ports included but not the IP
@@ -73,4 +78,26 @@ func WithRefused(err error, refused []FrontendError) error {
 		return err
 	}
 	return errors.Join(err, &FrontendErrors{Failed: refused})
+}
+
+// SplitUnservable separates the refusals marked ErrUnservable from what a
+// Sync returned: the rest of err (nil when nothing else failed), and those
+// refusals. A hard error joined with refusals is returned as it is.
+func SplitUnservable(err error) (error, []FrontendError) {
+	fe, ok := err.(*FrontendErrors)
+	if !ok {
+		return err, nil
+	}
+	var rest, unservable []FrontendError
+	for _, f := range fe.Failed {
+		if errors.Is(f.Err, ErrUnservable) {
+			unservable = append(unservable, f)
+		} else {
+			rest = append(rest, f)
+		}
+	}
+	if len(rest) == 0 {
+		return nil, unservable
+	}
+	return &FrontendErrors{Failed: rest}, unservable
 }

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"testing"
 )
@@ -73,5 +74,24 @@ func TestWithRefused(t *testing.T) {
 	hard := errors.New("bridge gone")
 	if err := WithRefused(hard, r); !errors.Is(err, hard) || !errors.As(err, &fe) || len(fe.Failed) != 1 {
 		t.Fatalf("%v", err)
+	}
+}
+
+func TestSplitUnservable(t *testing.T) {
+	u := FrontendError{Err: fmt.Errorf("frontend x: %w", ErrSCTPPortRewrite)}
+	o := FrontendError{Err: errors.New("switch said no")}
+	if err, un := SplitUnservable(&FrontendErrors{Failed: []FrontendError{u}}); err != nil || len(un) != 1 {
+		t.Errorf("only unservable: %v, %v", err, un)
+	}
+	var fe *FrontendErrors
+	if err, un := SplitUnservable(&FrontendErrors{Failed: []FrontendError{u, o}}); !errors.As(err, &fe) || len(fe.Failed) != 1 || fe.Failed[0].Err != o.Err || len(un) != 1 {
+		t.Errorf("mixed: %v, %v", err, un)
+	}
+	hard := errors.New("bridge gone")
+	if err, un := SplitUnservable(hard); err != hard || un != nil {
+		t.Errorf("hard: %v, %v", err, un)
+	}
+	if err, un := SplitUnservable(nil); err != nil || un != nil {
+		t.Errorf("nil: %v, %v", err, un)
 	}
 }

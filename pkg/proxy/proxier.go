@@ -121,6 +121,9 @@ type Proxier struct {
 	svcHealth    *serviceHealth // set by Run
 	node         Node           // Addresses resolved by the last sync
 	backendStart time.Time      // when the last sync called the backend
+	// unservable: the frontends last refused as ErrUnservable, as the
+	// model had them, so each is reported once per version.
+	unservable map[dataplane.FrontendKey]*dataplane.Frontend
 }
 
 // MetricsCollector is implemented by a backend with metrics of its own,
@@ -605,7 +608,11 @@ func (p *Proxier) sync(ctx context.Context, full bool) error {
 	// edits ours.
 	model := &dataplane.Model{Frontends: maps.Clone(p.frontends)}
 	p.backendStart = time.Now()
-	err := p.backend.Sync(ctx, model, dataplane.SyncOptions{Full: full})
+	// A frontend neither dataplane serves is refused at every sync: it is
+	// reported, but the sync succeeded for everything else, so it neither
+	// retries nor makes the proxy unhealthy.
+	err, unservable := dataplane.SplitUnservable(p.backend.Sync(ctx, model, dataplane.SyncOptions{Full: full}))
+	p.reportUnservable(unservable, model)
 	took := time.Since(start)
 	p.m.syncDuration.Observe(took.Seconds())
 	if full {
@@ -676,6 +683,28 @@ func (p *Proxier) healthCheckFailed(name types.NamespacedName, port int32, err e
 	if svc, gerr := p.servicesLister.Services(name.Namespace).Get(name.Name); gerr == nil {
 		p.recorder.Eventf(svc, v1.EventTypeWarning, "FailedToStartServiceHealthcheck",
 			"node %s failed to start the health check of the Service on port %d: %v", p.o.NodeName, port, err)
+	}
+}
+
+// reportUnservable reports each frontend refused as unservable (log,
+// counter, Warning Event) when it is new or its Service changed, and
+// forgets those no longer refused. Sync loop goroutine only.
+func (p *Proxier) reportUnservable(refused []dataplane.FrontendError, model *dataplane.Model) {
+	if len(refused) == 0 && len(p.unservable) == 0 {
+		return
+	}
+	now := make(map[dataplane.FrontendKey]*dataplane.Frontend, len(refused))
+	var report []dataplane.FrontendError
+	for _, r := range refused {
+		f := model.Frontends[r.Key]
+		now[r.Key] = f
+		if prev, ok := p.unservable[r.Key]; !ok || prev != f {
+			report = append(report, r)
+		}
+	}
+	p.unservable = now
+	if len(report) > 0 {
+		p.reportRefused(&dataplane.FrontendErrors{Failed: report}, p.servicesLister)
 	}
 }
 

@@ -376,6 +376,44 @@ func TestProxierReportsRefusedFrontend(t *testing.T) {
 	})
 }
 
+// A frontend neither dataplane serves (refused as ErrUnservable at every
+// sync) is reported once, and the proxy stays healthy and does not retry:
+// the sync succeeded for everything else.
+func TestProxierUnservableFrontendIsNotAFailure(t *testing.T) {
+	fb := &fakeBackend{}
+	key := fk("10.96.0.10", 80, dataplane.TCP)
+	fb.setHook(func(_ context.Context, n int) error {
+		if n == 0 {
+			return nil
+		}
+		return &dataplane.FrontendErrors{Failed: []dataplane.FrontendError{{Key: key,
+			Name: dataplane.ServicePortName{Namespace: "ns", Name: "web", Port: "http"}, Err: fmt.Errorf("frontend %s: %w", key, dataplane.ErrSCTPPortRewrite)}}}
+	})
+	const period = 100 * time.Millisecond
+	p, client := start(t, fb, Options{SyncPeriod: period})
+	waitFor(t, "initial sync", func() bool { return len(fb.snapshot()) == 1 })
+	if _, err := client.CoreV1().Services("ns").Create(bg, mkService("ns", "web"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the Service in a Sync", func() bool {
+		calls := fb.snapshot()
+		return hasKeys(key)(calls[len(calls)-1].model)
+	})
+	// Several full syncs, each refusing it again.
+	n := len(fb.snapshot())
+	waitFor(t, "five more syncs", func() bool { return len(fb.snapshot()) >= n+5 })
+	if h := p.health(time.Now()); !h.Healthy {
+		t.Errorf("unhealthy with only an unservable frontend refused: %+v", h)
+	}
+	var got dto.Metric
+	if err := p.m.frontendRefused.WithLabelValues("ns", "web").Write(&got); err != nil || got.GetCounter().GetValue() != 1 {
+		t.Errorf("frontend refused counter = %v (%v), want 1: reported once", got.GetCounter().GetValue(), err)
+	}
+	if err := p.m.syncFailures.Write(&got); err != nil || got.GetCounter().GetValue() != 0 {
+		t.Errorf("sync failures = %v (%v), want 0", got.GetCounter().GetValue(), err)
+	}
+}
+
 // NodePorts follow the Node's InternalIP: registered after the proxy
 // started, then changed.
 func TestProxierNodePortFollowsNodeAddress(t *testing.T) {
