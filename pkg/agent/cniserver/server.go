@@ -62,6 +62,10 @@ func peerOf(c net.Conn) peer {
 	return peer{uid: int(cred.Uid)}
 }
 
+// MaxRequest bounds a CNI request's body: a conflist with its prevResult
+// is a few KiB, so a larger one is refused rather than decoded.
+const MaxRequest = 4 << 20
+
 // Listen creates the socket at path (mode 0600, root only: whoever can
 // write to it can wire pods), replacing a stale socket file left by an
 // earlier run. It refuses to replace anything that is not a socket.
@@ -131,8 +135,11 @@ func (s *Server) serveCNI(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(&cniwire.Response{Error: types.NewError(types.ErrInternal, "request refused", msg)})
 		return
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+	body, err := io.ReadAll(io.LimitReader(r.Body, MaxRequest+1))
 	var req cniwire.Request
+	if err == nil && len(body) > MaxRequest {
+		err = fmt.Errorf("request body larger than %d bytes (a network configuration that size is not one the plugin sends)", MaxRequest)
+	}
 	if err == nil {
 		err = json.Unmarshal(body, &req)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,5 +125,50 @@ func TestRefusesOtherUsers(t *testing.T) {
 	resp, err := cniwire.NewClient(sock).Do(context.Background(), &cniwire.Request{Command: cniwire.CmdAdd, ContainerID: "c1"})
 	if err != nil || resp.Error == nil || !strings.Contains(resp.Error.Details, fmt.Sprintf("came from uid %d", os.Getuid())) {
 		t.Fatalf("Do = %+v, %v; want a refusal naming our uid", resp, err)
+	}
+}
+
+// TestBadClients: an oversized request is refused naming the limit, and a
+// client that connects and never finishes its request holds only its own
+// connection: others are served meanwhile.
+func TestBadClients(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	h := echoHandler{got: make(chan *cniwire.Request, 4)}
+	srv, err := Listen(sock, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.peerUID = os.Getuid()
+	go srv.Serve()
+	defer srv.Shutdown(context.Background())
+
+	// Stalled: headers promising a body that never comes.
+	stalled, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	fmt.Fprintf(stalled, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{", cniwire.RequestPath)
+
+	c := cniwire.NewClient(sock)
+	req := &cniwire.Request{Command: cniwire.CmdAdd, ContainerID: "c1", Netns: "/n", IfName: "eth0",
+		PodNamespace: "ns", PodName: "p", PodUID: "u", Config: json.RawMessage(`{"cniVersion":"1.1.0","name":"n","type":"nsx"}`)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := c.Do(ctx, req); err != nil || resp.Error != nil {
+		t.Fatalf("a request beside a stalled client: %+v, %v", resp, err)
+	}
+	<-h.got
+
+	big := *req
+	big.Config = json.RawMessage(`{"cniVersion":"1.1.0","name":"n","type":"nsx","pad":"` + strings.Repeat("x", MaxRequest) + `"}`)
+	resp, err := c.Do(ctx, &big)
+	if err != nil || resp.Error == nil || resp.Error.Code != types.ErrDecodingFailure || !strings.Contains(resp.Error.Details, "larger than") {
+		t.Fatalf("oversized request: %+v, %v; want a decoding failure naming the size limit", resp, err)
+	}
+	select {
+	case r := <-h.got:
+		t.Fatalf("the handler got an oversized request: %s", r.ContainerID)
+	default:
 	}
 }
