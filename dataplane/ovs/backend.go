@@ -196,6 +196,7 @@ func (b *Backend) replay() {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*b.opts.Timeout)
 	defer cancel()
+	b.waitFlowsRestored(ctx)
 	err := b.fullSync(ctx, b.last)
 	b.stats.Replays++
 	b.stats.LastReplay = time.Since(start)
@@ -205,6 +206,38 @@ func (b *Backend) replay() {
 	}
 	b.log.Info("reconnected to ovs-vswitchd and reinstalled the services", zap.Int("frontends", len(b.last.Frontends)),
 		zap.Duration("took", b.stats.LastReplay))
+}
+
+// restoreWait bounds waitFlowsRestored: a flag that stays set (an
+// nsx-ovs that died while restoring) must not stop the services for good.
+const restoreWait = 10 * time.Second
+
+// waitFlowsRestored waits while nsx-ovs puts back the flows it saved
+// (other_config:flow-restore-wait), before a first or replayed sync: one
+// that ran first raced the restore, which then failed on a group the sync
+// had just added and left the bridge without what nsx-ovs saved (found by
+// make chaos). A sync after the restore adopts the restored flows.
+func (b *Backend) waitFlowsRestored(ctx context.Context) {
+	deadline := time.Now().Add(restoreWait)
+	logged := false
+	for {
+		wait, err := b.db.FlowRestoreWait(ctx)
+		if err == nil && !wait {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			b.log.Warn("syncing before nsx-ovs finished restoring its saved flows", zap.Bool("flowRestoreWait", wait), zap.Error(err))
+			return
+		}
+		if !logged {
+			b.log.Info("waiting for nsx-ovs to restore its saved flows (other_config:flow-restore-wait)")
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Sync implements dataplane.ServiceBackend.
@@ -221,6 +254,9 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 		return nil
 	})
 	b.last = m
+	if !b.adopted {
+		b.waitFlowsRestored(ctx)
+	}
 	if !b.adopted || opts.Full {
 		return dataplane.WithRefused(b.fullSync(ctx, m), refused)
 	}

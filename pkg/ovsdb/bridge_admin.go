@@ -165,3 +165,18 @@ func (c *Client) DeleteBridge(ctx context.Context, name string) error {
 func (c *Client) EnsureTrunkPort(ctx context.Context, bridge, name string, externalIDs map[string]string) (*Port, error) {
 	return c.EnsureAccessPort(ctx, bridge, PortSpec{Name: name, ExternalIDs: externalIDs})
 }
+
+// FlowRestoreWait says whether other_config:flow-restore-wait is true,
+// read from the server rather than the cache: a cache may predate a
+// restart of ovsdb-server, and the flag is set by the nsx-ovs that
+// restarted it. An error when the server does not answer.
+func (c *Client) FlowRestoreWait(ctx context.Context) (bool, error) {
+	op := libovsdb.Operation{Op: libovsdb.OperationSelect, Table: "Open_vSwitch", Columns: []string{"_uuid"},
+		Where: []libovsdb.Condition{{Column: "other_config", Function: libovsdb.ConditionIncludes,
+			Value: libovsdb.OvsMap{GoMap: map[interface{}]interface{}{"flow-restore-wait": "true"}}}}}
+	res, err := c.Transact(ctx, op)
+	if err != nil {
+		return false, fmt.Errorf("Open_vSwitch other_config:flow-restore-wait: %w", err)
+	}
+	return len(res) > 0 && len(res[0].Rows) > 0, nil
+}

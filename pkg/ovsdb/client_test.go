@@ -118,3 +118,27 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFlowRestoreWait reads the flag from the server, whoever set it.
+func TestFlowRestoreWait(t *testing.T) {
+	o := harness.StartOVS(t, harness.OVSOptions{Bridges: []string{"br-int"}})
+	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		set  []string
+		want bool
+	}{
+		{[]string{"remove", "Open_vSwitch", ".", "other_config", "flow-restore-wait"}, false},
+		{[]string{"set", "Open_vSwitch", ".", "other_config:flow-restore-wait=true"}, true},
+		{[]string{"set", "Open_vSwitch", ".", "other_config:flow-restore-wait=false"}, false},
+	} {
+		o.Vsctl(t, tc.set...)
+		if got, err := db.FlowRestoreWait(ctx); err != nil || got != tc.want {
+			t.Errorf("after ovs-vsctl %v: %v, %v; want %v", tc.set, got, err, tc.want)
+		}
+	}
+}
