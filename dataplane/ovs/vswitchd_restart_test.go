@@ -17,18 +17,16 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/conformance"
 )
 
-// ovs-vswitchd crashes and comes back with empty flow tables (no saved
-// flows): traffic through the ClusterIP resumes within seconds, with no
-// Sync call (no proxy restart, no periodic resync): the backend's
-// connection reconnects and reinstalls what it had.
-func TestVSwitchdRestartReplaysWithoutSync(t *testing.T) {
+// servedVIP is a node whose backend (logging to log) serves
+// 10.96.0.10:80/TCP from one pod, and a client pod.
+func servedVIP(t *testing.T, log *zap.Logger) (*conformance.Env, *ovsdp.Backend, *conformance.Pod) {
 	e := conformance.NewEnv(t)
 	b, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName,
-		Timeout: 5 * time.Second, Log: zaptest.NewLogger(t)})
+		Timeout: 5 * time.Second, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
+	t.Cleanup(func() { b.Close() })
 	a := e.AddPod("a", 101, 10)
 	client := e.AddPod("client", 101, 50)
 	a.Serve(t, 8080)
@@ -36,6 +34,15 @@ func TestVSwitchdRestartReplaysWithoutSync(t *testing.T) {
 	if err := b.Sync(t.Context(), m, dataplane.SyncOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return e, b, client
+}
+
+// ovs-vswitchd crashes and comes back with empty flow tables (no saved
+// flows): traffic through the ClusterIP resumes within seconds, with no
+// Sync call (no proxy restart, no periodic resync): the backend's
+// connection reconnects and reinstalls what it had.
+func TestVSwitchdRestartReplaysWithoutSync(t *testing.T) {
+	e, b, client := servedVIP(t, zaptest.NewLogger(t))
 	const vip = "10.96.0.10:80"
 	if _, _, err := client.Get(vip, 2*time.Second); err != nil {
 		t.Fatal(err)
@@ -64,21 +71,8 @@ func TestVSwitchdRestartReplaysWithoutSync(t *testing.T) {
 // add-groups then failed, so the saved flows were never restored (found by
 // make chaos).
 func TestReplayWaitsForFlowRestore(t *testing.T) {
-	e := conformance.NewEnv(t)
 	core, logs := observer.New(zapcore.InfoLevel)
-	b, err := ovsdp.New(ovsdp.Options{Bridge: "br-int", OVSRunDir: e.OVS.RunDir, NodeName: conformance.NodeName,
-		Timeout: 5 * time.Second, Log: zap.New(core)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	a := e.AddPod("a", 101, 10)
-	client := e.AddPod("client", 101, 50)
-	a.Serve(t, 8080)
-	m := conformance.Model(conformance.Frontend(80, dataplane.TCP, []*conformance.Pod{a}, 8080))
-	if err := b.Sync(t.Context(), m, dataplane.SyncOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	e, b, client := servedVIP(t, zap.New(core))
 	// What nsx-ovs saves at its stop: the groups (the flows go the same way).
 	var saved []string
 	for _, l := range strings.Split(e.OVS.Ofctl(t, "br-int", "-O", "OpenFlow15", "dump-groups"), "\n") {

@@ -13,13 +13,19 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
-func TestPortLifecycleAndErrors(t *testing.T) {
+// startDB is an OVS with br-int and a client of its database.
+func startDB(t *testing.T, timeout time.Duration) (*harness.OVS, *ovsdb.Client) {
 	o := harness.StartOVS(t, harness.OVSOptions{Bridges: []string{"br-int"}})
-	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 5 * time.Second})
+	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(func() { db.Close() })
+	return o, db
+}
+
+func TestPortLifecycleAndErrors(t *testing.T) {
+	o, db := startDB(t, 5*time.Second)
 	ctx := context.Background()
 
 	ensure := func(name string, tag int) (*ovsdb.Port, error) {
@@ -102,12 +108,7 @@ func TestPortLifecycleAndErrors(t *testing.T) {
 // The client outlives an ovsdb-server restart: it reconnects, refills its
 // cache, and the next write works.
 func TestReconnectAfterServerRestart(t *testing.T) {
-	o := harness.StartOVS(t, harness.OVSOptions{Bridges: []string{"br-int"}})
-	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	o, db := startDB(t, 10*time.Second)
 	ctx := context.Background()
 	o.RestartDB(t)
 	p, err := db.EnsureAccessPort(ctx, "br-int", ovsdb.PortSpec{Name: "after0", Type: "internal"})
@@ -121,12 +122,7 @@ func TestReconnectAfterServerRestart(t *testing.T) {
 
 // TestFlowRestoreWait reads the flag from the server, whoever set it.
 func TestFlowRestoreWait(t *testing.T) {
-	o := harness.StartOVS(t, harness.OVSOptions{Bridges: []string{"br-int"}})
-	db, err := ovsdb.Dial(o.DBSock, ovsdb.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	o, db := startDB(t, 5*time.Second)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		set  []string
