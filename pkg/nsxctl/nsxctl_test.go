@@ -106,7 +106,7 @@ func TestBuildServices(t *testing.T) {
 	// A frontend both dataplanes refuse is shown with the reason, and is
 	// not drift (nsxctl services exits 0 for it).
 	sctp := &dataplane.Frontend{Key: dataplane.FrontendKey{IP: netip.MustParseAddr("10.96.0.10"), Port: 80, Protocol: dataplane.SCTP},
-		Name: dataplane.ServicePortName{Namespace: "default", Name: "diameter", Port: "sctp"},
+		Name:      dataplane.ServicePortName{Namespace: "default", Name: "diameter", Port: "sctp"},
 		Endpoints: []dataplane.Endpoint{{IP: netip.MustParseAddr("10.0.1.5"), Port: 3868, Ready: true, Serving: true}}}
 	rows = BuildServices(nil, &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{sctp.Key: sctp}}, "")
 	if len(rows) != 1 || len(rows[0].Drift) != 0 || !strings.Contains(rows[0].Refused, "SCTP") {
