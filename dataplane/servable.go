@@ -40,9 +40,6 @@ func Unservable(f *Frontend) error {
 func Servable(m *Model, installed func(FrontendKey) *Frontend) (*Model, []FrontendError) {
 	var refused []FrontendError
 	for k, f := range m.Frontends {
-		if k.Protocol != SCTP {
-			continue
-		}
 		if err := Unservable(f); err != nil {
 			refused = append(refused, FrontendError{Key: k, Name: f.Name, Err: err})
 		}

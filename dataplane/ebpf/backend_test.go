@@ -13,16 +13,22 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
-// TestRestartSaysWhatItFound: a proxy started over the pinned maps of an
-// earlier one says so once, with the count, so that the log after a crash
-// tells the operator the services kept forwarding.
-func TestRestartSaysWhatItFound(t *testing.T) {
+// pinDir is a bpffs directory of the test's own, emptied at its end.
+func pinDir(t *testing.T) string {
 	harness.RequireRoot(t)
 	dir := harness.TempDir(t)
 	if err := EnsureBPFFS(dir); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { CleanupPins(dir) })
+	return dir
+}
+
+// TestRestartSaysWhatItFound: a proxy started over the pinned maps of an
+// earlier one says so once, with the count, so that the log after a crash
+// tells the operator the services kept forwarding.
+func TestRestartSaysWhatItFound(t *testing.T) {
+	dir := pinDir(t)
 	m := &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{}}
 	for _, vip := range []string{"10.96.0.10", "10.96.0.11"} {
 		k := dataplane.FrontendKey{IP: netip.MustParseAddr(vip), Port: 80, Protocol: dataplane.TCP}

@@ -9,7 +9,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
-	"github.com/nsx-ujo/nsx-ujo/tests/harness"
 )
 
 // A node upgraded in place keeps forwarding: the maps an earlier version
@@ -17,12 +16,7 @@ import (
 // today) are adopted by the loader as they are, read by Inspect, and the
 // new program NATs with them.
 func TestUpgradeInPlaceAdoptsEarlierMaps(t *testing.T) {
-	harness.RequireRoot(t)
-	dir := harness.TempDir(t)
-	if err := EnsureBPFFS(dir); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { CleanupPins(dir) })
+	dir := pinDir(t)
 	sizes := MapSizes{Services: 64, Backends: 4096, Conntrack: 1024, Affinity: 64}
 	u32 := &btf.Int{Name: "__u32", Size: 4}
 	u16 := &btf.Int{Name: "__u16", Size: 2}
