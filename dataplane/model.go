@@ -212,3 +212,9 @@ type ServiceBackend interface {
 // DefaultHairpinIP is the source a pod sees when it reaches itself through
 // a Service, on either dataplane (link-local: never routed off the node).
 var DefaultHairpinIP = netip.MustParseAddr("169.254.169.253")
+
+// DefaultHairpinIP6 is DefaultHairpinIP for IPv6 Services. Not link-local
+// as the IPv4 one: a pod reaches fe80::/64 on-link, by neighbour discovery
+// nobody answers, so its replies would never leave it. A ULA goes to the
+// pod's default gateway, where the dataplane turns it around.
+var DefaultHairpinIP6 = netip.MustParseAddr("fd00:a9fe:a9fe::fd")
