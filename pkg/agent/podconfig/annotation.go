@@ -20,8 +20,13 @@ type Config struct {
 	IP      *net.IPNet // address with the subnet's prefix length
 	MAC     net.HardwareAddr
 	Gateway net.IP
-	VLAN    int
-	MTU     int // 0: use the node's mtu
+	// IP6 and Gateway6 are a dual-stack pod's IPv6 address (with its
+	// prefix length) and gateway; nil for a single-stack pod (an IPv6-only
+	// pod has its address in IP).
+	IP6      *net.IPNet
+	Gateway6 net.IP
+	VLAN     int
+	MTU      int // 0: use the node's mtu
 }
 
 // annotation is the wire form (DESIGN.md, "Pod network config").
@@ -31,8 +36,12 @@ type annotation struct {
 	IPAddress  string `json:"ip_address"`
 	MACAddress string `json:"mac_address"`
 	GatewayIP  string `json:"gateway_ip"`
-	VLANID     *int   `json:"vlan_id"`
-	MTU        int    `json:"mtu"`
+	// IPv6Address and IPv6GatewayIP: a dual-stack pod's second address,
+	// allowed only when ip_address is IPv4.
+	IPv6Address   string `json:"ipv6_address"`
+	IPv6GatewayIP string `json:"ipv6_gateway_ip"`
+	VLANID        *int   `json:"vlan_id"`
+	MTU           int    `json:"mtu"`
 }
 
 // FieldError names the config field that is wrong.
@@ -140,6 +149,9 @@ func parse(value, podUID string) (*Config, error) {
 		}
 		cfg.Gateway = gw
 	}
+	if err := parseIPv6(&a, cfg); err != nil {
+		return nil, err
+	}
 	if a.VLANID == nil {
 		return nil, &FieldError{Field: "vlan_id", Reason: "missing"}
 	}
@@ -150,8 +162,62 @@ func parse(value, podUID string) (*Config, error) {
 	if a.MTU != 0 && (a.MTU < 576 || a.MTU > 9216) {
 		return nil, &FieldError{Field: "mtu", Value: fmt.Sprint(a.MTU), Reason: "must be 576..9216 (or absent for the node's mtu)"}
 	}
+	if a.MTU != 0 && a.MTU < minMTU6 && (cfg.IP6 != nil || cfg.IP.IP.To4() == nil) {
+		// The kernel turns IPv6 off on a link with a smaller MTU: the
+		// pod's IPv6 address could not be configured.
+		return nil, &FieldError{Field: "mtu", Value: fmt.Sprint(a.MTU), Reason: fmt.Sprintf("must be %d or more for a pod with an IPv6 address", minMTU6)}
+	}
 	cfg.MTU = a.MTU
 	return cfg, nil
+}
+
+// minMTU6 is IPv6's minimum link MTU (RFC 8200).
+const minMTU6 = 1280
+
+// parseIPv6 checks a dual-stack pod's ipv6_address and ipv6_gateway_ip
+// and sets cfg.IP6 and cfg.Gateway6; cfg.IP is already parsed.
+func parseIPv6(a *annotation, cfg *Config) error {
+	if a.IPv6Address == "" {
+		if a.IPv6GatewayIP != "" {
+			return &FieldError{Field: "ipv6_gateway_ip", Value: a.IPv6GatewayIP, Reason: "given without ipv6_address"}
+		}
+		return nil
+	}
+	if cfg.IP.IP.To4() == nil {
+		return &FieldError{Field: "ipv6_address", Value: a.IPv6Address,
+			Reason: "only for a dual-stack pod, whose ip_address is IPv4 (an IPv6-only pod has its address in ip_address)"}
+	}
+	ip, subnet, err := net.ParseCIDR(a.IPv6Address)
+	if err != nil {
+		return &FieldError{Field: "ipv6_address", Value: a.IPv6Address, Reason: "not an address in CIDR notation (e.g. fd00:10:0:1::5/64)"}
+	}
+	if ip.To4() != nil {
+		return &FieldError{Field: "ipv6_address", Value: a.IPv6Address, Reason: "not an IPv6 address"}
+	}
+	if ones, bits := subnet.Mask.Size(); ip.Equal(subnet.IP) && ones < bits-1 {
+		return &FieldError{Field: "ipv6_address", Value: a.IPv6Address, Reason: "is the subnet's network address"}
+	}
+	if !ip.IsGlobalUnicast() {
+		// Link-local, multicast, loopback: never a pod's allocated address.
+		return &FieldError{Field: "ipv6_address", Value: a.IPv6Address, Reason: "not a global or unique-local unicast address"}
+	}
+	cfg.IP6 = &net.IPNet{IP: ip, Mask: subnet.Mask}
+	if a.IPv6GatewayIP == "" {
+		return nil
+	}
+	gw := net.ParseIP(a.IPv6GatewayIP)
+	switch {
+	case gw == nil:
+		return &FieldError{Field: "ipv6_gateway_ip", Value: a.IPv6GatewayIP, Reason: "not an IP address"}
+	case gw.To4() != nil:
+		return &FieldError{Field: "ipv6_gateway_ip", Value: a.IPv6GatewayIP, Reason: "not an IPv6 address"}
+	case !subnet.Contains(gw):
+		return &FieldError{Field: "ipv6_gateway_ip", Value: a.IPv6GatewayIP, Reason: "not in the subnet of ipv6_address " + subnet.String()}
+	case gw.Equal(ip):
+		return &FieldError{Field: "ipv6_gateway_ip", Value: a.IPv6GatewayIP, Reason: "equals ipv6_address"}
+	}
+	cfg.Gateway6 = gw
+	return nil
 }
 
 // Marshal renders cfg as an annotation value (used by the tests and by the
@@ -166,6 +232,12 @@ func Marshal(cfg *Config) string {
 	}
 	if cfg.Gateway != nil {
 		a["gateway_ip"] = cfg.Gateway.String()
+	}
+	if cfg.IP6 != nil {
+		a["ipv6_address"] = cfg.IP6.String()
+	}
+	if cfg.Gateway6 != nil {
+		a["ipv6_gateway_ip"] = cfg.Gateway6.String()
 	}
 	if cfg.MTU != 0 {
 		a["mtu"] = cfg.MTU

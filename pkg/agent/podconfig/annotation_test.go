@@ -30,6 +30,36 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
+func TestParseDualStack(t *testing.T) {
+	v := `{"version":1,"pod_uid":"u","ip_address":"10.0.1.5/24","mac_address":"02:00:00:00:00:05","gateway_ip":"10.0.1.1",` +
+		`"ipv6_address":"fd00:10:0:1::5/64","ipv6_gateway_ip":"fd00:10:0:1::1","vlan_id":7}`
+	cfg, err := Parse(v, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.IP.String() != "10.0.1.5/24" || cfg.Gateway.String() != "10.0.1.1" ||
+		cfg.IP6.String() != "fd00:10:0:1::5/64" || cfg.Gateway6.String() != "fd00:10:0:1::1" {
+		t.Fatalf("got ip %s gw %s ip6 %s gw6 %s", cfg.IP, cfg.Gateway, cfg.IP6, cfg.Gateway6)
+	}
+	again, err := Parse(Marshal(cfg), "u")
+	if err != nil || again.IP6.String() != cfg.IP6.String() || !again.Gateway6.Equal(cfg.Gateway6) {
+		t.Fatalf("round trip of %s: %+v, %v", Marshal(cfg), again, err)
+	}
+	// The IPv6 gateway is optional, like gateway_ip.
+	v = `{"version":1,"pod_uid":"u","ip_address":"10.0.1.5/24","mac_address":"02:00:00:00:00:05","ipv6_address":"fd00::5/127","vlan_id":7}`
+	if cfg, err := Parse(v, "u"); err != nil || cfg.IP6.String() != "fd00::5/127" || cfg.Gateway6 != nil {
+		t.Fatalf("without ipv6_gateway_ip: %+v, %v", cfg, err)
+	}
+	// Single-stack configs have neither, and Marshal writes neither.
+	cfg.IP6, cfg.Gateway6 = nil, nil
+	if m := Marshal(cfg); strings.Contains(m, "ipv6") {
+		t.Fatalf("single-stack Marshal wrote %s", m)
+	}
+	if single, err := Parse(Marshal(cfg), "u"); err != nil || single.IP6 != nil || single.Gateway6 != nil {
+		t.Fatalf("single stack: %+v, %v", single, err)
+	}
+}
+
 func TestParseInvalid(t *testing.T) {
 	base := map[string]string{
 		"version": `1`, "pod_uid": `"` + uid + `"`, "ip_address": `"10.0.1.5/24"`,
@@ -76,6 +106,24 @@ func TestParseInvalid(t *testing.T) {
 		{"vlan string", map[string]string{"vlan_id": `"101"`}, "vlan_id"},
 		{"mtu small", map[string]string{"mtu": `100`}, "mtu"},
 		{"mtu big", map[string]string{"mtu": `65000`}, "mtu"},
+		// Dual stack: ipv6_address and ipv6_gateway_ip next to an IPv4 ip_address.
+		{"ipv6 not cidr", map[string]string{"ipv6_address": `"fd00::5"`}, "ipv6_address"},
+		{"ipv6 garbage", map[string]string{"ipv6_address": `"nope/64"`}, "ipv6_address"},
+		{"ipv6 is ipv4", map[string]string{"ipv6_address": `"10.0.2.5/24"`}, "ipv6_address"},
+		{"ipv6 is v4-mapped", map[string]string{"ipv6_address": `"::ffff:10.0.2.5/120"`}, "ipv6_address"},
+		{"ipv6 network address", map[string]string{"ipv6_address": `"fd00::/64"`}, "ipv6_address"},
+		{"ipv6 link-local", map[string]string{"ipv6_address": `"fe80::5/64"`}, "ipv6_address"},
+		{"ipv6 multicast", map[string]string{"ipv6_address": `"ff02::5/64"`}, "ipv6_address"},
+		{"ipv6 number", map[string]string{"ipv6_address": `6`}, "ipv6_address"},
+		{"ipv6 with ipv6 ip_address", map[string]string{"ip_address": `"fd00:1::5/64"`, "gateway_ip": `"fd00:1::1"`,
+			"ipv6_address": `"fd00:2::5/64"`}, "ipv6_address"},
+		{"ipv6 gateway alone", map[string]string{"ipv6_gateway_ip": `"fd00::1"`}, "ipv6_gateway_ip"},
+		{"ipv6 gateway bad", map[string]string{"ipv6_address": `"fd00::5/64"`, "ipv6_gateway_ip": `"fd00::1::1"`}, "ipv6_gateway_ip"},
+		{"ipv6 gateway family", map[string]string{"ipv6_address": `"fd00::5/64"`, "ipv6_gateway_ip": `"10.0.1.1"`}, "ipv6_gateway_ip"},
+		{"ipv6 gateway outside", map[string]string{"ipv6_address": `"fd00::5/64"`, "ipv6_gateway_ip": `"fd01::1"`}, "ipv6_gateway_ip"},
+		{"ipv6 gateway is ip", map[string]string{"ipv6_address": `"fd00::5/64"`, "ipv6_gateway_ip": `"fd00::5"`}, "ipv6_gateway_ip"},
+		{"ipv6 mtu small", map[string]string{"ipv6_address": `"fd00::5/64"`, "mtu": `1000`}, "mtu"},
+		{"v6-only mtu small", map[string]string{"ip_address": `"fd00:1::5/64"`, "gateway_ip": `"fd00:1::1"`, "mtu": `1000`}, "mtu"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -101,6 +149,7 @@ func TestParseInvalid(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add(`{"version":1,"pod_uid":"u","ip_address":"10.0.1.5/24","mac_address":"02:50:56:00:00:05","gateway_ip":"10.0.1.1","vlan_id":101}`, "u")
 	f.Add(`{"version":1,"pod_uid":"u","ip_address":"fd00::5/64","mac_address":"02:00:00:00:00:05","vlan_id":4094,"mtu":9000}`, "")
+	f.Add(`{"version":1,"pod_uid":"u","ip_address":"10.0.1.5/24","mac_address":"02:50:56:00:00:05","ipv6_address":"fd00::5/64","ipv6_gateway_ip":"fd00::1","vlan_id":1}`, "u")
 	f.Add(`{"version":1}`, "x")
 	f.Add(`[]`, "")
 	f.Fuzz(func(t *testing.T, value, uid string) {
@@ -114,6 +163,12 @@ func FuzzParse(f *testing.F) {
 		}
 		if cfg.Gateway != nil && !cfg.IP.Contains(cfg.Gateway) {
 			t.Fatalf("gateway %s outside %s", cfg.Gateway, cfg.IP)
+		}
+		if cfg.IP6 != nil && (cfg.IP.IP.To4() == nil || cfg.IP6.IP.To4() != nil) {
+			t.Fatalf("dual stack with ip %s and ip6 %s", cfg.IP, cfg.IP6)
+		}
+		if cfg.Gateway6 != nil && (cfg.IP6 == nil || !cfg.IP6.Contains(cfg.Gateway6) || cfg.IP6.IP.Equal(cfg.Gateway6)) {
+			t.Fatalf("gateway6 %s with ip6 %s", cfg.Gateway6, cfg.IP6)
 		}
 		if _, err := Parse(Marshal(cfg), cfg.PodUID); err != nil {
 			t.Fatalf("Marshal output does not parse: %v", err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -31,8 +32,12 @@ type Pod struct {
 	IfName      string // name inside the pod, e.g. eth0
 	IP          *net.IPNet
 	Gateway     net.IP
-	MAC         net.HardwareAddr
-	MTU         int
+	// IP6 and Gateway6 are a dual-stack pod's IPv6 address and gateway
+	// (IP is then IPv4); nil for a single-stack pod.
+	IP6      *net.IPNet
+	Gateway6 net.IP
+	MAC      net.HardwareAddr
+	MTU      int
 	// TxChecksumOff disables TX checksum offload on both ends (needed on
 	// the userspace datapath).
 	TxChecksumOff bool
@@ -89,8 +94,8 @@ func openPodNS(path string) (ns.NetNS, error) {
 // it created is left behind. It fails if the host end already exists: the
 // caller decides whether an existing link is reused or torn down first.
 func (m *Manager) Setup(p Pod) (*Link, error) {
-	if p.IP == nil || p.MAC == nil {
-		return nil, errors.New("podnet: IP and MAC are required")
+	if err := p.validate(); err != nil {
+		return nil, err
 	}
 	pns, err := openPodNS(p.Netns)
 	if err != nil {
@@ -141,6 +146,35 @@ func (m *Manager) Setup(p Pod) (*Link, error) {
 	return link, nil
 }
 
+// validate refuses a Pod that Setup could only half configure.
+func (p *Pod) validate() error {
+	if p.IP == nil || p.MAC == nil {
+		return errors.New("podnet: IP and MAC are required")
+	}
+	if p.IP6 != nil && (p.IP.IP.To4() == nil || p.IP6.IP.To4() != nil) {
+		// Two addresses of one family would compete for one default route.
+		return fmt.Errorf("podnet: pod %s: IP6 %s needs an IPv4 IP (have %s) and must be IPv6", p.ContainerID, p.IP6, p.IP)
+	}
+	if p.Gateway6 != nil && (p.IP6 == nil || p.Gateway6.To4() != nil) {
+		return fmt.Errorf("podnet: pod %s: Gateway6 %s needs IP6 and must be IPv6", p.ContainerID, p.Gateway6)
+	}
+	return nil
+}
+
+// addresses lists the pod's addresses with their gateways (nil: none).
+func (p *Pod) addresses() []podAddr {
+	as := []podAddr{{p.IP, p.Gateway}}
+	if p.IP6 != nil {
+		as = append(as, podAddr{p.IP6, p.Gateway6})
+	}
+	return as
+}
+
+type podAddr struct {
+	ip *net.IPNet
+	gw net.IP
+}
+
 // configurePod runs inside the pod's namespace.
 func configurePod(p Pod) error {
 	l, err := netlink.LinkByName(p.IfName)
@@ -158,25 +192,37 @@ func configurePod(p Pod) error {
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		_ = netlink.LinkSetUp(lo) // the loopback plugin normally does it
 	}
-	addr := &netlink.Addr{IPNet: p.IP}
-	if p.IP.IP.To4() == nil {
+	for _, a := range p.addresses() {
+		if err := configureAddr(l, p.IfName, a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// configureAddr adds an address and the default route of its family
+// through its gateway. Both are replaced, so a repeated Setup is no error.
+func configureAddr(l netlink.Link, ifName string, a podAddr) error {
+	addr := &netlink.Addr{IPNet: a.ip}
+	if a.ip.IP.To4() == nil {
 		// No DAD: the address is ours by allocation, and a tentative
 		// address would make the pod's first packets fail.
 		addr.Flags = unix.IFA_F_NODAD
 	}
 	if err := netlink.AddrReplace(l, addr); err != nil {
-		return fmt.Errorf("pod interface %s: address %s: %w", p.IfName, p.IP, err)
+		return fmt.Errorf("pod interface %s: address %s: %w", ifName, a.ip, err)
 	}
-	if p.Gateway != nil {
-		route := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: p.Gateway, Scope: netlink.SCOPE_UNIVERSE}
-		if p.Gateway.To4() != nil {
-			route.Dst = &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		} else {
-			route.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-		}
-		if err := netlink.RouteReplace(route); err != nil {
-			return fmt.Errorf("pod interface %s: default route via %s: %w", p.IfName, p.Gateway, err)
-		}
+	if a.gw == nil {
+		return nil
+	}
+	route := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: a.gw, Scope: netlink.SCOPE_UNIVERSE}
+	if a.gw.To4() != nil {
+		route.Dst = &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+	} else {
+		route.Dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	if err := netlink.RouteReplace(route); err != nil {
+		return fmt.Errorf("pod interface %s: default route via %s: %w", ifName, a.gw, err)
 	}
 	return nil
 }
@@ -250,26 +296,22 @@ func (m *Manager) Check(p Pod) error {
 		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 			return fmt.Errorf("pod interface %s: addresses: %w", p.IfName, err)
 		}
-		found := false
-		for _, a := range addrs {
-			if a.IPNet.String() == p.IP.String() {
-				found = true
-			}
-		}
-		if !found {
-			return fmt.Errorf("pod interface %s: address %s missing", p.IfName, p.IP)
-		}
-		if p.Gateway != nil {
-			routes, err := netlink.RouteList(l, netlink.FAMILY_ALL)
+		var routes []netlink.Route
+		if p.Gateway != nil || p.Gateway6 != nil {
+			routes, err = netlink.RouteList(l, netlink.FAMILY_ALL)
 			if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 				return fmt.Errorf("pod interface %s: routes: %w", p.IfName, err)
 			}
-			for _, r := range routes {
-				if r.Gw != nil && r.Gw.Equal(p.Gateway) && (r.Dst == nil || isDefault(r.Dst)) {
-					return nil
-				}
+		}
+		for _, want := range p.addresses() {
+			if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IPNet.String() == want.ip.String() }) {
+				return fmt.Errorf("pod interface %s: address %s missing", p.IfName, want.ip)
 			}
-			return fmt.Errorf("pod interface %s: default route via %s missing", p.IfName, p.Gateway)
+			if want.gw != nil && !slices.ContainsFunc(routes, func(r netlink.Route) bool {
+				return r.Gw != nil && r.Gw.Equal(want.gw) && (r.Dst == nil || isDefault(r.Dst))
+			}) {
+				return fmt.Errorf("pod interface %s: default route via %s missing", p.IfName, want.gw)
+			}
 		}
 		return nil
 	})
