@@ -192,6 +192,47 @@ func TestMalformedFrameAndReconnect(t *testing.T) {
 	}
 }
 
+// A dual-stack pod's config (ipv6_address, ipv6_gateway_ip) comes through
+// whole; a bad IPv6 field is refused naming it, and changes nothing.
+func TestDualStackConfig(t *testing.T) {
+	s, addr := start(t)
+	c := dial(t, addr)
+	ctx := context.Background()
+	dual := func(name, uid, ip6, gw6 string) ContainerConfig {
+		cc := cfgFor("node-1", name, uid, 101)
+		cc.Config = []byte(fmt.Sprintf(`{"version":1,"pod_uid":%q,"ip_address":"10.0.1.5/24","mac_address":"02:50:56:00:01:05",`+
+			`"gateway_ip":"10.0.1.1","ipv6_address":%q,"ipv6_gateway_ip":%q,"vlan_id":101}`, uid, ip6, gw6))
+		return cc
+	}
+	if err := c.Snapshot(ctx, []ContainerConfig{dual("a", "uid-a", "fd00:10:0:1::5/64", "fd00:10:0:1::1")}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	cfg, err := s.Get(wctx, "default", "a", "uid-a")
+	if err != nil || cfg.IP.String() != "10.0.1.5/24" || cfg.IP6.String() != "fd00:10:0:1::5/64" || cfg.Gateway6.String() != "fd00:10:0:1::1" {
+		t.Fatalf("dual-stack config: %+v, %v", cfg, err)
+	}
+	var ae *AckError
+	if err := c.Upsert(ctx, dual("a", "uid-a", "fd00:10:0:1::5/64", "fd00:99::1")); !errors.As(err, &ae) ||
+		!strings.Contains(ae.Msg, `config.config: field "ipv6_gateway_ip" = "fd00:99::1"`) {
+		t.Fatalf("upsert with a gateway outside the IPv6 subnet: %v", err)
+	}
+	if cfg, err := s.Get(wctx, "default", "a", "uid-a"); err != nil || cfg.Gateway6.String() != "fd00:10:0:1::1" {
+		t.Fatalf("after the refused upsert: %+v, %v", cfg, err)
+	}
+	// A config that differs in its IPv6 address alone is another config.
+	other := *cfg
+	other.IP6 = &net.IPNet{IP: net.ParseIP("fd00:10:0:1::6"), Mask: cfg.IP6.Mask}
+	if !sameConfig(cfg, cfg) || sameConfig(cfg, &other) {
+		t.Fatal("sameConfig ignores the IPv6 address")
+	}
+	other.IP6, other.Gateway6 = cfg.IP6, nil
+	if sameConfig(cfg, &other) {
+		t.Fatal("sameConfig ignores the IPv6 gateway")
+	}
+}
+
 func TestHelloRefused(t *testing.T) {
 	_, addr := start(t)
 	if _, err := Dial(context.Background(), addr, "node-2", time.Second); err == nil || !strings.Contains(err.Error(), `"node" = "node-2"`) {

@@ -285,7 +285,8 @@ func (s *Server) applyDelete(p PodRef) {
 
 func sameConfig(a, b *podconfig.Config) bool {
 	return a.PodUID == b.PodUID && a.IP.String() == b.IP.String() && a.MAC.String() == b.MAC.String() &&
-		a.Gateway.Equal(b.Gateway) && a.VLAN == b.VLAN && a.MTU == b.MTU
+		a.Gateway.Equal(b.Gateway) && a.IP6.String() == b.IP6.String() && a.Gateway6.Equal(b.Gateway6) &&
+		a.VLAN == b.VLAN && a.MTU == b.MTU
 }
 
 func (s *Server) notifyLocked() {
