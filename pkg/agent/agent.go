@@ -275,7 +275,7 @@ func (a *Agent) desiredPod(req *cniwire.Request, cfg *podconfig.Config, txOff bo
 	}
 	return podnet.Pod{
 		ContainerID: req.ContainerID, Netns: a.netnsPath(req.Netns), IfName: req.IfName,
-		IP: cfg.IP, Gateway: cfg.Gateway, MAC: cfg.MAC, MTU: mtu, TxChecksumOff: txOff,
+		IP: cfg.IP, Gateway: cfg.Gateway, IP6: cfg.IP6, Gateway6: cfg.Gateway6, MAC: cfg.MAC, MTU: mtu, TxChecksumOff: txOff,
 	}
 }
 
@@ -316,6 +316,10 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU, HostPorts: mappings,
 		AttachedAt: time.Now(), // not compared: a repeated ADD keeps the first
 	}
+	// A dual-stack pod's IPv6 address (cfg.IP6) has no field in the port
+	// record yet: a repeated ADD notices a changed one by PodNet.Check, and
+	// its hostPorts go to ip_address alone, as a restarted agent serves
+	// them again from the record (RestoreHostPorts).
 	podIP, _ := netip.AddrFromSlice(cfg.IP.IP)
 	hostPorts := toHostPorts(mappings, podIP.Unmap())
 	if cfg.Gateway != nil {
@@ -397,14 +401,23 @@ func (a *Agent) result(pod podnet.Pod, host string, hostMAC net.HardwareAddr) *t
 	res := &types100.Result{
 		CNIVersion: types100.ImplementedSpecVersion,
 		Interfaces: []*types100.Interface{hostIf, {Name: pod.IfName, Mac: pod.MAC.String(), Mtu: pod.MTU, Sandbox: pod.Netns}},
-		IPs:        []*types100.IPConfig{{Interface: &podIdx, Address: *pod.IP, Gateway: pod.Gateway}},
 	}
-	if pod.Gateway != nil {
+	addIP := func(ip *net.IPNet, gw net.IP) {
+		res.IPs = append(res.IPs, &types100.IPConfig{Interface: &podIdx, Address: *ip, Gateway: gw})
+		if gw == nil {
+			return
+		}
 		dst := net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-		if pod.Gateway.To4() == nil {
+		if gw.To4() == nil {
 			dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
 		}
-		res.Routes = []*types.Route{{Dst: dst, GW: pod.Gateway}}
+		res.Routes = append(res.Routes, &types.Route{Dst: dst, GW: gw})
+	}
+	addIP(pod.IP, pod.Gateway)
+	if pod.IP6 != nil {
+		// A dual-stack pod has an entry per family: the runtime reports
+		// every address of ips to kubelet (the pod's status.podIPs).
+		addIP(pod.IP6, pod.Gateway6)
 	}
 	return res
 }

@@ -801,6 +801,9 @@ func TestFailedAddLeavesNothing(t *testing.T) {
 		{"invalid config", func(t *testing.T, nd *node, p *pod) {
 			setBad(t, nd, p, p.uid, strings.Replace(p.annotation(), `"vlan_id":101`, `"vlan_id":4095`, 1), "vlan_id")
 		}, map[string]want{annotationMode: {agent.ErrCodeInvalidPodConfig, "vlan_id"}, hyperbusMode: {types.ErrTryAgainLater, "none received"}}},
+		{"invalid IPv6 config", func(t *testing.T, nd *node, p *pod) {
+			setBad(t, nd, p, p.uid, strings.Replace(p.annotation(), `"vlan_id"`, `"ipv6_address":"fd00:10:0:1::b/64","ipv6_gateway_ip":"fd00:99::1","vlan_id"`, 1), "ipv6_gateway_ip")
+		}, map[string]want{annotationMode: {agent.ErrCodeInvalidPodConfig, "ipv6_gateway_ip"}, hyperbusMode: {types.ErrTryAgainLater, "none received"}}},
 		{"config of another pod", func(t *testing.T, nd *node, p *pod) {
 			// The hypervisor accepts it (it is the predecessor's, with its
 			// uid); the ADD never uses it.

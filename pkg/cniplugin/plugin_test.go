@@ -102,3 +102,51 @@ func TestResultInUnknownVersionNamesIt(t *testing.T) {
 		t.Errorf("printResult(9.9.9) = %v", err)
 	}
 }
+
+// A dual-stack pod's result (one IP per family, each with its gateway)
+// keeps both in every announced version; 0.x versions name each family.
+func TestDualStackResultInEveryAnnouncedVersion(t *testing.T) {
+	idx := 1
+	ip4 := net.IPNet{IP: net.ParseIP("10.0.1.5").To4(), Mask: net.CIDRMask(24, 32)}
+	ip6 := net.IPNet{IP: net.ParseIP("fd00:10:0:1::5"), Mask: net.CIDRMask(64, 128)}
+	in, err := json.Marshal(&types100.Result{
+		CNIVersion: types100.ImplementedSpecVersion,
+		Interfaces: []*types100.Interface{{Name: "nsx0123456789ab"}, {Name: "eth0", Mac: "02:50:56:00:00:05", Sandbox: "/var/run/netns/p"}},
+		IPs: []*types100.IPConfig{{Interface: &idx, Address: ip4, Gateway: net.ParseIP("10.0.1.1").To4()},
+			{Interface: &idx, Address: ip6, Gateway: net.ParseIP("fd00:10:0:1::1")}},
+		Routes: []*types.Route{{Dst: net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, GW: net.ParseIP("10.0.1.1").To4()},
+			{Dst: net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}, GW: net.ParseIP("fd00:10:0:1::1")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range VersionInfo().SupportedVersions() {
+		t.Run(v, func(t *testing.T) {
+			var out bytes.Buffer
+			if err := printResult(&out, in, v); err != nil {
+				t.Fatal(err)
+			}
+			var shape struct {
+				IPs []struct {
+					Version string `json:"version"`
+					Address string `json:"address"`
+					Gateway string `json:"gateway"`
+				} `json:"ips"`
+				Routes []map[string]any `json:"routes"`
+			}
+			if err := json.Unmarshal(out.Bytes(), &shape); err != nil {
+				t.Fatal(err)
+			}
+			isV1, _ := version.GreaterThanOrEqualTo(v, "1.0.0")
+			want4, want6 := "4", "6"
+			if isV1 {
+				want4, want6 = "", ""
+			}
+			if len(shape.IPs) != 2 || len(shape.Routes) != 2 ||
+				shape.IPs[0].Address != "10.0.1.5/24" || shape.IPs[0].Gateway != "10.0.1.1" || shape.IPs[0].Version != want4 ||
+				shape.IPs[1].Address != "fd00:10:0:1::5/64" || shape.IPs[1].Gateway != "fd00:10:0:1::1" || shape.IPs[1].Version != want6 {
+				t.Fatalf("printed %s", out.Bytes())
+			}
+		})
+	}
+}
