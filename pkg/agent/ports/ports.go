@@ -30,7 +30,11 @@ const (
 	KeyAttachedMAC  = "attached-mac"
 	KeyIP           = "ip-address"
 	KeyGateway      = "gateway-ip"
-	KeyMTU          = "mtu"
+	// KeyIP6 and KeyGateway6 hold a dual-stack pod's IPv6 address (CIDR)
+	// and gateway (the annotation's ipv6_address, ipv6_gateway_ip).
+	KeyIP6      = "ipv6-address"
+	KeyGateway6 = "ipv6-gateway-ip"
+	KeyMTU      = "mtu"
 	// KeyHostPorts holds the pod's hostPorts (runtimeConfig.portMappings)
 	// as JSON: the agent serves them again from it after a restart.
 	KeyHostPorts = "host-ports"
@@ -52,6 +56,8 @@ type PodPort struct {
 	MAC          string
 	IP           string // CIDR
 	Gateway      string
+	IP6          string // CIDR; "" unless dual-stack
+	Gateway6     string
 	MTU          int
 	OFPort       int
 	HostPorts    []cniwire.PortMapping
@@ -72,6 +78,12 @@ func (p *PodPort) externalIDs() map[string]string {
 	}
 	if p.Gateway != "" {
 		m[KeyGateway] = p.Gateway
+	}
+	if p.IP6 != "" {
+		m[KeyIP6] = p.IP6
+	}
+	if p.Gateway6 != "" {
+		m[KeyGateway6] = p.Gateway6
 	}
 	if p.MTU != 0 {
 		m[KeyMTU] = strconv.Itoa(p.MTU)
@@ -96,7 +108,7 @@ func fromOVS(p *ovsdb.Port) (*PodPort, bool) {
 		Name: p.Name, VLAN: p.Tag, OFPort: p.OFPort,
 		ContainerID: ids[KeyContainerID], PodNamespace: ids[KeyPodNamespace], PodName: ids[KeyPodName],
 		PodUID: ids[KeyPodUID], Netns: ids[KeyNetns], IfName: ids[KeyIfName],
-		MAC: ids[KeyAttachedMAC], IP: ids[KeyIP], Gateway: ids[KeyGateway], MTU: mtu,
+		MAC: ids[KeyAttachedMAC], IP: ids[KeyIP], Gateway: ids[KeyGateway], IP6: ids[KeyIP6], Gateway6: ids[KeyGateway6], MTU: mtu,
 	}
 	if t, err := time.Parse(time.RFC3339, ids[KeyAttachedAt]); err == nil {
 		pp.AttachedAt = t
