@@ -17,11 +17,18 @@
 //           then back out to the router that sent the packet; their
 //           replies the same way.
 // Packets that are not ours return TCX_NEXT so other TC programs keep
-// working (under TCX, TCX_PASS would end the chain). IPv4 only.
+// working (under TCX, TCX_PASS would end the chain).
+// IPv4 and IPv6, each with maps of its own (an IPv6 Service's frontends,
+// backends and connections never meet IPv4 ones; the maps of IPv4 keep the
+// layout older versions pinned). The logic is written once, in
+// nsx_fam.h, included once per family; what differs (headers, checksums,
+// the answers of reject) is here. IPv6 packets with extension headers are
+// not ours.
 #include <stddef.h>
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/in.h>
 #include <linux/tcp.h>
 #include <linux/udp.h>
@@ -39,6 +46,10 @@
 
 #define ICMP_DEST_UNREACH 3
 #define ICMP_PORT_UNREACH 3
+
+#define NEXTHDR_ICMPV6 58
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PORT_UNREACH 4
 
 struct icmphdr {
 	__u8 type;
@@ -71,223 +82,253 @@ enum {
 	STAT_MAX = 8,
 };
 
-// The programs compute with these (the _n types): addresses and ports as
+// An IPv6 address as the programs compute with it: network order, as in
+// the packet.
+struct in6_n {
+	__u32 w[4];
+};
+
+// The programs compute with these (the _n types, one set per family:
+// suffix 4 with a __u32 address, 6 with an in6_n): addresses and ports as
 // network-order integers, as they sit in the packet. The maps are declared
 // with the views further down.
-struct svc_key_n {
-	__u32 vip;   // network order
-	__u16 port;  // network order
-	__u8 proto;
-	__u8 pad;
-};
+#define NSX_N_TYPES(F, addr_t)                                                              \
+	struct svc_key_n##F {                                                               \
+		addr_t vip;                                                                 \
+		__u16 port; /* network order */                                             \
+		__u8 proto;                                                                 \
+		__u8 pad;                                                                   \
+	};                                                                                  \
+	struct svc_val_n##F {                                                               \
+		__u32 id;                                                                   \
+		__u16 count; /* usable backends in slots 0..count-1 */                      \
+		__u16 flags;                                                                \
+		__u32 affinity_sec; /* ClientIP affinity inactivity timeout */              \
+		addr_t snat_ip;     /* zero: external clients keep their source */          \
+	};                                                                                  \
+	struct be_val_n##F {                                                                \
+		addr_t ip;                                                                  \
+		__u16 port;                                                                 \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct ct_key_n##F {                                                                \
+		addr_t src;                                                                 \
+		addr_t dst;                                                                 \
+		__u16 sport;                                                                \
+		__u16 dport;                                                                \
+		__u8 proto;                                                                 \
+		__u8 dir;                                                                   \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	/* ip: CT_FWD the backend; CT_REV, CT_HAIRPIN_REPLY the VIP. client_*:   */        \
+	/* with CT_F_SNAT, CT_REV the client, CT_FWD the SNAT source.            */        \
+	struct ct_val_n##F {                                                                \
+		addr_t ip;                                                                  \
+		__u16 port;                                                                 \
+		__u16 flags;                                                                \
+		__u32 svc_id;                                                               \
+		addr_t client_ip;                                                           \
+		__u16 client_port;                                                          \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	/* loadBalancerSourceRanges: an LPM key of svc_id (32 bits), then the source. */  \
+	struct range_key_n##F {                                                             \
+		__u32 prefixlen;                                                            \
+		__u32 svc_id;                                                               \
+		addr_t ip;                                                                  \
+	};                                                                                  \
+	struct aff_key_n##F {                                                               \
+		addr_t client;                                                              \
+		__u32 svc_id;                                                               \
+	};                                                                                  \
+	/* A usable backend of an affinity service: "is the affined backend */             \
+	/* still one" is one lookup, whatever the number of backends.        */            \
+	struct member_key_n##F {                                                            \
+		__u32 svc_id;                                                               \
+		addr_t ip;                                                                  \
+		__u16 port;                                                                 \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct aff_val_n##F {                                                               \
+		addr_t ip;                                                                  \
+		__u16 port;                                                                 \
+		__u16 pad;                                                                  \
+		__u64 last_ns;                                                              \
+	};                                                                                  \
+	/* A packet, parsed. */                                                             \
+	struct pkt##F {                                                                     \
+		addr_t saddr, daddr;                                                        \
+		__u16 sport, dport; /* network order */                                     \
+		__u8 proto;                                                                 \
+		__u8 tcp_flags;                                                             \
+		__u32 l3_hdr;   /* IP header length */                                      \
+		__u32 l3_len;   /* IP packet length */                                      \
+		__u32 l4_off;                                                               \
+		__u32 csum_off; /* L4 checksum offset; 0: none to fix (SCTP) */             \
+	};
 
-struct svc_val_n {
-	__u32 id;
-	__u16 count;         // usable backends in slots 0..count-1
-	__u16 flags;
-	__u32 affinity_sec;  // ClientIP affinity inactivity timeout
-	__u32 snat_ip;       // network order; 0: external clients keep their source
-};
+NSX_N_TYPES(4, __u32)
+NSX_N_TYPES(6, struct in6_n)
 
+// The backend slots of a service, either family (service ids are one space).
 struct be_key {
 	__u32 svc_id;
 	__u32 slot;
 };
 
-struct be_val_n {
-	__u32 ip;    // network order
-	__u16 port;  // network order
-	__u16 pad;
-};
-
-struct ct_key_n {
-	__u32 src;
-	__u32 dst;
-	__u16 sport;
-	__u16 dport;
-	__u8 proto;
-	__u8 dir;
-	__u16 pad;
-};
-
-struct ct_val_n {
-	__u32 ip;    // CT_FWD: backend; CT_REV, CT_HAIRPIN_REPLY: the VIP
-	__u16 port;
-	__u16 flags;
-	__u32 svc_id;
-	__u32 client_ip;    // CT_F_SNAT: CT_REV the client, CT_FWD the SNAT source
-	__u16 client_port;
-	__u16 pad;
-};
-
-// loadBalancerSourceRanges: an LPM key of svc_id (32 bits) then the source.
-struct range_key_n {
-	__u32 prefixlen;
-	__u32 svc_id;
-	__u32 ip;
-};
-
-struct aff_key_n {
-	__u32 client;
-	__u32 svc_id;
-};
-
-// A usable backend of an affinity service: "is the affined backend still
-// one" is one lookup, whatever the number of backends.
-struct member_key_n {
-	__u32 svc_id;
-	__u32 ip;    // network order
-	__u16 port;  // network order
-	__u16 pad;
-};
-
-struct aff_val_n {
-	__u32 ip;
-	__u16 port;
-	__u16 pad;
-	__u64 last_ns;
-};
-
 // What bpftool shows, and the Go side's types. The programs compute on
 // network-order integers (the _n structs above); the maps are declared
 // with these views of the same bytes,
-// so `bpftool map dump` prints an address as its 4 bytes ([10, 96, 0, 10]),
+// so `bpftool map dump` prints an address as its bytes ([10, 96, 0, 10]),
 // a port as its 2 bytes in network order ([31, 144] is 8080) and a
 // conntrack direction by name. The assertions keep the two in step: a map
 // pinned by an older version, laid out the same, is adopted as it is.
 enum ct_dir : __u8 { DIR_FWD = CT_FWD, DIR_REV = CT_REV, DIR_HAIRPIN_REPLY = CT_HAIRPIN_REPLY };
 
-struct svc_key {
-	__u8 vip[4];
-	__u8 port[2];
-	__u8 proto;
-	__u8 pad;
-};
+#define NSX_VIEW_TYPES(P, N)                                                                \
+	struct svc##P##key {                                                                \
+		__u8 vip[N];                                                                \
+		__u8 port[2];                                                               \
+		__u8 proto;                                                                 \
+		__u8 pad;                                                                   \
+	};                                                                                  \
+	struct svc##P##val {                                                                \
+		__u32 id;                                                                   \
+		__u16 count;                                                                \
+		__u16 flags; /* 1 affinity, 2 drop when empty, 4 external, 8 source ranges */ \
+		__u32 affinity_sec;                                                         \
+		__u8 snat_ip[N];                                                            \
+	};                                                                                  \
+	struct be##P##val {                                                                 \
+		__u8 ip[N];                                                                 \
+		__u8 port[2];                                                               \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct ct##P##key {                                                                 \
+		__u8 src[N];                                                                \
+		__u8 dst[N];                                                                \
+		__u8 sport[2];                                                              \
+		__u8 dport[2];                                                              \
+		__u8 proto;                                                                 \
+		enum ct_dir dir;                                                            \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct ct##P##val {                                                                 \
+		__u8 ip[N];                                                                 \
+		__u8 port[2];                                                               \
+		__u16 flags; /* 1 hairpin, 2 external, 4 SNAT */                            \
+		__u32 svc_id;                                                               \
+		__u8 client_ip[N];                                                          \
+		__u8 client_port[2];                                                        \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct range##P##key {                                                              \
+		__u32 prefixlen;                                                            \
+		__u32 svc_id;                                                               \
+		__u8 ip[N];                                                                 \
+	};                                                                                  \
+	struct aff##P##key {                                                                \
+		__u8 client[N];                                                             \
+		__u32 svc_id;                                                               \
+	};                                                                                  \
+	struct member##P##key {                                                             \
+		__u32 svc_id;                                                               \
+		__u8 ip[N];                                                                 \
+		__u8 port[2];                                                               \
+		__u16 pad;                                                                  \
+	};                                                                                  \
+	struct aff##P##val {                                                                \
+		__u8 ip[N];                                                                 \
+		__u8 port[2];                                                               \
+		__u16 pad;                                                                  \
+		__u64 last_ns;                                                              \
+	};
 
-struct svc_val {
-	__u32 id;
-	__u16 count;
-	__u16 flags;  // 1 affinity, 2 drop when empty, 4 external, 8 source ranges
-	__u32 affinity_sec;
-	__u8 snat_ip[4];
-};
-
-struct be_val {
-	__u8 ip[4];
-	__u8 port[2];
-	__u16 pad;
-};
-
-struct ct_key {
-	__u8 src[4];
-	__u8 dst[4];
-	__u8 sport[2];
-	__u8 dport[2];
-	__u8 proto;
-	enum ct_dir dir;
-	__u16 pad;
-};
-
-struct ct_val {
-	__u8 ip[4];
-	__u8 port[2];
-	__u16 flags;  // 1 hairpin, 2 external, 4 SNAT
-	__u32 svc_id;
-	__u8 client_ip[4];
-	__u8 client_port[2];
-	__u16 pad;
-};
-
-struct range_key {
-	__u32 prefixlen;
-	__u32 svc_id;
-	__u8 ip[4];
-};
-
-struct aff_key {
-	__u8 client[4];
-	__u32 svc_id;
-};
-
-struct member_key {
-	__u32 svc_id;
-	__u8 ip[4];
-	__u8 port[2];
-	__u16 pad;
-};
-
-struct aff_val {
-	__u8 ip[4];
-	__u8 port[2];
-	__u16 pad;
-	__u64 last_ns;
-};
+// IPv4: svc_key, be_val, ... (the names older versions pinned); IPv6:
+// svc6_key, be6_val, ...
+NSX_VIEW_TYPES(_, 4)
+NSX_VIEW_TYPES(6_, 16)
 
 #define SAME(a, b, f) _Static_assert(offsetof(struct a, f) == offsetof(struct b, f), #a "." #f " moved")
 #define SAME_SIZE(a, b) _Static_assert(sizeof(struct a) == sizeof(struct b), #a " resized")
-SAME_SIZE(svc_key_n, svc_key); SAME(svc_key_n, svc_key, port); SAME(svc_key_n, svc_key, proto);
-SAME_SIZE(svc_val_n, svc_val); SAME(svc_val_n, svc_val, count); SAME(svc_val_n, svc_val, flags);
-SAME(svc_val_n, svc_val, affinity_sec); SAME(svc_val_n, svc_val, snat_ip);
-SAME_SIZE(be_val_n, be_val); SAME(be_val_n, be_val, port);
-SAME_SIZE(ct_key_n, ct_key); SAME(ct_key_n, ct_key, dst); SAME(ct_key_n, ct_key, sport);
-SAME(ct_key_n, ct_key, dport); SAME(ct_key_n, ct_key, proto); SAME(ct_key_n, ct_key, dir);
-SAME_SIZE(ct_val_n, ct_val); SAME(ct_val_n, ct_val, port); SAME(ct_val_n, ct_val, flags);
-SAME(ct_val_n, ct_val, svc_id); SAME(ct_val_n, ct_val, client_ip); SAME(ct_val_n, ct_val, client_port);
-SAME_SIZE(range_key_n, range_key); SAME(range_key_n, range_key, svc_id); SAME(range_key_n, range_key, ip);
-SAME_SIZE(aff_key_n, aff_key); SAME(aff_key_n, aff_key, svc_id);
-SAME_SIZE(member_key_n, member_key); SAME(member_key_n, member_key, ip); SAME(member_key_n, member_key, port);
-SAME_SIZE(aff_val_n, aff_val); SAME(aff_val_n, aff_val, port); SAME(aff_val_n, aff_val, last_ns);
+#define SAME_LAYOUT(F, P)                                                                                   \
+	SAME_SIZE(svc_key_n##F, svc##P##key); SAME(svc_key_n##F, svc##P##key, port);                         \
+	SAME(svc_key_n##F, svc##P##key, proto);                                                              \
+	SAME_SIZE(svc_val_n##F, svc##P##val); SAME(svc_val_n##F, svc##P##val, count);                        \
+	SAME(svc_val_n##F, svc##P##val, flags); SAME(svc_val_n##F, svc##P##val, affinity_sec);               \
+	SAME(svc_val_n##F, svc##P##val, snat_ip);                                                            \
+	SAME_SIZE(be_val_n##F, be##P##val); SAME(be_val_n##F, be##P##val, port);                             \
+	SAME_SIZE(ct_key_n##F, ct##P##key); SAME(ct_key_n##F, ct##P##key, dst);                              \
+	SAME(ct_key_n##F, ct##P##key, sport); SAME(ct_key_n##F, ct##P##key, dport);                          \
+	SAME(ct_key_n##F, ct##P##key, proto); SAME(ct_key_n##F, ct##P##key, dir);                            \
+	SAME_SIZE(ct_val_n##F, ct##P##val); SAME(ct_val_n##F, ct##P##val, port);                             \
+	SAME(ct_val_n##F, ct##P##val, flags); SAME(ct_val_n##F, ct##P##val, svc_id);                         \
+	SAME(ct_val_n##F, ct##P##val, client_ip); SAME(ct_val_n##F, ct##P##val, client_port);                \
+	SAME_SIZE(range_key_n##F, range##P##key); SAME(range_key_n##F, range##P##key, svc_id);               \
+	SAME(range_key_n##F, range##P##key, ip);                                                             \
+	SAME_SIZE(aff_key_n##F, aff##P##key); SAME(aff_key_n##F, aff##P##key, svc_id);                       \
+	SAME_SIZE(member_key_n##F, member##P##key); SAME(member_key_n##F, member##P##key, ip);               \
+	SAME(member_key_n##F, member##P##key, port);                                                         \
+	SAME_SIZE(aff_val_n##F, aff##P##val); SAME(aff_val_n##F, aff##P##val, port);                         \
+	SAME(aff_val_n##F, aff##P##val, last_ns);
+SAME_LAYOUT(4, _)
+SAME_LAYOUT(6, 6_)
 
-// Sizes are set by the loader from ncp.ini before the maps are created.
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct svc_key);
-	__type(value, struct svc_val);
-	__uint(max_entries, 65536);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_services SEC(".maps");
+// Sizes are set by the loader from ncp.ini before the maps are created;
+// each IPv6 map takes its IPv4 counterpart's size. The maps of services,
+// backends, members and ranges allocate on use: an IPv4-only cluster's
+// IPv6 maps cost nothing but the two LRU tables.
+#define NSX_MAPS(S, KP, NOPREALLOC)                                          \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                             \
+		__type(key, struct svc##KP##key);                            \
+		__type(value, struct svc##KP##val);                          \
+		__uint(max_entries, 65536);                                  \
+		__uint(map_flags, NOPREALLOC);                               \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_services##S SEC(".maps");                                      \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                             \
+		__type(key, struct be_key);                                  \
+		__type(value, struct be##KP##val);                           \
+		__uint(max_entries, 1048576);                                \
+		__uint(map_flags, NOPREALLOC);                               \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_backends##S SEC(".maps");                                      \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                         \
+		__type(key, struct ct##KP##key);                             \
+		__type(value, struct ct##KP##val);                           \
+		__uint(max_entries, 524288);                                 \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_conntrack##S SEC(".maps");                                     \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_LRU_HASH);                         \
+		__type(key, struct aff##KP##key);                            \
+		__type(value, struct aff##KP##val);                          \
+		__uint(max_entries, 131072);                                 \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_affinity##S SEC(".maps");                                      \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_HASH);                             \
+		__type(key, struct member##KP##key);                         \
+		__type(value, __u8);                                         \
+		__uint(max_entries, 1048576);                                \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                        \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_members##S SEC(".maps");                                       \
+	struct {                                                             \
+		__uint(type, BPF_MAP_TYPE_LPM_TRIE);                         \
+		__type(key, struct range##KP##key);                          \
+		__type(value, __u8);                                         \
+		__uint(max_entries, 16384);                                  \
+		__uint(map_flags, BPF_F_NO_PREALLOC);                        \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
+	} nsx_ranges##S SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct be_key);
-	__type(value, struct be_val);
-	__uint(max_entries, 1048576);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_backends SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct ct_key);
-	__type(value, struct ct_val);
-	__uint(max_entries, 524288);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_conntrack SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct aff_key);
-	__type(value, struct aff_val);
-	__uint(max_entries, 131072);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_affinity SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct member_key);
-	__type(value, __u8);
-	__uint(max_entries, 1048576);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_members SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__type(key, struct range_key);
-	__type(value, __u8);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} nsx_ranges SEC(".maps");
+// IPv4's keep the flags older versions pinned them with (preallocated).
+NSX_MAPS(, _, 0)
+NSX_MAPS(6, 6_, BPF_F_NO_PREALLOC)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -332,9 +373,11 @@ static __always_inline int handing_over(void)
 }
 
 // The source a pod sees when it reaches itself through a service (network
-// order); the loader sets it (LoadOptions.HairpinIP, default
-// 169.254.169.253 as the OVS dataplane's).
+// order); the loader sets them (LoadOptions.HairpinIP, HairpinIP6; by
+// default dataplane.DefaultHairpinIP and DefaultHairpinIP6, as the OVS
+// dataplane's).
 volatile const __u32 hairpin_ip = bpf_htonl(0xa9fea9fd);
+volatile const __u32 hairpin_ip6[4] = {bpf_htonl(0xfd00a9fe), bpf_htonl(0xa9fe0000), 0, bpf_htonl(0xfd)};
 
 static __always_inline void count(__u32 idx)
 {
@@ -355,91 +398,15 @@ static __always_inline void count_svc(__u32 id)
 #define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
 #define IP_SRC_OFF (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+#define IP6_SRC_OFF (IP_OFF + offsetof(struct ipv6hdr, saddr))
+#define IP6_DST_OFF (IP_OFF + offsetof(struct ipv6hdr, daddr))
+#define IP6_HLEN 40
 
-struct pkt {
-	struct iphdr ip;
-	__u32 l4_off;
-	__u16 sport, dport;  // network order
-	__u32 csum_off;      // L4 checksum offset
-	__u8 tcp_flags;
-};
-
-// parse reads the IPv4 and L4 headers; 0 when the packet is one we handle.
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+static __always_inline __u64 l4_flags(__u8 proto)
 {
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return -1;
-	if (bpf_skb_load_bytes(skb, IP_OFF, &p->ip, sizeof(p->ip)) < 0)
-		return -1;
-	if (p->ip.version != 4 || p->ip.ihl < 5)
-		return -1;
-	if (p->ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))
-		return -1;
-	p->l4_off = IP_OFF + p->ip.ihl * 4;
-	__u16 ports[2];
-	switch (p->ip.protocol) {
-	case IPPROTO_TCP: {
-		__u8 flags;
-		if (bpf_skb_load_bytes(skb, p->l4_off + 13, &flags, 1) < 0)
-			return -1;
-		p->tcp_flags = flags;
-		p->csum_off = p->l4_off + offsetof(struct tcphdr, check);
-		break;
-	}
-	case IPPROTO_UDP:
-		p->csum_off = p->l4_off + offsetof(struct udphdr, check);
-		break;
-	case IPPROTO_SCTP:
-		p->csum_off = 0;  // CRC32c covers no IP fields: ports only, no csum fixup here
-		break;
-	default:
-		return -1;
-	}
-	if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)) < 0)
-		return -1;
-	p->sport = ports[0];
-	p->dport = ports[1];
-	return 0;
-}
-
-static __always_inline __u64 l4_flags(struct pkt *p)
-{
-	// A UDP checksum of 0 means "none": keep it so (BPF_F_MARK_MANGLED_0).
-	return p->ip.protocol == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-}
-
-// set_addr rewrites the source (is_src) or destination address and port,
-// with incremental L3 and L4 (pseudo-header) checksum updates that are also
-// right for CHECKSUM_PARTIAL packets.
-static __always_inline int set_addr(struct __sk_buff *skb, struct pkt *p, int is_src, __u32 ip, __u16 port)
-{
-	__u32 old_ip = is_src ? p->ip.saddr : p->ip.daddr;
-	__u16 old_port = is_src ? p->sport : p->dport;
-	__u32 ip_off = is_src ? IP_SRC_OFF : IP_DST_OFF;
-	__u32 port_off = p->l4_off + (is_src ? 0 : 2);
-
-	if (old_ip != ip) {
-		if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old_ip, ip, BPF_F_PSEUDO_HDR | sizeof(ip) | l4_flags(p)) < 0)
-			return -1;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old_ip, ip, sizeof(ip)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, ip_off, &ip, sizeof(ip), 0) < 0)
-			return -1;
-	}
-	if (old_port != port) {
-		if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, old_port, port, sizeof(port) | l4_flags(p)) < 0)
-			return -1;
-		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0) < 0)
-			return -1;
-	}
-	if (is_src) {
-		p->ip.saddr = ip;
-		p->sport = port;
-	} else {
-		p->ip.daddr = ip;
-		p->dport = port;
-	}
-	return 0;
+	// A UDP checksum of 0 means "none" (IPv4): keep it so
+	// (BPF_F_MARK_MANGLED_0).
+	return proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 }
 
 // turn_around swaps the Ethernet addresses and sends the packet back where
@@ -465,27 +432,75 @@ static __always_inline __u16 fold(__u64 sum)
 	return (__u16)~sum;
 }
 
-// reject_tcp turns the SYN (or any segment) into the RST that answers it,
-// from the VIP, and sends it back where it came from (see turn_around).
-static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p, int to_ingress)
+// make_rst builds the RST that answers th (a segment with payload bytes
+// of data); the caller sets its checksum.
+static __always_inline int make_rst(struct __sk_buff *skb, __u32 l4_off, __u32 l3_payload, struct tcphdr *rst)
 {
 	struct tcphdr th;
-	if (bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
-		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, l4_off, &th, sizeof(th)) < 0)
+		return -1;
 	if (th.rst)
-		return TC_ACT_SHOT;
-	__u32 payload = bpf_ntohs(p->ip.tot_len) - p->ip.ihl * 4 - th.doff * 4;
-	struct tcphdr rst = {};
-	rst.source = th.dest;
-	rst.dest = th.source;
-	rst.doff = 5;
-	rst.rst = 1;
+		return -1;
+	__u32 payload = l3_payload - th.doff * 4;
+	rst->source = th.dest;
+	rst->dest = th.source;
+	rst->doff = 5;
+	rst->rst = 1;
 	if (th.ack) {
-		rst.seq = th.ack_seq;
+		rst->seq = th.ack_seq;
 	} else {
-		rst.ack = 1;
-		rst.ack_seq = bpf_htonl(bpf_ntohl(th.seq) + payload + th.syn + th.fin);
+		rst->ack = 1;
+		rst->ack_seq = bpf_htonl(bpf_ntohl(th.seq) + payload + th.syn + th.fin);
 	}
+	return 0;
+}
+
+// ---- IPv4 ----
+
+static __always_inline int addr_eq4(__u32 a, __u32 b) { return a == b; }
+static __always_inline int addr_zero4(__u32 a) { return a == 0; }
+static __always_inline __u32 hairpin4(void) { return hairpin_ip; }
+#define ADDR_BITS4 32
+
+static __always_inline int parse_l3_4(struct __sk_buff *skb, struct pkt4 *p)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return -1;
+	struct iphdr ip;
+	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0)
+		return -1;
+	if (ip.version != 4 || ip.ihl < 5)
+		return -1;
+	if (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return -1;
+	p->saddr = ip.saddr;
+	p->daddr = ip.daddr;
+	p->proto = ip.protocol;
+	p->l3_hdr = ip.ihl * 4;
+	p->l3_len = bpf_ntohs(ip.tot_len);
+	p->l4_off = IP_OFF + p->l3_hdr;
+	return 0;
+}
+
+// store_ip_4 writes a source (is_src) or destination address with
+// incremental L3 and L4 (pseudo-header) checksum updates that are also
+// right for CHECKSUM_PARTIAL packets.
+static __always_inline int store_ip_4(struct __sk_buff *skb, struct pkt4 *p, int is_src, __u32 *old, __u32 *ip)
+{
+	if (p->csum_off && bpf_l4_csum_replace(skb, p->csum_off, *old, *ip, BPF_F_PSEUDO_HDR | sizeof(*ip) | l4_flags(p->proto)) < 0)
+		return -1;
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, *old, *ip, sizeof(*ip)) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, is_src ? IP_SRC_OFF : IP_DST_OFF, ip, sizeof(*ip), 0);
+}
+
+// reject_tcp4 turns the SYN (or any segment) into the RST that answers it,
+// from the VIP, and sends it back where it came from (see turn_around).
+static __always_inline int reject_tcp4(struct __sk_buff *skb, struct pkt4 *p, int to_ingress)
+{
+	struct tcphdr rst = {};
+	if (make_rst(skb, p->l4_off, p->l3_len - p->l3_hdr, &rst) < 0)
+		return TC_ACT_SHOT;
 	// New IPv4 header: 20 bytes, addresses swapped.
 	struct iphdr ip = {};
 	ip.version = 4;
@@ -493,8 +508,8 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p, int 
 	ip.ttl = 64;
 	ip.protocol = IPPROTO_TCP;
 	ip.tot_len = bpf_htons(sizeof(ip) + sizeof(rst));
-	ip.saddr = p->ip.daddr;
-	ip.daddr = p->ip.saddr;
+	ip.saddr = p->daddr;
+	ip.daddr = p->saddr;
 	ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
 	// TCP checksum over the pseudo-header and the header.
 	__u32 pseudo[3] = {ip.saddr, ip.daddr, bpf_htonl((IPPROTO_TCP << 16) | sizeof(rst))};
@@ -510,12 +525,11 @@ static __always_inline int reject_tcp(struct __sk_buff *skb, struct pkt *p, int 
 	return turn_around(skb, to_ingress);
 }
 
-// reject_icmp answers with an ICMP port unreachable quoting the packet's
+// reject_icmp4 answers with an ICMP port unreachable quoting the packet's
 // IP header and 8 bytes of its payload.
-static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int to_ingress)
+static __always_inline int reject_icmp4(struct __sk_buff *skb, struct pkt4 *p, int to_ingress)
 {
-	__u32 hl = p->ip.ihl * 4;
-	if (hl != sizeof(struct iphdr))
+	if (p->l3_hdr != sizeof(struct iphdr))
 		return TC_ACT_SHOT;  // options: not worth quoting, drop
 	__u8 quote[28];
 	if (bpf_skb_load_bytes(skb, IP_OFF, quote, sizeof(quote)) < 0)
@@ -526,8 +540,8 @@ static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int
 	ip.ttl = 64;
 	ip.protocol = IPPROTO_ICMP;
 	ip.tot_len = bpf_htons(sizeof(ip) + 8 + sizeof(quote));
-	ip.saddr = p->ip.daddr;
-	ip.daddr = p->ip.saddr;
+	ip.saddr = p->daddr;
+	ip.daddr = p->saddr;
 	ip.check = fold(bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0));
 	struct icmphdr ic = {};
 	ic.type = ICMP_DEST_UNREACH;
@@ -535,14 +549,8 @@ static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int
 	__s64 s = bpf_csum_diff(0, 0, (__be32 *)&ic, sizeof(ic), 0);
 	s = bpf_csum_diff(0, 0, (__be32 *)quote, sizeof(quote), s);
 	ic.checksum = fold(s);
-	__u32 want = ETH_HLEN + sizeof(ip) + sizeof(ic) + sizeof(quote);
-	if (skb->len < want) {
-		if (bpf_skb_change_tail(skb, want, 0) < 0)
-			return TC_ACT_SHOT;
-	} else if (skb->len > want) {
-		if (bpf_skb_change_tail(skb, want, 0) < 0)
-			return TC_ACT_SHOT;
-	}
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic) + sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
 	if (bpf_skb_store_bytes(skb, IP_OFF, &ip, sizeof(ip), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &ic, sizeof(ic), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip) + sizeof(ic), quote, sizeof(quote), 0) < 0)
@@ -551,77 +559,141 @@ static __always_inline int reject_icmp(struct __sk_buff *skb, struct pkt *p, int
 	return turn_around(skb, to_ingress);
 }
 
-// pick chooses the backend of a new connection (affinity first).
-static __always_inline int pick(struct pkt *p, struct svc_val_n *svc, struct be_val_n *out)
+#define F 4
+#define ADDR __u32
+#define M_SERVICES nsx_services
+#define M_BACKENDS nsx_backends
+#define M_CONNTRACK nsx_conntrack
+#define M_AFFINITY nsx_affinity
+#define M_MEMBERS nsx_members
+#define M_RANGES nsx_ranges
+#include "nsx_fam.h"
+#undef F
+#undef ADDR
+#undef M_SERVICES
+#undef M_BACKENDS
+#undef M_CONNTRACK
+#undef M_AFFINITY
+#undef M_MEMBERS
+#undef M_RANGES
+
+// ---- IPv6 ----
+
+static __always_inline int addr_eq6(struct in6_n a, struct in6_n b)
 {
-	struct aff_key_n ak = {.client = p->ip.saddr, .svc_id = svc->id};
-	__u64 now = bpf_ktime_get_ns();
-	if (svc->flags & SVC_F_AFFINITY) {
-		struct aff_val_n *av = bpf_map_lookup_elem(&nsx_affinity, &ak);
-		if (av && now - av->last_ns <= (__u64)svc->affinity_sec * 1000000000ULL) {
-			// Still a usable backend of the service?
-			struct member_key_n mk = {.svc_id = svc->id, .ip = av->ip, .port = av->port};
-			if (bpf_map_lookup_elem(&nsx_members, &mk)) {
-				av->last_ns = now;
-				out->ip = av->ip;
-				out->port = av->port;
-				out->pad = 0;
-				return 0;
-			}
-		}
-	}
-	struct be_key bk = {.svc_id = svc->id, .slot = bpf_get_prandom_u32() % svc->count};
-	struct be_val_n *b = bpf_map_lookup_elem(&nsx_backends, &bk);
-	if (!b)
+	return a.w[0] == b.w[0] && a.w[1] == b.w[1] && a.w[2] == b.w[2] && a.w[3] == b.w[3];
+}
+static __always_inline int addr_zero6(struct in6_n a) { return (a.w[0] | a.w[1] | a.w[2] | a.w[3]) == 0; }
+static __always_inline struct in6_n hairpin6(void)
+{
+	struct in6_n a = {{hairpin_ip6[0], hairpin_ip6[1], hairpin_ip6[2], hairpin_ip6[3]}};
+	return a;
+}
+#define ADDR_BITS6 128
+
+static __always_inline int parse_l3_6(struct __sk_buff *skb, struct pkt6 *p)
+{
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return -1;
-	*out = *b;
-	if (svc->flags & SVC_F_AFFINITY) {
-		struct aff_val_n av = {.ip = b->ip, .port = b->port, .last_ns = now};
-		if (bpf_map_update_elem(&nsx_affinity, &ak, &av, BPF_ANY) < 0)
-			count(STAT_AFF_FULL);
-	}
+	struct ipv6hdr ip;
+	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0)
+		return -1;
+	if (ip.version != 6)
+		return -1;
+	__builtin_memcpy(&p->saddr, &ip.saddr, sizeof(p->saddr));
+	__builtin_memcpy(&p->daddr, &ip.daddr, sizeof(p->daddr));
+	// The next header is the L4 one or the packet is not ours: extension
+	// headers (a fragment among them) are not followed.
+	p->proto = ip.nexthdr;
+	p->l3_hdr = IP6_HLEN;
+	p->l3_len = IP6_HLEN + bpf_ntohs(ip.payload_len);
+	p->l4_off = IP_OFF + IP6_HLEN;
 	return 0;
 }
 
-// in_ranges says whether the frontend admits the source
-// (loadBalancerSourceRanges; every source when it has none).
-static __always_inline int in_ranges(struct svc_val_n *svc, __u32 src)
+// store_ip_6 writes a source (is_src) or destination address with an
+// incremental L4 (pseudo-header) checksum update; IPv6 has no L3 one.
+static __always_inline int store_ip_6(struct __sk_buff *skb, struct pkt6 *p, int is_src, struct in6_n *old, struct in6_n *ip)
 {
-	if (!(svc->flags & SVC_F_RANGES))
-		return 1;
-	struct range_key_n k = {.prefixlen = 64, .svc_id = svc->id, .ip = src};
-	return bpf_map_lookup_elem(&nsx_ranges, &k) != NULL;
-}
-
-// no_endpoints answers a new connection to a frontend without endpoints.
-static __always_inline int no_endpoints(struct __sk_buff *skb, struct pkt *p, struct svc_val_n *svc, int to_ingress)
-{
-	count_svc(svc->id);
-	if (svc->flags & SVC_F_DROP) {
-		count(STAT_DROPPED);
-		return TC_ACT_SHOT;
+	if (p->csum_off) {
+		__s64 d = bpf_csum_diff(old->w, sizeof(*old), ip->w, sizeof(*ip), 0);
+		if (bpf_l4_csum_replace(skb, p->csum_off, 0, d, BPF_F_PSEUDO_HDR | l4_flags(p->proto)) < 0)
+			return -1;
 	}
-	if (p->ip.protocol == IPPROTO_TCP)
-		return reject_tcp(skb, p, to_ingress);
-	return reject_icmp(skb, p, to_ingress);
+	return bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, ip, sizeof(*ip), 0);
 }
 
-// reply_external gives a reply on a connection that an external frontend
-// opened from outside the node the frontend's address as its source, and
-// (SNATed connections) the client as its destination.
-static __always_inline int reply_external(struct __sk_buff *skb, struct pkt *p, struct ct_val_n *rv)
+// reply6 is the IPv6 header of an answer to p (addresses swapped) carrying
+// len bytes of nexthdr, and the checksum of its pseudo-header.
+static __always_inline __s64 reply6(struct pkt6 *p, struct ipv6hdr *ip, __u8 nexthdr, __u32 len)
 {
-	__u32 vip = rv->ip, client = rv->client_ip;
-	__u16 vport = rv->port, cport = rv->client_port;
-	if ((rv->flags & CT_F_SNAT) && set_addr(skb, p, 0, client, cport) < 0)
-		return -1;
-	return set_addr(skb, p, 1, vip, vport);
+	ip->version = 6;
+	ip->payload_len = bpf_htons(len);
+	ip->nexthdr = nexthdr;
+	ip->hop_limit = 64;
+	__builtin_memcpy(&ip->saddr, &p->daddr, sizeof(p->daddr));
+	__builtin_memcpy(&ip->daddr, &p->saddr, sizeof(p->saddr));
+	__u32 pseudo[10] = {p->daddr.w[0], p->daddr.w[1], p->daddr.w[2], p->daddr.w[3],
+			    p->saddr.w[0], p->saddr.w[1], p->saddr.w[2], p->saddr.w[3],
+			    bpf_htonl(len), bpf_htonl(nexthdr)};
+	return bpf_csum_diff(0, 0, pseudo, sizeof(pseudo), 0);
 }
 
-static __always_inline int is_syn(struct pkt *p)
+// reject_tcp6 is reject_tcp4 for IPv6.
+static __always_inline int reject_tcp6(struct __sk_buff *skb, struct pkt6 *p, int to_ingress)
 {
-	return p->ip.protocol == IPPROTO_TCP && (p->tcp_flags & 0x12) == 0x02;
+	struct tcphdr rst = {};
+	if (make_rst(skb, p->l4_off, p->l3_len - p->l3_hdr, &rst) < 0)
+		return TC_ACT_SHOT;
+	struct ipv6hdr ip = {};
+	__s64 s = reply6(p, &ip, IPPROTO_TCP, sizeof(rst));
+	s = bpf_csum_diff(0, 0, (__be32 *)&rst, sizeof(rst), s);
+	rst.check = fold(s);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(rst), 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, IP_OFF, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &rst, sizeof(rst), 0) < 0)
+		return TC_ACT_SHOT;
+	count(STAT_REJECTED);
+	return turn_around(skb, to_ingress);
 }
+
+// reject_icmp6 answers with an ICMPv6 port unreachable quoting the
+// packet's IPv6 header and 8 bytes of its payload.
+static __always_inline int reject_icmp6(struct __sk_buff *skb, struct pkt6 *p, int to_ingress)
+{
+	__u8 quote[IP6_HLEN + 8];
+	if (bpf_skb_load_bytes(skb, IP_OFF, quote, sizeof(quote)) < 0)
+		return TC_ACT_SHOT;
+	struct icmphdr ic = {};
+	ic.type = ICMPV6_DEST_UNREACH;
+	ic.code = ICMPV6_PORT_UNREACH;
+	struct ipv6hdr ip = {};
+	__s64 s = reply6(p, &ip, NEXTHDR_ICMPV6, sizeof(ic) + sizeof(quote));
+	s = bpf_csum_diff(0, 0, (__be32 *)&ic, sizeof(ic), s);
+	s = bpf_csum_diff(0, 0, (__be32 *)quote, sizeof(quote), s);
+	ic.checksum = fold(s);
+	if (bpf_skb_change_tail(skb, ETH_HLEN + sizeof(ip) + sizeof(ic) + sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, IP_OFF, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip), &ic, sizeof(ic), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + sizeof(ip) + sizeof(ic), quote, sizeof(quote), 0) < 0)
+		return TC_ACT_SHOT;
+	count(STAT_REJECTED);
+	return turn_around(skb, to_ingress);
+}
+
+#define F 6
+#define ADDR struct in6_n
+#define M_SERVICES nsx_services6
+#define M_BACKENDS nsx_backends6
+#define M_CONNTRACK nsx_conntrack6
+#define M_AFFINITY nsx_affinity6
+#define M_MEMBERS nsx_members6
+#define M_RANGES nsx_ranges6
+#include "nsx_fam.h"
+
+// ---- the programs ----
 
 SEC("tcx/egress")
 int nsx_egress(struct __sk_buff *skb)
@@ -629,228 +701,22 @@ int nsx_egress(struct __sk_buff *skb)
 	// Sent back out by nsx_ingress on the node's interface: translated.
 	if (skb->ingress_ifindex == skb->ifindex)
 		return TCX_NEXT;
-	struct pkt p = {};
-	if (parse(skb, &p) < 0)
-		return TCX_NEXT;
-
-	// A hairpinned connection's server answering the hairpin address.
-	if (p.ip.daddr == hairpin_ip) {
-		struct ct_key_n hk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
-				    .proto = p.ip.protocol, .dir = CT_HAIRPIN_REPLY};
-		struct ct_val_n *hv = bpf_map_lookup_elem(&nsx_conntrack, &hk);
-		if (!hv)
-			return TCX_NEXT;
-		__u32 vip = hv->ip;
-		__u16 vport = hv->port;
-		__u32 self = p.ip.saddr;
-		if (set_addr(skb, &p, 0, self, p.dport) < 0 || set_addr(skb, &p, 1, vip, vport) < 0)
-			return TC_ACT_SHOT;
-		return turn_around(skb, 1);
-	}
-
-	// A SYN opens a new connection: it never follows the conntrack entry
-	// of an earlier connection that happened to use the same ports (the
-	// LRU keeps entries of closed connections), it picks afresh.
-	int syn = is_syn(&p);
-	struct ct_key_n fk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
-			    .proto = p.ip.protocol, .dir = CT_FWD};
-	struct ct_val_n *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
-	struct be_val_n be;
-	__u16 ctflags = 0;
-	__u32 svc_id = 0;
-	if (cv) {
-		be.ip = cv->ip;
-		be.port = cv->port;
-		ctflags = cv->flags;
-		svc_id = cv->svc_id;
-	} else {
-		struct svc_key_n sk = {.vip = p.ip.daddr, .port = p.dport, .proto = p.ip.protocol};
-		struct svc_val_n *svc = bpf_map_lookup_elem(&nsx_services, &sk);
-		if (!svc) {
-			struct ct_key_n rk = {.src = p.ip.saddr, .dst = p.ip.daddr, .sport = p.sport, .dport = p.dport,
-					    .proto = p.ip.protocol, .dir = CT_REV};
-			if (syn) {
-				// A direct connection reusing the ports of a closed
-				// service connection to the same backend: its replies
-				// must not be un-NATed by the old reverse entry.
-				struct ct_key_n stale = {.src = p.ip.daddr, .dst = p.ip.saddr, .sport = p.dport, .dport = p.sport,
-						       .proto = IPPROTO_TCP, .dir = CT_REV};
-				bpf_map_delete_elem(&nsx_conntrack, &stale);
-				// Nor may its later packets follow the forward entry of
-				// a closed connection on the same ports (the frontend
-				// is not ours any more: the node is switching to OVS).
-				bpf_map_delete_elem(&nsx_conntrack, &fk);
-				return TCX_NEXT;
-			}
-			// This pod answering a client that an external frontend
-			// sent it from outside the node.
-			struct ct_val_n *rv = bpf_map_lookup_elem(&nsx_conntrack, &rk);
-			if (!rv || !(rv->flags & CT_F_EXTERNAL))
-				return TCX_NEXT;
-			if (reply_external(skb, &p, rv) < 0)
-				return TC_ACT_SHOT;
-			return TCX_PASS;
-		}
-		if (p.ip.protocol == IPPROTO_TCP && !syn && handing_over())
-			return TCX_NEXT;
-		if (!in_ranges(svc, p.ip.saddr)) {
-			count(STAT_DROPPED);
-			count_svc(svc->id);
-			return TC_ACT_SHOT;
-		}
-		if (svc->count == 0)
-			return no_endpoints(skb, &p, svc, 1);
-		if (pick(&p, svc, &be) < 0)
-			return TC_ACT_SHOT;
-		svc_id = svc->id;
-		if (be.ip == p.ip.saddr)
-			ctflags = CT_F_HAIRPIN;
-		struct ct_val_n fv = {.ip = be.ip, .port = be.port, .flags = ctflags, .svc_id = svc_id};
-		// Replies: from the backend (or, hairpinned, from the pod to the
-		// hairpin address) back to the client.
-		struct ct_key_n rk = {.src = be.ip, .dst = p.ip.saddr, .sport = be.port, .dport = p.sport,
-				    .proto = p.ip.protocol, .dir = CT_REV};
-		if (ctflags & CT_F_HAIRPIN) {
-			rk.dst = hairpin_ip;
-			rk.dir = CT_HAIRPIN_REPLY;
-		}
-		struct ct_val_n rv = {.ip = p.ip.daddr, .port = p.dport, .svc_id = svc_id};
-		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
-		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
-			count(STAT_CT_FULL);
-			return TC_ACT_SHOT;
-		}
-		count(STAT_NATED);
-		count_svc(svc_id);
-	}
-	if (set_addr(skb, &p, 0, be.ip, be.port) < 0)
-		return TC_ACT_SHOT;
-	if (ctflags & CT_F_HAIRPIN) {
-		if (set_addr(skb, &p, 1, hairpin_ip, p.sport) < 0)
-			return TC_ACT_SHOT;
-		return turn_around(skb, 1);
-	}
-	return TCX_PASS;
-}
-
-// SNAT source ports when the client's own is taken: above the start of
-// Linux's ephemeral range and the default NodePort range.
-#define SNAT_PORT_MIN 32768
-#define SNAT_TRIES 8
-
-// external_in serves a packet from outside the node to an external
-// frontend, at the node's ingress: DNAT (and SNAT), then back out to the
-// bridge and the router that sent it, which routes it to the backend.
-static __always_inline int external_in(struct __sk_buff *skb, struct pkt *p)
-{
-	int syn = is_syn(p);
-	struct ct_key_n fk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
-			    .proto = p->ip.protocol, .dir = CT_FWD};
-	struct ct_val_n *cv = syn ? NULL : bpf_map_lookup_elem(&nsx_conntrack, &fk);
-	__u32 be_ip, snat_ip = 0;
-	__u16 be_port, snat_port = 0, flags;
-	if (cv) {
-		if (!(cv->flags & CT_F_EXTERNAL))
-			return TCX_NEXT;
-		be_ip = cv->ip;
-		be_port = cv->port;
-		flags = cv->flags;
-		snat_ip = cv->client_ip;
-		snat_port = cv->client_port;
-	} else {
-		struct svc_key_n sk = {.vip = p->ip.daddr, .port = p->dport, .proto = p->ip.protocol};
-		struct svc_val_n *svc = bpf_map_lookup_elem(&nsx_services, &sk);
-		if (!svc || !(svc->flags & SVC_F_EXTERNAL))
-			return TCX_NEXT;
-		if (!in_ranges(svc, p->ip.saddr)) {
-			count(STAT_DROPPED);
-			count_svc(svc->id);
-			return TC_ACT_SHOT;
-		}
-		if (svc->count == 0)
-			return no_endpoints(skb, p, svc, 0);
-		struct be_val_n be;
-		if (pick(p, svc, &be) < 0)
-			return TC_ACT_SHOT;
-		be_ip = be.ip;
-		be_port = be.port;
-		flags = CT_F_EXTERNAL;
-		struct ct_key_n rk = {.src = be.ip, .dst = p->ip.saddr, .sport = be.port, .dport = p->sport,
-				    .proto = p->ip.protocol, .dir = CT_REV};
-		if (svc->snat_ip) {
-			// The client's port when free at the SNAT address, else a
-			// random one.
-			flags |= CT_F_SNAT;
-			snat_ip = svc->snat_ip;
-			rk.dst = snat_ip;
-			__u16 port = p->sport;
-			int found = 0;
-			for (int i = 0; i < SNAT_TRIES; i++) {
-				rk.dport = port;
-				struct ct_val_n *o = bpf_map_lookup_elem(&nsx_conntrack, &rk);
-				if (!o || ((o->flags & CT_F_SNAT) && o->client_ip == p->ip.saddr && o->client_port == p->sport)) {
-					found = 1;
-					break;
-				}
-				// SCTP keeps its port: a rewritten one would need the
-				// CRC32c recomputed (dataplane.Unservable).
-				if (p->ip.protocol == IPPROTO_SCTP)
-					break;
-				port = bpf_htons(SNAT_PORT_MIN + (bpf_get_prandom_u32() & 0x7fff));
-			}
-			if (!found) {
-				count(STAT_SNAT_FULL);
-				return TC_ACT_SHOT;
-			}
-			snat_port = port;
-		}
-		struct ct_val_n fv = {.ip = be.ip, .port = be.port, .flags = flags, .svc_id = svc->id,
-				    .client_ip = snat_ip, .client_port = snat_port};
-		struct ct_val_n rv = {.ip = p->ip.daddr, .port = p->dport, .flags = flags, .svc_id = svc->id,
-				    .client_ip = p->ip.saddr, .client_port = p->sport};
-		if (bpf_map_update_elem(&nsx_conntrack, &rk, &rv, BPF_ANY) < 0 ||
-		    bpf_map_update_elem(&nsx_conntrack, &fk, &fv, BPF_ANY) < 0) {
-			count(STAT_CT_FULL);
-			return TC_ACT_SHOT;
-		}
-		count(STAT_NATED);
-		count_svc(svc->id);
-	}
-	if ((flags & CT_F_SNAT) && set_addr(skb, p, 1, snat_ip, snat_port) < 0)
-		return TC_ACT_SHOT;
-	if (set_addr(skb, p, 0, be_ip, be_port) < 0)
-		return TC_ACT_SHOT;
-	return turn_around(skb, 0);
-}
-
-// rev_nat un-NATs a reply: its source becomes the frontend it was sent to.
-static __always_inline int rev_nat(struct __sk_buff *skb, struct pkt *p, struct ct_val_n *rv)
-{
-	if (set_addr(skb, p, 1, rv->ip, rv->port) < 0)
-		return TC_ACT_SHOT;
-	return TCX_PASS;
-}
-
-// reply_entry is the reverse conntrack entry a packet is a reply of, or
-// NULL.
-static __always_inline struct ct_val_n *reply_entry(struct pkt *p)
-{
-	struct ct_key_n rk = {.src = p->ip.saddr, .dst = p->ip.daddr, .sport = p->sport, .dport = p->dport,
-			    .proto = p->ip.protocol, .dir = CT_REV};
-	return bpf_map_lookup_elem(&nsx_conntrack, &rk);
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return egress4(skb);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return egress6(skb);
+	return TCX_NEXT;
 }
 
 // nsx_ingress runs at a pod's interface: replies to the pod.
 SEC("tcx/ingress")
 int nsx_ingress(struct __sk_buff *skb)
 {
-	struct pkt p = {};
-	if (parse(skb, &p) < 0)
-		return TCX_NEXT;
-	struct ct_val_n *rv = reply_entry(&p);
-	if (!rv)
-		return TCX_NEXT;
-	return rev_nat(skb, &p, rv);
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return ingress4(skb);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return ingress6(skb);
+	return TCX_NEXT;
 }
 
 // nsx_node_ingress runs at the node's interface on the bridge: replies to
@@ -858,20 +724,11 @@ int nsx_ingress(struct __sk_buff *skb)
 SEC("tcx/ingress")
 int nsx_node_ingress(struct __sk_buff *skb)
 {
-	struct pkt p = {};
-	if (parse(skb, &p) < 0)
-		return TCX_NEXT;
-	struct ct_val_n *rv = reply_entry(&p);
-	if (!rv)
-		return external_in(skb, &p);
-	if (rv->flags & CT_F_EXTERNAL) {
-		// The backend's reply to a client outside the node, which
-		// reached the node (SNAT): back out to the router.
-		if (reply_external(skb, &p, rv) < 0)
-			return TC_ACT_SHOT;
-		return turn_around(skb, 0);
-	}
-	return rev_nat(skb, &p, rv);
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return node_ingress4(skb);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return node_ingress6(skb);
+	return TCX_NEXT;
 }
 
 char __license[] SEC("license") = "Dual BSD/GPL";

@@ -23,8 +23,8 @@ import (
 type Options struct {
 	PinDir string // [nsx_kube_proxy] bpf_pin_dir
 	Sizes  MapSizes
-	// HairpinIP: see LoadOptions.
-	HairpinIP netip.Addr
+	// HairpinIP, HairpinIP6: see LoadOptions.
+	HairpinIP, HairpinIP6 netip.Addr
 	// Bridge and OVSRunDir locate the OVS ports whose external_ids record
 	// the node's pods (netns, ifname): pods that existed before the proxy
 	// started get their programs attached at the first Sync.
@@ -50,14 +50,15 @@ const (
 	ctFlagSNAT        = 4
 )
 
-// installedSvc is what the maps hold for one frontend.
+// installedSvc is what the maps hold for one frontend, in the maps of its
+// address family.
 type installedSvc struct {
 	src      *dataplane.Frontend
-	key      nsxSvcKey
-	val      nsxSvcVal
-	backends []nsxBeVal
-	ranges   []nsxRangeKey  // loadBalancerSourceRanges
-	members  []nsxMemberKey // with affinity: the backends, for the affinity check
+	key      dataplane.FrontendKey
+	val      svcVal
+	backends []netip.AddrPort // slot i holds backends[i]
+	ranges   []netip.Prefix   // loadBalancerSourceRanges
+	members  []netip.AddrPort // with affinity: the backends, for the affinity check
 }
 
 // Backend implements dataplane.ServiceBackend with the TC programs and
@@ -89,7 +90,7 @@ var _ dataplane.ServiceBackend = (*Backend)(nil)
 // LoadOptions are what the backend loads the programs with; the agent
 // loads them the same way.
 func (o Options) LoadOptions() LoadOptions {
-	return LoadOptions{PinDir: o.PinDir, Sizes: o.Sizes, HairpinIP: o.HairpinIP}
+	return LoadOptions{PinDir: o.PinDir, Sizes: o.Sizes, HairpinIP: o.HairpinIP, HairpinIP6: o.HairpinIP6}
 }
 
 // New loads the programs and opens (or creates) the pinned maps.
@@ -137,10 +138,6 @@ func (b *Backend) Close() error {
 	return b.objs.Close()
 }
 
-func svcKeyOf(k dataplane.FrontendKey) nsxSvcKey {
-	return nsxSvcKey{Vip: be32(k.IP), Port: be16(k.Port), Proto: k.Protocol.Number()}
-}
-
 // maxID bounds the frontend ids: the services map never holds more.
 const maxID = 1 << 24
 
@@ -149,23 +146,21 @@ func (b *Backend) desired(f *dataplane.Frontend) (*installedSvc, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &installedSvc{src: f, key: svcKeyOf(f.Key)}
-	s.val = nsxSvcVal{Id: id, Count: uint16(len(f.Endpoints))}
+	fam := b.objs.family(f.Key.IP.Is6())
+	s := &installedSvc{src: f, key: f.Key}
+	s.val = svcVal{Id: id}
 	if f.AffinityTimeout > 0 {
 		s.val.Flags |= flagAffinity
 		s.val.AffinitySec = uint32(f.AffinityTimeout.Seconds())
 	}
-	if len(f.Endpoints) == 0 && f.IfEmpty == dataplane.Drop {
-		s.val.Flags |= flagDrop
-	}
 	if f.Kind.External() {
 		s.val.Flags |= flagExternal
-		if f.SNAT.Is4() {
-			s.val.SnatIp = be32(f.SNAT)
+		if fam.has(f.SNAT) {
+			s.val.SNAT = f.SNAT
 		}
 		for _, r := range f.SourceRanges {
-			if r.Addr().Is4() {
-				s.ranges = append(s.ranges, nsxRangeKey{Prefixlen: 32 + uint32(r.Bits()), SvcId: s.val.Id, Ip: be32(r.Masked().Addr())})
+			if fam.has(r.Addr()) {
+				s.ranges = append(s.ranges, r.Masked())
 			}
 		}
 		if len(f.SourceRanges) > 0 {
@@ -174,11 +169,20 @@ func (b *Backend) desired(f *dataplane.Frontend) (*installedSvc, error) {
 		}
 	}
 	for _, e := range f.Endpoints {
-		be := nsxBeVal{Ip: be32(e.IP), Port: be16(e.Port)}
-		s.backends = append(s.backends, be)
-		if s.val.Flags&flagAffinity != 0 {
-			s.members = append(s.members, nsxMemberKey{SvcId: s.val.Id, Ip: be.Ip, Port: be.Port})
+		ep := netip.AddrPortFrom(e.IP, e.Port)
+		if !fam.has(e.IP) {
+			// The model gives a frontend endpoints of its own family; one
+			// of the other could never be reached by rewriting addresses.
+			continue
 		}
+		s.backends = append(s.backends, ep)
+		if s.val.Flags&flagAffinity != 0 {
+			s.members = append(s.members, ep)
+		}
+	}
+	s.val.Count = uint16(len(s.backends))
+	if len(s.backends) == 0 && f.IfEmpty == dataplane.Drop {
+		s.val.Flags |= flagDrop
 	}
 	return s, nil
 }
@@ -212,9 +216,6 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 	}
 	refused := unservable
 	for k, f := range m.Frontends {
-		if !k.IP.Is4() {
-			continue // IPv6 frontends are not served by this dataplane yet
-		}
 		cur := b.installed[k]
 		if cur != nil && cur.src == f && !opts.Full {
 			continue
@@ -261,47 +262,49 @@ func (b *Backend) Sync(ctx context.Context, m *dataplane.Model, opts dataplane.S
 
 // write applies want over cur (nil: new) in the packet-safe order.
 func (b *Backend) write(cur, want *installedSvc) error {
-	m := b.objs
-	var old []nsxBeVal
+	fam := b.objs.family(want.key.IP.Is6())
+	var old []netip.AddrPort
 	if cur != nil && cur.val.Id == want.val.Id {
 		old = cur.backends
 	}
 	// 1. Slots, only those that differ.
-	var keys []nsxBeKey
-	var vals []nsxBeVal
+	var slots []uint32
+	var eps []netip.AddrPort
 	for i, be := range want.backends {
 		if i < len(old) && old[i] == be {
 			continue
 		}
-		keys = append(keys, nsxBeKey{SvcId: want.val.Id, Slot: uint32(i)})
-		vals = append(vals, be)
+		slots = append(slots, uint32(i))
+		eps = append(eps, be)
 	}
-	if err := b.putBackends(keys, vals); err != nil {
+	n, err := fam.putBackends(want.val.Id, slots, eps)
+	b.count(n)
+	if err != nil {
 		return err
 	}
 	// Source ranges and affinity members too, before the entry that
 	// makes them checked.
-	var oldRanges []nsxRangeKey
-	var oldMembers []nsxMemberKey
-	if cur != nil {
+	var oldRanges []netip.Prefix
+	var oldMembers []netip.AddrPort
+	if cur != nil && cur.val.Id == want.val.Id {
 		oldRanges, oldMembers = cur.ranges, cur.members
 	}
 	for _, r := range want.ranges {
 		if !slices.Contains(oldRanges, r) {
-			if err := m.NsxRanges.Put(r, uint8(1)); err != nil {
-				return fmt.Errorf("source ranges map: %w", err)
+			if err := fam.putRange(want.val.Id, r); err != nil {
+				return err
 			}
 			b.count(1)
 		}
 	}
-	have := make(map[nsxMemberKey]bool, len(oldMembers))
-	for _, k := range oldMembers {
-		have[k] = true
+	have := make(map[netip.AddrPort]bool, len(oldMembers))
+	for _, e := range oldMembers {
+		have[e] = true
 	}
-	for _, k := range want.members {
-		if !have[k] {
-			if err := m.NsxMembers.Put(k, uint8(1)); err != nil {
-				return fmt.Errorf("affinity members map: %w", err)
+	for _, e := range want.members {
+		if !have[e] {
+			if err := fam.putMember(want.val.Id, e); err != nil {
+				return err
 			}
 			b.count(1)
 		}
@@ -315,34 +318,50 @@ func (b *Backend) write(cur, want *installedSvc) error {
 	}
 	// 2. The service entry that makes them visible.
 	if cur == nil || cur.val != want.val || cur.key != want.key {
-		if err := m.NsxServices.Put(want.key, want.val); err != nil {
-			return fmt.Errorf("services map: %w", err)
+		if err := fam.putService(want.key, want.val); err != nil {
+			return err
 		}
 		b.count(1)
 	}
-	// 3. Stale slots and ranges, no longer counted.
+	// 3. Stale slots, ranges and members, no longer counted.
+	if cur != nil && cur.val.Id != want.val.Id {
+		// Written under another id (never by this process: ids stay with
+		// their key): nothing of it is current.
+		for _, r := range cur.ranges {
+			if err := fam.deleteRange(cur.val.Id, r); err != nil {
+				return err
+			}
+		}
+		for _, e := range cur.members {
+			if err := fam.deleteMember(cur.val.Id, e); err != nil {
+				return err
+			}
+		}
+	}
 	for i := len(want.backends); i < len(old); i++ {
-		if err := m.NsxBackends.Delete(nsxBeKey{SvcId: want.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("backends map: %w", err)
+		if err := fam.deleteBackend(want.val.Id, uint32(i)); err != nil {
+			return err
 		}
 		b.count(1)
 	}
 	for _, r := range oldRanges {
 		if !slices.Contains(want.ranges, r) {
-			if err := b.deleteRange(r); err != nil {
+			if err := fam.deleteRange(want.val.Id, r); err != nil {
 				return err
 			}
+			b.count(1)
 		}
 	}
-	keep := make(map[nsxMemberKey]bool, len(want.members))
-	for _, k := range want.members {
-		keep[k] = true
+	keep := make(map[netip.AddrPort]bool, len(want.members))
+	for _, e := range want.members {
+		keep[e] = true
 	}
-	for _, k := range oldMembers {
-		if !keep[k] {
-			if err := b.deleteMember(k); err != nil {
+	for _, e := range oldMembers {
+		if !keep[e] {
+			if err := fam.deleteMember(want.val.Id, e); err != nil {
 				return err
 			}
+			b.count(1)
 		}
 	}
 	return nil
@@ -362,51 +381,17 @@ func (b *Backend) zeroCounter(id uint32, flags ebpf.MapUpdateFlags) error {
 	return nil
 }
 
-func (b *Backend) deleteMember(k nsxMemberKey) error {
-	if err := b.objs.NsxMembers.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("affinity members map: %w", err)
-	}
-	b.count(1)
-	return nil
-}
-
-func (b *Backend) deleteRange(r nsxRangeKey) error {
-	if err := b.objs.NsxRanges.Delete(r); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("source ranges map: %w", err)
-	}
-	b.count(1)
-	return nil
-}
-
-func (b *Backend) putBackends(keys []nsxBeKey, vals []nsxBeVal) error {
-	if len(keys) == 0 {
-		return nil
-	}
-	if len(keys) > 1 {
-		if n, err := b.objs.NsxBackends.BatchUpdate(keys, vals, nil); err == nil {
-			b.count(n)
-			return nil
-		}
-	}
-	for i := range keys {
-		if err := b.objs.NsxBackends.Put(keys[i], vals[i]); err != nil {
-			return fmt.Errorf("backends map: %w", err)
-		}
-		b.count(1)
-	}
-	return nil
-}
-
 // remove deletes a frontend's entries; ownsID says its id is its own (an
 // orphan's may be another frontend's), so its counter goes too.
 func (b *Backend) remove(cur *installedSvc, ownsID bool) error {
-	if err := b.objs.NsxServices.Delete(cur.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("services map: %w", err)
+	fam := b.objs.family(cur.key.IP.Is6())
+	if err := fam.deleteService(cur.key); err != nil {
+		return err
 	}
 	b.count(1)
 	for i := range cur.backends {
-		if err := b.objs.NsxBackends.Delete(nsxBeKey{SvcId: cur.val.Id, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("backends map: %w", err)
+		if err := fam.deleteBackend(cur.val.Id, uint32(i)); err != nil {
+			return err
 		}
 		b.count(1)
 	}
@@ -417,14 +402,16 @@ func (b *Backend) remove(cur *installedSvc, ownsID bool) error {
 		b.count(1)
 	}
 	for _, r := range cur.ranges {
-		if err := b.deleteRange(r); err != nil {
+		if err := fam.deleteRange(cur.val.Id, r); err != nil {
 			return err
 		}
+		b.count(1)
 	}
-	for _, k := range cur.members {
-		if err := b.deleteMember(k); err != nil {
+	for _, e := range cur.members {
+		if err := fam.deleteMember(cur.val.Id, e); err != nil {
 			return err
 		}
+		b.count(1)
 	}
 	return nil
 }
@@ -434,70 +421,95 @@ func (b *Backend) count(n int) {
 	b.stats.LastChanges += n
 }
 
-// adopt reads what the pinned maps hold (left by an earlier process), so
-// service ids stay and nothing still wanted is rewritten or removed.
+// adopt reads what the pinned maps of both families hold (left by an
+// earlier process), so service ids stay and nothing still wanted is
+// rewritten or removed.
 func (b *Backend) adopt() error {
 	b.installed = map[dataplane.FrontendKey]*installedSvc{}
 	b.ids = dataplane.NewIDs(maxID)
-	var k nsxSvcKey
-	var v nsxSvcVal
-	type orphan struct {
-		key nsxSvcKey
-		val nsxSvcVal
-	}
-	var orphanSvcs []orphan
-	it := b.objs.NsxServices.Iterate()
-	for it.Next(&k, &v) {
-		proto, ok := dataplane.ProtocolOf(k.Proto)
-		fk := dataplane.FrontendKey{IP: addrOf(k.Vip), Port: portOf(k.Port), Protocol: proto}
-		if !ok || !b.ids.Adopt(fk, v.Id) {
-			// Not an entry this version writes (an unknown protocol, an id
-			// out of range or twice): removed, as a frontend not wanted.
-			orphanSvcs = append(orphanSvcs, orphan{k, v})
-			continue
-		}
-		s := &installedSvc{key: k, val: v}
-		for i := 0; i < int(v.Count); i++ {
-			var be nsxBeVal
-			if err := b.objs.NsxBackends.Lookup(nsxBeKey{SvcId: v.Id, Slot: uint32(i)}, &be); err != nil {
-				be = nsxBeVal{} // a hole: rewritten by the diff
+	var orphans []*installedSvc
+	bySvc := map[uint32]*installedSvc{}
+	for _, v6 := range []bool{false, true} {
+		fam := b.objs.family(v6)
+		var lookupErr error
+		err := fam.eachService(func(fk dataplane.FrontendKey, v svcVal, ok bool) {
+			s := &installedSvc{key: fk, val: v}
+			if !ok || !b.ids.Adopt(fk, v.Id) {
+				// Not an entry this version writes (an unknown protocol, an
+				// id out of range or twice): removed, as a frontend not
+				// wanted.
+				orphans = append(orphans, s)
+				return
 			}
-			s.backends = append(s.backends, be)
+			for i := 0; i < int(v.Count); i++ {
+				be, err := fam.lookupBackend(v.Id, uint32(i))
+				if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					lookupErr = err
+				}
+				s.backends = append(s.backends, be) // a hole is rewritten by the diff
+			}
+			b.installed[fk] = s
+			bySvc[v.Id] = s
+		})
+		if err == nil {
+			err = lookupErr
 		}
-		b.installed[fk] = s
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("ebpf dataplane: read services map: %w", err)
-	}
-	for _, o := range orphanSvcs {
-		gone := &installedSvc{key: o.key, val: o.val}
-		if !b.ids.InUse(o.val.Id) { // its slots are nobody else's
-			gone.backends = make([]nsxBeVal, o.val.Count)
-		}
-		if err := b.remove(gone, !b.ids.InUse(o.val.Id)); err != nil {
+		if err != nil {
 			return fmt.Errorf("ebpf dataplane: %w", err)
 		}
 	}
-	bySvc := map[uint32]*installedSvc{}
-	for _, s := range b.installed {
-		bySvc[s.val.Id] = s
+	for _, o := range orphans {
+		owns := !b.ids.InUse(o.val.Id)
+		if owns { // its slots are nobody else's
+			o.backends = make([]netip.AddrPort, o.val.Count)
+		}
+		if err := b.remove(o, owns); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
 	}
-	if err := adoptPerService(b.objs.NsxRanges, bySvc, "source ranges",
-		func(k nsxRangeKey) uint32 { return k.SvcId },
-		func(s *installedSvc, k nsxRangeKey) { s.ranges = append(s.ranges, k) }, b.deleteRange); err != nil {
-		return err
-	}
-	if err := adoptPerService(b.objs.NsxMembers, bySvc, "affinity members",
-		func(k nsxMemberKey) uint32 { return k.SvcId },
-		func(s *installedSvc, k nsxMemberKey) { s.members = append(s.members, k) }, b.deleteMember); err != nil {
-		return err
+	// Source ranges and affinity members: kept for the services adopted
+	// (in their own family), removed for the others.
+	for _, v6 := range []bool{false, true} {
+		fam := b.objs.family(v6)
+		var goneRanges []netip.Prefix
+		var goneRangeIDs []uint32
+		if err := fam.eachRange(func(id uint32, p netip.Prefix) {
+			if s := bySvc[id]; s != nil && s.key.IP.Is6() == v6 {
+				s.ranges = append(s.ranges, p)
+				return
+			}
+			goneRanges, goneRangeIDs = append(goneRanges, p), append(goneRangeIDs, id)
+		}); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
+		for i, p := range goneRanges {
+			if err := fam.deleteRange(goneRangeIDs[i], p); err != nil {
+				return fmt.Errorf("ebpf dataplane: %w", err)
+			}
+		}
+		var goneMembers []netip.AddrPort
+		var goneMemberIDs []uint32
+		if err := fam.eachMember(func(id uint32, e netip.AddrPort) {
+			if s := bySvc[id]; s != nil && s.key.IP.Is6() == v6 {
+				s.members = append(s.members, e)
+				return
+			}
+			goneMembers, goneMemberIDs = append(goneMembers, e), append(goneMemberIDs, id)
+		}); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
+		for i, e := range goneMembers {
+			if err := fam.deleteMember(goneMemberIDs[i], e); err != nil {
+				return fmt.Errorf("ebpf dataplane: %w", err)
+			}
+		}
 	}
 	// Counters: kept for the frontends still there (created for those an
 	// older version installed without one), removed for the others.
 	var id uint32
 	var perCPU []uint64
 	var gone []uint32
-	it = b.objs.NsxSvcConns.Iterate()
+	it := b.objs.NsxSvcConns.Iterate()
 	for it.Next(&id, &perCPU) {
 		if bySvc[id] == nil {
 			gone = append(gone, id)
@@ -520,75 +532,23 @@ func (b *Backend) adopt() error {
 	return nil
 }
 
-// adoptPerService reads a map keyed by service id (value: a byte) into the
-// adopted services, and deletes the entries of services that are gone.
-func adoptPerService[K any](m *ebpf.Map, bySvc map[uint32]*installedSvc, what string,
-	svcID func(K) uint32, add func(*installedSvc, K), del func(K) error) error {
-	var k K
-	var one uint8
-	var orphans []K
-	it := m.Iterate()
-	for it.Next(&k, &one) {
-		if s := bySvc[svcID(k)]; s != nil {
-			add(s, k)
-		} else {
-			orphans = append(orphans, k)
-		}
-	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("ebpf dataplane: read %s map: %w", what, err)
-	}
-	for _, k := range orphans {
-		if err := del(k); err != nil {
-			return fmt.Errorf("ebpf dataplane: %w", err)
-		}
-	}
-	return nil
-}
-
 // flushGoneUDP deletes the conntrack entries of UDP endpoints that left
 // the frontend, so a client's next datagram picks a live backend.
 func (b *Backend) flushGoneUDP(cur, want *installedSvc) {
 	var wantEps []netip.AddrPort
 	if want != nil {
-		wantEps = addrPorts(want.backends)
+		wantEps = want.backends
 	}
-	gone := map[nsxBeVal]bool{}
-	for _, e := range dataplane.GoneEndpoints(addrPorts(cur.backends), wantEps) {
-		gone[nsxBeVal{Ip: be32(e.Addr()), Port: be16(e.Port())}] = true
+	gone := map[netip.AddrPort]bool{}
+	for _, e := range dataplane.GoneEndpoints(cur.backends, wantEps) {
+		gone[e] = true
 	}
 	if len(gone) == 0 {
 		return
 	}
-	var stale []nsxCtKey
-	var k nsxCtKey
-	var v nsxCtVal
-	it := b.objs.NsxConntrack.Iterate()
-	for it.Next(&k, &v) {
-		if k.Proto != dataplane.ProtoUDP || v.SvcId != cur.val.Id {
-			continue
-		}
-		switch {
-		case k.Dir == ctDirFwd && gone[nsxBeVal{Ip: v.Ip, Port: v.Port}]:
-			stale = append(stale, k)
-		case k.Dir != ctDirFwd && gone[nsxBeVal{Ip: k.Src, Port: k.Sport}]:
-			stale = append(stale, k)
-		}
+	if n := b.objs.family(cur.key.IP.Is6()).flushUDP(cur.val.Id, gone); n > 0 {
+		b.log.Debug("flushed conntrack of removed UDP endpoints", zap.Int("entries", n))
 	}
-	for _, k := range stale {
-		_ = b.objs.NsxConntrack.Delete(k)
-	}
-	if len(stale) > 0 {
-		b.log.Debug("flushed conntrack of removed UDP endpoints", zap.Int("entries", len(stale)))
-	}
-}
-
-func addrPorts(bs []nsxBeVal) []netip.AddrPort {
-	out := make([]netip.AddrPort, len(bs))
-	for i, be := range bs {
-		out[i] = netip.AddrPortFrom(addrOf(be.Ip), portOf(be.Port))
-	}
-	return out
 }
 
 // attachExisting attaches the programs to every pod the OVS ports record

@@ -68,6 +68,9 @@ type LoadOptions struct {
 	// HairpinIP is the source a pod sees when it reaches itself through a
 	// Service; default dataplane.DefaultHairpinIP, as the OVS dataplane.
 	HairpinIP netip.Addr
+	// HairpinIP6 is HairpinIP for IPv6 Services; default
+	// dataplane.DefaultHairpinIP6.
+	HairpinIP6 netip.Addr
 }
 
 // Load loads the programs and creates or opens the maps pinned in
@@ -90,9 +93,22 @@ func Load(o LoadOptions) (*Objects, error) {
 	if err := spec.Variables[nsxVarHairpinIp].Set(be32(hairpin)); err != nil {
 		return nil, fmt.Errorf("ebpf: set the hairpin address: %w", err)
 	}
-	// Affinity members are at most every backend.
+	hairpin6 := o.HairpinIP6
+	if !hairpin6.IsValid() {
+		hairpin6 = dataplane.DefaultHairpinIP6
+	}
+	if !hairpin6.Is6() || hairpin6.Is4In6() {
+		return nil, fmt.Errorf("ebpf: IPv6 hairpin address %s: want IPv6", hairpin6)
+	}
+	if err := spec.Variables[nsxVarHairpinIp6].Set(be128(hairpin6)); err != nil {
+		return nil, fmt.Errorf("ebpf: set the IPv6 hairpin address: %w", err)
+	}
+	// Affinity members are at most every backend; each IPv6 map takes the
+	// size of its IPv4 counterpart.
 	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
-		nsxMapNsxMembers: sizes.Backends, nsxMapNsxSvcConns: sizes.Services, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity} {
+		nsxMapNsxMembers: sizes.Backends, nsxMapNsxSvcConns: sizes.Services, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity,
+		nsxMapNsxServices6: sizes.Services, nsxMapNsxBackends6: sizes.Backends, nsxMapNsxMembers6: sizes.Backends,
+		nsxMapNsxConntrack6: sizes.Conntrack, nsxMapNsxAffinity6: sizes.Affinity} {
 		if n > 0 {
 			spec.Maps[name].MaxEntries = n
 		}

@@ -13,6 +13,21 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type nsxAff6Key struct {
+	_      structs.HostLayout
+	Client [16]uint8
+	SvcId  uint32
+}
+
+type nsxAff6Val struct {
+	_      structs.HostLayout
+	Ip     [16]uint8
+	Port   [2]uint8
+	Pad    uint16
+	_      [4]byte
+	LastNs uint64
+}
+
 type nsxAffKey struct {
 	_      structs.HostLayout
 	Client [4]uint8
@@ -27,6 +42,13 @@ type nsxAffVal struct {
 	LastNs uint64
 }
 
+type nsxBe6Val struct {
+	_    structs.HostLayout
+	Ip   [16]uint8
+	Port [2]uint8
+	Pad  uint16
+}
+
 type nsxBeKey struct {
 	_     structs.HostLayout
 	SvcId uint32
@@ -38,6 +60,28 @@ type nsxBeVal struct {
 	Ip   [4]uint8
 	Port [2]uint8
 	Pad  uint16
+}
+
+type nsxCt6Key struct {
+	_     structs.HostLayout
+	Src   [16]uint8
+	Dst   [16]uint8
+	Sport [2]uint8
+	Dport [2]uint8
+	Proto uint8
+	Dir   uint8
+	Pad   uint16
+}
+
+type nsxCt6Val struct {
+	_          structs.HostLayout
+	Ip         [16]uint8
+	Port       [2]uint8
+	Flags      uint16
+	SvcId      uint32
+	ClientIp   [16]uint8
+	ClientPort [2]uint8
+	Pad        uint16
 }
 
 type nsxCtKey struct {
@@ -62,6 +106,14 @@ type nsxCtVal struct {
 	Pad        uint16
 }
 
+type nsxMember6Key struct {
+	_     structs.HostLayout
+	SvcId uint32
+	Ip    [16]uint8
+	Port  [2]uint8
+	Pad   uint16
+}
+
 type nsxMemberKey struct {
 	_     structs.HostLayout
 	SvcId uint32
@@ -70,11 +122,35 @@ type nsxMemberKey struct {
 	Pad   uint16
 }
 
+type nsxRange6Key struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	SvcId     uint32
+	Ip        [16]uint8
+}
+
 type nsxRangeKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
 	SvcId     uint32
 	Ip        [4]uint8
+}
+
+type nsxSvc6Key struct {
+	_     structs.HostLayout
+	Vip   [16]uint8
+	Port  [2]uint8
+	Proto uint8
+	Pad   uint8
+}
+
+type nsxSvc6Val struct {
+	_           structs.HostLayout
+	Id          uint32
+	Count       uint16
+	Flags       uint16
+	AffinitySec uint32
+	SnatIp      [16]uint8
 }
 
 type nsxSvcKey struct {
@@ -99,11 +175,17 @@ type nsxSvcVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	nsxMapNsxAffinity     = "nsx_affinity"
+	nsxMapNsxAffinity6    = "nsx_affinity6"
 	nsxMapNsxBackends     = "nsx_backends"
+	nsxMapNsxBackends6    = "nsx_backends6"
 	nsxMapNsxConntrack    = "nsx_conntrack"
+	nsxMapNsxConntrack6   = "nsx_conntrack6"
 	nsxMapNsxMembers      = "nsx_members"
+	nsxMapNsxMembers6     = "nsx_members6"
 	nsxMapNsxRanges       = "nsx_ranges"
+	nsxMapNsxRanges6      = "nsx_ranges6"
 	nsxMapNsxServices     = "nsx_services"
+	nsxMapNsxServices6    = "nsx_services6"
 	nsxMapNsxState        = "nsx_state"
 	nsxMapNsxStats        = "nsx_stats"
 	nsxMapNsxSvcConns     = "nsx_svc_conns"
@@ -111,6 +193,7 @@ const (
 	nsxProgNsxIngress     = "nsx_ingress"
 	nsxProgNsxNodeIngress = "nsx_node_ingress"
 	nsxVarHairpinIp       = "hairpin_ip"
+	nsxVarHairpinIp6      = "hairpin_ip6"
 )
 
 // loadNsx returns the embedded CollectionSpec for nsx.
@@ -164,22 +247,29 @@ type nsxProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nsxMapSpecs struct {
-	NsxAffinity  *ebpf.MapSpec `ebpf:"nsx_affinity"`
-	NsxBackends  *ebpf.MapSpec `ebpf:"nsx_backends"`
-	NsxConntrack *ebpf.MapSpec `ebpf:"nsx_conntrack"`
-	NsxMembers   *ebpf.MapSpec `ebpf:"nsx_members"`
-	NsxRanges    *ebpf.MapSpec `ebpf:"nsx_ranges"`
-	NsxServices  *ebpf.MapSpec `ebpf:"nsx_services"`
-	NsxState     *ebpf.MapSpec `ebpf:"nsx_state"`
-	NsxStats     *ebpf.MapSpec `ebpf:"nsx_stats"`
-	NsxSvcConns  *ebpf.MapSpec `ebpf:"nsx_svc_conns"`
+	NsxAffinity   *ebpf.MapSpec `ebpf:"nsx_affinity"`
+	NsxAffinity6  *ebpf.MapSpec `ebpf:"nsx_affinity6"`
+	NsxBackends   *ebpf.MapSpec `ebpf:"nsx_backends"`
+	NsxBackends6  *ebpf.MapSpec `ebpf:"nsx_backends6"`
+	NsxConntrack  *ebpf.MapSpec `ebpf:"nsx_conntrack"`
+	NsxConntrack6 *ebpf.MapSpec `ebpf:"nsx_conntrack6"`
+	NsxMembers    *ebpf.MapSpec `ebpf:"nsx_members"`
+	NsxMembers6   *ebpf.MapSpec `ebpf:"nsx_members6"`
+	NsxRanges     *ebpf.MapSpec `ebpf:"nsx_ranges"`
+	NsxRanges6    *ebpf.MapSpec `ebpf:"nsx_ranges6"`
+	NsxServices   *ebpf.MapSpec `ebpf:"nsx_services"`
+	NsxServices6  *ebpf.MapSpec `ebpf:"nsx_services6"`
+	NsxState      *ebpf.MapSpec `ebpf:"nsx_state"`
+	NsxStats      *ebpf.MapSpec `ebpf:"nsx_stats"`
+	NsxSvcConns   *ebpf.MapSpec `ebpf:"nsx_svc_conns"`
 }
 
 // nsxVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type nsxVariableSpecs struct {
-	HairpinIp *ebpf.VariableSpec `ebpf:"hairpin_ip"`
+	HairpinIp  *ebpf.VariableSpec `ebpf:"hairpin_ip"`
+	HairpinIp6 *ebpf.VariableSpec `ebpf:"hairpin_ip6"`
 }
 
 // nsxObjects contains all objects after they have been loaded into the kernel.
@@ -202,25 +292,37 @@ func (o *nsxObjects) Close() error {
 //
 // It can be passed to loadNsxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nsxMaps struct {
-	NsxAffinity  *ebpf.Map `ebpf:"nsx_affinity"`
-	NsxBackends  *ebpf.Map `ebpf:"nsx_backends"`
-	NsxConntrack *ebpf.Map `ebpf:"nsx_conntrack"`
-	NsxMembers   *ebpf.Map `ebpf:"nsx_members"`
-	NsxRanges    *ebpf.Map `ebpf:"nsx_ranges"`
-	NsxServices  *ebpf.Map `ebpf:"nsx_services"`
-	NsxState     *ebpf.Map `ebpf:"nsx_state"`
-	NsxStats     *ebpf.Map `ebpf:"nsx_stats"`
-	NsxSvcConns  *ebpf.Map `ebpf:"nsx_svc_conns"`
+	NsxAffinity   *ebpf.Map `ebpf:"nsx_affinity"`
+	NsxAffinity6  *ebpf.Map `ebpf:"nsx_affinity6"`
+	NsxBackends   *ebpf.Map `ebpf:"nsx_backends"`
+	NsxBackends6  *ebpf.Map `ebpf:"nsx_backends6"`
+	NsxConntrack  *ebpf.Map `ebpf:"nsx_conntrack"`
+	NsxConntrack6 *ebpf.Map `ebpf:"nsx_conntrack6"`
+	NsxMembers    *ebpf.Map `ebpf:"nsx_members"`
+	NsxMembers6   *ebpf.Map `ebpf:"nsx_members6"`
+	NsxRanges     *ebpf.Map `ebpf:"nsx_ranges"`
+	NsxRanges6    *ebpf.Map `ebpf:"nsx_ranges6"`
+	NsxServices   *ebpf.Map `ebpf:"nsx_services"`
+	NsxServices6  *ebpf.Map `ebpf:"nsx_services6"`
+	NsxState      *ebpf.Map `ebpf:"nsx_state"`
+	NsxStats      *ebpf.Map `ebpf:"nsx_stats"`
+	NsxSvcConns   *ebpf.Map `ebpf:"nsx_svc_conns"`
 }
 
 func (m *nsxMaps) Close() error {
 	return _NsxClose(
 		m.NsxAffinity,
+		m.NsxAffinity6,
 		m.NsxBackends,
+		m.NsxBackends6,
 		m.NsxConntrack,
+		m.NsxConntrack6,
 		m.NsxMembers,
+		m.NsxMembers6,
 		m.NsxRanges,
+		m.NsxRanges6,
 		m.NsxServices,
+		m.NsxServices6,
 		m.NsxState,
 		m.NsxStats,
 		m.NsxSvcConns,
@@ -231,7 +333,8 @@ func (m *nsxMaps) Close() error {
 //
 // It can be passed to loadNsxObjects or ebpf.CollectionSpec.LoadAndAssign.
 type nsxVariables struct {
-	HairpinIp *ebpf.Variable `ebpf:"hairpin_ip"`
+	HairpinIp  *ebpf.Variable `ebpf:"hairpin_ip"`
+	HairpinIp6 *ebpf.Variable `ebpf:"hairpin_ip6"`
 }
 
 // nsxPrograms contains all programs after they have been loaded into the kernel.

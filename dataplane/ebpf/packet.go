@@ -10,7 +10,8 @@ import (
 )
 
 // The test packets trace runs through the live program (and the unit tests
-// through a loaded one): Ethernet, IPv4, then TCP or UDP, checksums right.
+// through a loaded one): Ethernet, IPv4 or IPv6 (by the addresses), then
+// TCP, UDP or SCTP, checksums right.
 
 // TCP flags of a built packet.
 const (
@@ -20,7 +21,7 @@ const (
 	tcpACK = 0x10
 )
 
-// buildPacket builds eth + IPv4 + TCP (with the options a real SYN has) or
+// buildPacket builds eth + IPv4 (IPv6) + TCP (with the options a real SYN has) or
 // UDP (a small payload).
 func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags uint8) []byte {
 	var l4 []byte
@@ -49,13 +50,25 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 		binary.BigEndian.PutUint16(l4[4:], uint16(len(l4)))
 		copy(l4[8:], "ping")
 	}
-	ip := make([]byte, 20)
-	ip[0], ip[8], ip[9] = 0x45, 64, proto
-	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
-	s4, d4 := src.As4(), dst.As4()
-	copy(ip[12:], s4[:])
-	copy(ip[16:], d4[:])
-	binary.BigEndian.PutUint16(ip[10:], dataplane.Checksum(ip, 0))
+	var ip []byte
+	ethType := byte(0x00)
+	if src.Is6() {
+		ip = make([]byte, 40)
+		ip[0], ip[6], ip[7] = 0x60, proto, 64
+		binary.BigEndian.PutUint16(ip[4:], uint16(len(l4)))
+		s16, d16 := src.As16(), dst.As16()
+		copy(ip[8:], s16[:])
+		copy(ip[24:], d16[:])
+		ethType = 0xdd
+	} else {
+		ip = make([]byte, 20)
+		ip[0], ip[8], ip[9] = 0x45, 64, proto
+		binary.BigEndian.PutUint16(ip[2:], uint16(20+len(l4)))
+		s4, d4 := src.As4(), dst.As4()
+		copy(ip[12:], s4[:])
+		copy(ip[16:], d4[:])
+		binary.BigEndian.PutUint16(ip[10:], dataplane.Checksum(ip, 0))
+	}
 	switch proto {
 	case protoTCP:
 		binary.BigEndian.PutUint16(l4[16:], l4csum(ip, l4))
@@ -65,6 +78,9 @@ func buildPacket(proto uint8, src, dst netip.Addr, sport, dport uint16, tcpFlags
 		binary.BigEndian.PutUint16(l4[6:], l4csum(ip, l4))
 	}
 	eth := []byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 8, 0}
+	if src.Is6() {
+		eth[12], eth[13] = 0x86, ethType
+	}
 	return append(append(eth, ip...), l4...)
 }
 
@@ -79,7 +95,12 @@ func sctpCRC(l4 []byte) uint32 {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// l4csum is the checksum of l4 under the pseudo-header of ip (IPv4 or
+// IPv6, no extension headers).
 func l4csum(ip, l4 []byte) uint16 {
+	if ip[0]>>4 == 6 {
+		return dataplane.Checksum(l4, dataplane.PseudoHeaderSum(ip[8:24], ip[24:40], ip[6], len(l4)))
+	}
 	return dataplane.Checksum(l4, dataplane.PseudoHeaderSum(ip[12:16], ip[16:20], ip[9], len(l4)))
 }
 
@@ -96,6 +117,16 @@ type packetInfo struct {
 }
 
 func parsePacket(b []byte) (packetInfo, error) {
+	if len(b) >= 14+40 && b[12] == 0x86 && b[13] == 0xdd {
+		ip := b[14:]
+		total := 40 + int(binary.BigEndian.Uint16(ip[4:]))
+		if ip[0]>>4 != 6 || total > len(ip) {
+			return packetInfo{}, errors.New("malformed IPv6 header")
+		}
+		p := packetInfo{src: netip.AddrFrom16([16]byte(ip[8:24])), dst: netip.AddrFrom16([16]byte(ip[24:40])), proto: ip[6],
+			l4: ip[40:total], ipOK: true}
+		return parseL4(p, ip[:40])
+	}
 	if len(b) < 14+20 {
 		return packetInfo{}, errors.New("packet shorter than Ethernet and IPv4 headers")
 	}
@@ -108,13 +139,19 @@ func parsePacket(b []byte) (packetInfo, error) {
 	l4 := ip[ihl:total]
 	p := packetInfo{src: netip.AddrFrom4([4]byte(ip[12:16])), dst: netip.AddrFrom4([4]byte(ip[16:20])), proto: ip[9], l4: l4}
 	p.ipOK = dataplane.Checksum(ip[:ihl], 0) == 0
+	return parseL4(p, ip[:ihl])
+}
+
+// parseL4 reads p.l4 (of the IP header ip).
+func parseL4(p packetInfo, ip []byte) (packetInfo, error) {
+	l4 := p.l4
 	switch p.proto {
 	case protoTCP, protoUDP:
 		if len(l4) < 8 {
 			return packetInfo{}, errors.New("truncated L4 header")
 		}
 		p.sport, p.dport = binary.BigEndian.Uint16(l4[0:]), binary.BigEndian.Uint16(l4[2:])
-		p.l4OK = l4csum(ip[:ihl], l4) == 0
+		p.l4OK = l4csum(ip, l4) == 0
 		if p.proto == protoTCP {
 			if len(l4) < 20 {
 				return packetInfo{}, errors.New("truncated TCP header")
@@ -134,6 +171,12 @@ func parsePacket(b []byte) (packetInfo, error) {
 		}
 		p.icmpType = l4[0]
 		p.l4OK = dataplane.Checksum(l4, 0) == 0
+	case protoICMPv6:
+		if len(l4) < 8 {
+			return packetInfo{}, errors.New("truncated ICMPv6 header")
+		}
+		p.icmpType = l4[0]
+		p.l4OK = l4csum(ip, l4) == 0
 	}
 	return p, nil
 }

@@ -254,8 +254,8 @@ func TestAdoptConnections(t *testing.T) {
 	cip := dataplane.FrontendKey{IP: vip, Port: 80, Protocol: dataplane.TCP}
 	np := dataplane.FrontendKey{IP: netip.MustParseAddr("10.0.100.2"), Port: 30080, Protocol: dataplane.TCP}
 	b := &Backend{objs: o, installed: map[dataplane.FrontendKey]*installedSvc{
-		cip: {src: &dataplane.Frontend{Key: cip, Kind: dataplane.ClusterIP}, val: nsxSvcVal{Id: 12}},
-		np:  {src: &dataplane.Frontend{Key: np, Kind: dataplane.NodePort}, val: nsxSvcVal{Id: 13}},
+		cip: {src: &dataplane.Frontend{Key: cip, Kind: dataplane.ClusterIP}, val: svcVal{Id: 12}},
+		np:  {src: &dataplane.Frontend{Key: np, Kind: dataplane.NodePort}, val: svcVal{Id: 13}},
 	}}
 	be := netip.AddrPortFrom(backend1, 8080)
 	taken := dataplane.Conn{Frontend: cip, Client: netip.AddrPortFrom(clientIP, 44002), Backend: netip.AddrPortFrom(backend2, 8080)}

@@ -14,13 +14,14 @@ import (
 
 // Return codes of the programs (TCX and TC).
 const (
-	protoTCP   = dataplane.ProtoTCP
-	protoUDP   = dataplane.ProtoUDP
-	protoICMP  = 1
-	tcxNext    = 0xffffffff // TCX_NEXT (-1)
-	tcxPass    = 0
-	tcActShot  = 2
-	tcRedirect = 7 // bpf_redirect: a test run does not redirect, it returns this
+	protoTCP    = dataplane.ProtoTCP
+	protoUDP    = dataplane.ProtoUDP
+	protoICMP   = 1
+	protoICMPv6 = 58
+	tcxNext     = 0xffffffff // TCX_NEXT (-1)
+	tcxPass     = 0
+	tcActShot   = 2
+	tcRedirect  = 7 // bpf_redirect: a test run does not redirect, it returns this
 )
 
 // Trace runs the egress program attached to the pod whose port (host
