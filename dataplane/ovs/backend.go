@@ -35,8 +35,11 @@ type Options struct {
 	// HairpinIP is the source a pod sees when it reaches itself through a
 	// Service; default dataplane.DefaultHairpinIP.
 	HairpinIP netip.Addr
-	Timeout   time.Duration // per OVS operation
-	Log       *zap.Logger
+	// HairpinIP6 is HairpinIP for IPv6 Services; default
+	// dataplane.DefaultHairpinIP6.
+	HairpinIP6 netip.Addr
+	Timeout    time.Duration // per OVS operation
+	Log        *zap.Logger
 	// Conn replaces the OpenFlow connection (tests inject refusals
 	// through it); nil dials the bridge's management socket.
 	Conn func(onReconnect func()) SwitchConn
@@ -133,6 +136,12 @@ func New(o Options) (*Backend, error) {
 	if !o.HairpinIP.IsValid() {
 		o.HairpinIP = dataplane.DefaultHairpinIP
 	}
+	if !o.HairpinIP6.IsValid() {
+		o.HairpinIP6 = dataplane.DefaultHairpinIP6
+	}
+	if !o.HairpinIP.Is4() || !o.HairpinIP6.Is6() {
+		return nil, fmt.Errorf("ovs dataplane: hairpin addresses %s and %s must be IPv4 and IPv6", o.HairpinIP, o.HairpinIP6)
+	}
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
@@ -140,7 +149,7 @@ func New(o Options) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovs dataplane: %w", err)
 	}
-	b := &Backend{opts: o, log: o.Log, db: db, co: compileOptions{NodeName: o.NodeName, HairpinIP: o.HairpinIP}}
+	b := &Backend{opts: o, log: o.Log, db: db, co: compileOptions{NodeName: o.NodeName, HairpinIP: o.HairpinIP, HairpinIP6: o.HairpinIP6}}
 	if o.Conn != nil {
 		b.of = o.Conn(b.replay)
 	} else {

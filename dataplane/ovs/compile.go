@@ -173,8 +173,11 @@ func isOurGroup(id uint32) bool {
 
 // compileOptions are the node-wide inputs of compilation.
 type compileOptions struct {
-	NodeName  string
-	HairpinIP netip.Addr
+	NodeName string
+	// HairpinIP and HairpinIP6 are the sources a pod reaching itself
+	// through an IPv4 or IPv6 Service sees; invalid: no hairpin in that
+	// family.
+	HairpinIP, HairpinIP6 netip.Addr
 	// Uplink is the uplink's OpenFlow port: packets from it to an external
 	// frontend come from outside the node. 0: not known (yet); external
 	// frontends then serve pods and the node only.
@@ -365,6 +368,14 @@ func snatFlows(a netip.Addr) []Flow {
 	}
 }
 
+// hairpin is the hairpin source of a's family (invalid: none).
+func (o compileOptions) hairpin(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		return o.HairpinIP6
+	}
+	return o.HairpinIP
+}
+
 // endpointFlows are the flows every frontend with this endpoint shares:
 // DNAT, and (local endpoints) hairpin.
 func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compileOptions) []Flow {
@@ -372,9 +383,9 @@ func endpointFlows(p dataplane.Protocol, ep netip.AddrPort, local bool, o compil
 	out := []Flow{{Table: tDNAT, Priority: 100,
 		Match:   Match{EthType: ethTypeOf(a), IPProto: p.Number(), EPAddr: a, EPPort: ep.Port()},
 		Actions: []Action{CT{Commit: true, Table: tHairpin, Zone: SvcZone, NAT: NAT{Kind: NATDst, Addr: a, Port: ep.Port()}}}}}
-	if local && a.Is4() && o.HairpinIP.IsValid() {
-		out = append(out, Flow{Table: tHairpin, Priority: 100, Match: Match{EthType: ethIPv4, IPSrc: a, IPDst: a},
-			Actions: []Action{CT{Commit: true, Table: tHairpinOut, Zone: HairpinZone, NAT: NAT{Kind: NATSrc, Addr: o.HairpinIP}}}})
+	if h := o.hairpin(a); local && h.IsValid() {
+		out = append(out, Flow{Table: tHairpin, Priority: 100, Match: Match{EthType: ethTypeOf(a), IPSrc: a, IPDst: a},
+			Actions: []Action{CT{Commit: true, Table: tHairpinOut, Zone: HairpinZone, NAT: NAT{Kind: NATSrc, Addr: h}}}})
 	}
 	return out
 }
@@ -388,7 +399,6 @@ func staticFlows(o compileOptions) []Flow {
 	// matches its frontend's flow.
 	known := Match{CTState: ctTrk, CTMask: ctNew | ctTrk}
 	renat := Match{CTState: ctDNAT | ctTrk, CTMask: ctDNAT | ctTrk}
-	rpl := Match{EthType: ethIPv4, CTState: ctRpl | ctTrk, CTMask: ctRpl | ctTrk}
 	fl := []Flow{
 		{Table: tLB, Priority: 200, Match: known, Actions: []Action{Resubmit(tHairpin)}},
 		{Table: tLB, Priority: 200, Match: renat, Actions: []Action{Resubmit(tHairpin)}},
@@ -401,7 +411,6 @@ func staticFlows(o compileOptions) []Flow {
 		{Table: tDNAT, Priority: 0},
 		{Table: tHairpin, Priority: 0, Actions: []Action{Normal}},
 		{Table: tHairpinOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
-		{Table: tHairpinReply, Priority: 100, Match: rpl, Actions: []Action{CT{Table: tHairpinReplyOut, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
 		{Table: tHairpinReply, Priority: 0},
 		{Table: tHairpinReplyOut, Priority: 0, Actions: []Action{SwapMACs{}, InPort}},
 		{Table: tReply, Priority: 0, Actions: []Action{Normal}},
@@ -413,6 +422,10 @@ func staticFlows(o compileOptions) []Flow {
 	}
 	for _, eth := range []uint16{ethIPv4, ethIPv6} {
 		fl = append(fl,
+			// A hairpin connection's replies (un-SNATed from the hairpin
+			// address already): un-DNAT, then back to the pod.
+			Flow{Table: tHairpinReply, Priority: 100, Match: Match{EthType: eth, CTState: ctRpl | ctTrk, CTMask: ctRpl | ctTrk},
+				Actions: []Action{CT{Table: tHairpinReplyOut, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
 			// Later packets of a SNATed connection from outside: SNAT as committed.
 			Flow{Table: tHairpin, Priority: 150, Match: Match{EthType: eth, Flags: flagSNAT, FlagsMask: flagSNAT, CTState: ctTrk, CTMask: ctNew | ctTrk},
 				Actions: []Action{CT{Table: tExternalOut, Zone: SNATZone, NAT: NAT{Kind: NATPlain}}}},
@@ -426,9 +439,11 @@ func staticFlows(o compileOptions) []Flow {
 				Actions: []Action{CT{Table: tReply, Zone: SvcZone, NAT: NAT{Kind: NATPlain}}}},
 		)
 	}
-	if o.HairpinIP.IsValid() {
-		fl = append(fl, Flow{Table: tClassifier, Priority: 210, Match: Match{EthType: ethIPv4, IPDst: o.HairpinIP},
-			Actions: []Action{CT{Table: tHairpinReply, Zone: HairpinZone, NAT: NAT{Kind: NATPlain}}}})
+	for _, h := range []netip.Addr{o.HairpinIP, o.HairpinIP6} {
+		if h.IsValid() {
+			fl = append(fl, Flow{Table: tClassifier, Priority: 210, Match: Match{EthType: ethTypeOf(h), IPDst: h},
+				Actions: []Action{CT{Table: tHairpinReply, Zone: HairpinZone, NAT: NAT{Kind: NATPlain}}}})
+		}
 	}
 	return fl
 }

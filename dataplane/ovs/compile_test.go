@@ -13,7 +13,7 @@ import (
 )
 
 func TestCompileFrontendText(t *testing.T) {
-	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP}
+	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP, HairpinIP6: dataplane.DefaultHairpinIP6}
 	cases := []struct {
 		name  string
 		fe    *dataplane.Frontend
@@ -33,7 +33,18 @@ func TestCompileFrontendText(t *testing.T) {
 		{"ipv6", fe("fd00::10", 53, dataplane.UDP, "[fd00:1::5]:5353"), []string{
 			"udp6,ipv6_dst=fd00::10,tp_dst=53", "xxreg1=0xfd000001000000000000000000000005", "nat(dst=[fd00:1::5]:5353)",
 			"fields(ipv6_src,ipv6_dst,udp_src,udp_dst)",
-		}, []string{"nw_src=fd00"}},
+			// A local IPv6 endpoint reaching itself gets the IPv6 hairpin source.
+			"table=73,priority=100,ipv6,ipv6_src=fd00:1::5,ipv6_dst=fd00:1::5,actions=ct(commit,table=74,zone=65521,nat(src=fd00:a9fe:a9fe::fd))",
+		}, []string{"nw_src=fd00", "169.254"}},
+		{"ipv6 affinity learns IPv6 fields into xxreg1", func() *dataplane.Frontend {
+			f := fe("fd00::12", 80, dataplane.TCP, "[fd00:1::7]:80")
+			f.AffinityTimeout = time.Minute
+			return f
+		}(), []string{"eth_type=0x86dd,nw_proto=6,NXM_NX_IPV6_SRC[],NXM_NX_IPV6_DST[],NXM_OF_TCP_DST[],load:NXM_NX_XXREG1[]->NXM_NX_XXREG1[]",
+			"table=82,priority=100,tcp6,ipv6_dst=fd00::12,tp_dst=80,xxreg1=0xfd000001000000000000000000000007,reg2=0x50/0xffff,actions=resubmit(,72)"},
+			[]string{"NXM_OF_IP_SRC", "REG3"}},
+		{"ipv6 no endpoints rejects", fe("fd00::13", 80, dataplane.UDP), []string{
+			"table=70,priority=100,ct_state=+new+trk,udp6,ipv6_dst=fd00::13,tp_dst=80,actions=controller"}, []string{"group:"}},
 		{"affinity clamps to 65535 s", func() *dataplane.Frontend {
 			f := fe("10.96.0.12", 80, dataplane.TCP, "10.0.1.7:80")
 			f.AffinityTimeout = 86400 * time.Second
@@ -75,13 +86,46 @@ func TestCompileFrontendText(t *testing.T) {
 }
 
 func TestRemoteEndpointHasNoHairpinFlow(t *testing.T) {
-	f := fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080")
-	f.Endpoints[0].NodeName = "node2"
-	c := compileFrontend(f, 1, compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP})
-	for _, fl := range c.shared {
-		if fl.Table == tHairpin {
-			t.Fatalf("hairpin flow for a remote endpoint: %s", fl.text())
+	for _, f := range []*dataplane.Frontend{fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080"), fe("fd00::10", 80, dataplane.TCP, "[fd00:1::5]:8080")} {
+		f.Endpoints[0].NodeName = "node2"
+		c := compileFrontend(f, 1, compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP, HairpinIP6: dataplane.DefaultHairpinIP6})
+		for _, fl := range c.shared {
+			if fl.Table == tHairpin {
+				t.Fatalf("hairpin flow for a remote endpoint: %s", fl.text())
+			}
 		}
+	}
+}
+
+// Hairpin is per family: each hairpin address has its classifier flow
+// (the replies to it) and the hairpin replies of both families are
+// un-DNATed; a family without a hairpin address gets neither flow.
+func TestHairpinFlowsPerFamily(t *testing.T) {
+	text := func(fl []Flow) string {
+		var s []string
+		for _, f := range fl {
+			s = append(s, f.text())
+		}
+		return strings.Join(s, "\n")
+	}
+	both := text(staticFlows(compileOptions{HairpinIP: dataplane.DefaultHairpinIP, HairpinIP6: dataplane.DefaultHairpinIP6}))
+	for _, w := range []string{
+		"table=0,priority=210,ip,nw_dst=169.254.169.253,actions=ct(table=75,zone=65521,nat)",
+		"table=0,priority=210,ipv6,ipv6_dst=fd00:a9fe:a9fe::fd,actions=ct(table=75,zone=65521,nat)",
+		"table=75,priority=100,ct_state=+rpl+trk,ip,actions=ct(table=76,zone=65520,nat)",
+		"table=75,priority=100,ct_state=+rpl+trk,ipv6,actions=ct(table=76,zone=65520,nat)",
+	} {
+		if !strings.Contains(both, w) {
+			t.Errorf("missing %q in\n%s", w, both)
+		}
+	}
+	only4 := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP}
+	if s := text(staticFlows(only4)); strings.Contains(s, "priority=210,ipv6") {
+		t.Errorf("an IPv6 hairpin reply flow without an IPv6 hairpin address:\n%s", s)
+	}
+	c := compileFrontend(fe("fd00::10", 80, dataplane.TCP, "[fd00:1::5]:8080"), 1, only4)
+	if s := text(c.shared); strings.Contains(s, "table=73,priority=100") {
+		t.Errorf("an IPv6 hairpin flow without an IPv6 hairpin address:\n%s", s)
 	}
 }
 
@@ -175,7 +219,7 @@ func TestFlowsEncodeAndKeysDecode(t *testing.T) {
 	lb6.Kind, lb6.SNAT = dataplane.ExternalIP, netip.MustParseAddr("fd00:100::2")
 	lb6.SourceRanges = []netip.Prefix{netip.MustParsePrefix("2001:db8:1::/48")}
 	var flows []Flow
-	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP, Uplink: 7}
+	o := compileOptions{NodeName: "node1", HairpinIP: dataplane.DefaultHairpinIP, HairpinIP6: dataplane.DefaultHairpinIP6, Uplink: 7}
 	for _, f := range []*dataplane.Frontend{fe("10.96.0.10", 80, dataplane.TCP, "10.0.1.5:8080"),
 		fe("10.96.0.11", 9000, dataplane.SCTP, "10.0.1.6:9000"), fe("fd00::10", 53, dataplane.UDP, "[fd00:1::5]:5353"),
 		aff, aff6, fe("10.96.0.13", 80, dataplane.TCP), np, lb, lb6} {
