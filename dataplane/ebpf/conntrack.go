@@ -7,55 +7,95 @@ import (
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
 
-// NATEntries lists the conntrack map's entries of connections to a
-// frontend (one per connection: its forward entry), read from the map
-// pinned in pinDir. Read-only. The program does not track TCP states:
-// every entry counts as open until the LRU evicts it.
+// NATEntries lists the conntrack maps' entries of connections to a
+// frontend, both families (one per connection: its forward entry), read
+// from the maps pinned in pinDir. Read-only. The program does not track
+// TCP states: every entry counts as open until the LRU evicts it.
 func NATEntries(pinDir string) ([]dataplane.NATEntry, error) {
-	ct, err := pinned(pinDir, nsxMapNsxConntrack)
-	if err != nil {
-		return nil, err
-	}
-	defer ct.Close()
-	// The forward entry holds the client, the frontend and the backend.
-	type conn struct {
-		fwd nsxCtKey
-		val nsxCtVal
-	}
-	var fwds []conn
-	var k nsxCtKey
-	var v nsxCtVal
-	it := ct.Iterate()
-	for it.Next(&k, &v) {
-		if k.Dir == ctDirFwd {
-			fwds = append(fwds, conn{k, v})
-		}
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("ebpf: read conntrack map: %w", err)
-	}
 	var out []dataplane.NATEntry
-	for _, c := range fwds {
-		proto, ok := dataplane.ProtocolOf(c.fwd.Proto)
-		if !ok {
+	for _, v6 := range []bool{false, true} {
+		fam, closeFam, err := pinnedFamily(pinDir, v6)
+		if err != nil {
+			return nil, err
+		}
+		if fam == nil {
 			continue
 		}
-		e := dataplane.NATEntry{Protocol: proto, Open: true,
-			Client:   netip.AddrPortFrom(addrOf(c.fwd.Src), portOf(c.fwd.Sport)),
-			Frontend: netip.AddrPortFrom(addrOf(c.fwd.Dst), portOf(c.fwd.Dport)),
-			Backend:  netip.AddrPortFrom(addrOf(c.val.Ip), portOf(c.val.Port)),
-			SNATed:   c.val.Flags&ctFlagSNAT != 0}
-		if c.val.Flags&ctFlagHairpin != 0 {
+		es, err := fam.natEntries()
+		closeFam()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, es...)
+	}
+	return out, nil
+}
+
+// ctEntry is a conntrack entry of either family.
+type ctEntry struct {
+	src, dst       netip.AddrPort
+	proto, dir     uint8
+	ip, client     netip.AddrPort // the value's address and client_*
+	flags          uint16
+	svcID          uint32
+	rawKey, rawVal any
+}
+
+// eachConn calls fn with every conntrack entry.
+func (f *family) eachConn(fn func(ctEntry)) error {
+	var err error
+	if f.v6 {
+		var k nsxCt6Key
+		var v nsxCt6Val
+		it := f.conntrack.Iterate()
+		for it.Next(&k, &v) {
+			fn(ctEntry{src: netip.AddrPortFrom(netip.AddrFrom16(k.Src), portOf(k.Sport)), dst: netip.AddrPortFrom(netip.AddrFrom16(k.Dst), portOf(k.Dport)),
+				proto: k.Proto, dir: uint8(k.Dir), ip: netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port)),
+				client: netip.AddrPortFrom(netip.AddrFrom16(v.ClientIp), portOf(v.ClientPort)), flags: v.Flags, svcID: v.SvcId, rawKey: k, rawVal: v})
+		}
+		err = it.Err()
+	} else {
+		var k nsxCtKey
+		var v nsxCtVal
+		it := f.conntrack.Iterate()
+		for it.Next(&k, &v) {
+			fn(ctEntry{src: netip.AddrPortFrom(addrOf(k.Src), portOf(k.Sport)), dst: netip.AddrPortFrom(addrOf(k.Dst), portOf(k.Dport)),
+				proto: k.Proto, dir: uint8(k.Dir), ip: netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port)),
+				client: netip.AddrPortFrom(addrOf(v.ClientIp), portOf(v.ClientPort)), flags: v.Flags, svcID: v.SvcId, rawKey: k, rawVal: v})
+		}
+		err = it.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("ebpf: read %s conntrack map: %w", f.name(), err)
+	}
+	return nil
+}
+
+// natEntries are the family's connections: the forward entry holds the
+// client, the frontend and the backend.
+func (f *family) natEntries() ([]dataplane.NATEntry, error) {
+	var out []dataplane.NATEntry
+	err := f.eachConn(func(c ctEntry) {
+		if c.dir != ctDirFwd {
+			return
+		}
+		proto, ok := dataplane.ProtocolOf(c.proto)
+		if !ok {
+			return
+		}
+		e := dataplane.NATEntry{Protocol: proto, Open: true, Client: c.src, Frontend: c.dst, Backend: c.ip,
+			SNATed: c.flags&ctFlagSNAT != 0}
+		if c.flags&ctFlagHairpin != 0 {
 			e.Flags = append(e.Flags, "hairpin")
 		}
-		if c.val.Flags&ctFlagExternal != 0 {
+		if c.flags&ctFlagExternal != 0 {
 			e.Flags = append(e.Flags, "external")
 		}
 		if e.SNATed {
-			e.Flags = append(e.Flags, "snat "+netip.AddrPortFrom(addrOf(c.val.ClientIp), portOf(c.val.ClientPort)).String())
+			e.Flags = append(e.Flags, "snat "+c.client.String())
 		}
-		e.Raw = fmt.Sprintf("fwd %+v -> %+v", c.fwd, c.val)
+		e.Raw = fmt.Sprintf("fwd %+v -> %+v", c.rawKey, c.rawVal)
 		out = append(out, e)
-	}
-	return out, nil
+	})
+	return out, err
 }

@@ -278,45 +278,87 @@ func (f *family) eachMember(fn func(id uint32, e netip.AddrPort)) error {
 // is in gone (forward entries by their value, the others by their
 // source). It returns how many it deleted.
 func (f *family) flushUDP(id uint32, gone map[netip.AddrPort]bool) int {
+	var stale []any
+	_ = f.eachConn(func(c ctEntry) { // a failed read leaves the rest to the LRU
+		if c.proto != dataplane.ProtoUDP || c.svcID != id {
+			return
+		}
+		if (c.dir == ctDirFwd && gone[c.ip]) || (c.dir != ctDirFwd && gone[c.src]) {
+			stale = append(stale, c.rawKey)
+		}
+	})
 	n := 0
-	if f.v6 {
-		var stale []nsxCt6Key
-		var k nsxCt6Key
-		var v nsxCt6Val
-		it := f.conntrack.Iterate()
-		for it.Next(&k, &v) {
-			if k.Proto != dataplane.ProtoUDP || v.SvcId != id {
-				continue
-			}
-			if (k.Dir == ctDirFwd && gone[netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port))]) ||
-				(k.Dir != ctDirFwd && gone[netip.AddrPortFrom(netip.AddrFrom16(k.Src), portOf(k.Sport))]) {
-				stale = append(stale, k)
-			}
-		}
-		for _, k := range stale {
-			if f.conntrack.Delete(k) == nil {
-				n++
-			}
-		}
-		return n
-	}
-	var stale []nsxCtKey
-	var k nsxCtKey
-	var v nsxCtVal
-	it := f.conntrack.Iterate()
-	for it.Next(&k, &v) {
-		if k.Proto != dataplane.ProtoUDP || v.SvcId != id {
-			continue
-		}
-		if (k.Dir == ctDirFwd && gone[netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port))]) ||
-			(k.Dir != ctDirFwd && gone[netip.AddrPortFrom(addrOf(k.Src), portOf(k.Sport))]) {
-			stale = append(stale, k)
-		}
-	}
 	for _, k := range stale {
 		if f.conntrack.Delete(k) == nil {
 			n++
 		}
 	}
 	return n
+}
+
+// ctKey is the conntrack key of a packet src -> dst in direction dir.
+func (f *family) ctKey(src, dst netip.AddrPort, proto, dir uint8) any {
+	if f.v6 {
+		return nsxCt6Key{Src: be128(src.Addr()), Dst: be128(dst.Addr()), Sport: be16(src.Port()), Dport: be16(dst.Port()), Proto: proto, Dir: dir}
+	}
+	return nsxCtKey{Src: be32(src.Addr()), Dst: be32(dst.Addr()), Sport: be16(src.Port()), Dport: be16(dst.Port()), Proto: proto, Dir: dir}
+}
+
+// hasConn says whether the conntrack map holds the entry.
+func (f *family) hasConn(src, dst netip.AddrPort, proto, dir uint8) bool {
+	var raw []byte
+	return f.conntrack.Lookup(f.ctKey(src, dst, proto, dir), &raw) == nil
+}
+
+func (f *family) deleteConn(src, dst netip.AddrPort, proto, dir uint8) error {
+	if err := f.conntrack.Delete(f.ctKey(src, dst, proto, dir)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("%s conntrack map: %w", f.name(), err)
+	}
+	return nil
+}
+
+// lookupService reads a frontend's service entry.
+func (f *family) lookupService(k dataplane.FrontendKey) (svcVal, bool) {
+	if f.v6 {
+		var v nsxSvc6Val
+		if f.services.Lookup(f.svcKey(k), &v) != nil {
+			return svcVal{}, false
+		}
+		return svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}, true
+	}
+	var v nsxSvcVal
+	if f.services.Lookup(f.svcKey(k), &v) != nil {
+		return svcVal{}, false
+	}
+	return svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}, true
+}
+
+func (f *family) affKey(client netip.Addr, id uint32) any {
+	if f.v6 {
+		return nsxAff6Key{Client: be128(client), SvcId: id}
+	}
+	return nsxAffKey{Client: be32(client), SvcId: id}
+}
+
+// lookupAffinity is the backend a client is affined to for service id.
+func (f *family) lookupAffinity(client netip.Addr, id uint32) (netip.AddrPort, bool) {
+	if f.v6 {
+		var v nsxAff6Val
+		if f.affinity.Lookup(f.affKey(client, id), &v) != nil {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port)), true
+	}
+	var v nsxAffVal
+	if f.affinity.Lookup(f.affKey(client, id), &v) != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port)), true
+}
+
+func (f *family) deleteAffinity(client netip.Addr, id uint32) error {
+	if err := f.affinity.Delete(f.affKey(client, id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("%s affinity map: %w", f.name(), err)
+	}
+	return nil
 }

@@ -35,8 +35,9 @@ const (
 // connection from the same source port balances afresh. The per-frontend
 // new-connection counter counts the traced connection.
 func Trace(pinDir, port string, pkt dataplane.TracePacket) (*dataplane.Trace, error) {
-	if !pkt.Src.Addr().Is4() || !pkt.Dst.Addr().Is4() {
-		return nil, errors.New("ebpf: trace: the eBPF dataplane serves IPv4 only")
+	v6 := pkt.Src.Addr().Is6()
+	if pkt.Dst.Addr().Is6() != v6 {
+		return nil, fmt.Errorf("ebpf: trace: %s -> %s: source and destination of two address families", pkt.Src, pkt.Dst)
 	}
 	proto := pkt.Protocol.Number()
 	if proto != protoTCP && proto != protoUDP {
@@ -47,28 +48,30 @@ func Trace(pinDir, port string, pkt dataplane.TracePacket) (*dataplane.Trace, er
 		return nil, err
 	}
 	defer prog.Close()
-	maps := map[string]*ebpf.Map{}
+	names := []string{nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxServices}
+	if v6 {
+		names = []string{nsxMapNsxConntrack6, nsxMapNsxAffinity6, nsxMapNsxServices6}
+	}
+	var maps []*ebpf.Map
 	defer func() {
 		for _, m := range maps {
 			m.Close()
 		}
 	}()
-	for _, name := range []string{nsxMapNsxConntrack, nsxMapNsxAffinity, nsxMapNsxServices} {
+	for _, name := range names {
 		m, err := ebpf.LoadPinnedMap(pinDir+"/"+name, nil)
 		if err != nil {
 			return nil, fmt.Errorf("ebpf: trace: map %s: %w", name, err)
 		}
-		maps[name] = m
+		maps = append(maps, m)
 	}
-	fk := nsxCtKey{Src: be32(pkt.Src.Addr()), Dst: be32(pkt.Dst.Addr()), Sport: be16(pkt.Src.Port()), Dport: be16(pkt.Dst.Port()),
-		Proto: proto, Dir: ctDirFwd}
-	var cur nsxCtVal
-	established := maps[nsxMapNsxConntrack].Lookup(fk, &cur) == nil
-	var svc nsxSvcVal
-	isSvc := maps[nsxMapNsxServices].Lookup(nsxSvcKey{Vip: fk.Dst, Port: fk.Dport, Proto: proto}, &svc) == nil
-	ak := nsxAffKey{Client: fk.Src, SvcId: svc.Id}
-	var aff nsxAffVal
-	hadAffinity := isSvc && maps[nsxMapNsxAffinity].Lookup(ak, &aff) == nil
+	fam := &family{v6: v6, conntrack: maps[0], affinity: maps[1], services: maps[2]}
+	established := fam.hasConn(pkt.Src, pkt.Dst, proto, ctDirFwd)
+	svc, isSvc := fam.lookupService(dataplane.FrontendKey{IP: pkt.Dst.Addr(), Port: pkt.Dst.Port(), Protocol: pkt.Protocol})
+	affined, hadAffinity := netip.AddrPort{}, false
+	if isSvc {
+		affined, hadAffinity = fam.lookupAffinity(pkt.Src.Addr(), svc.Id)
+	}
 
 	flags := uint8(tcpSYN)
 	if established {
@@ -96,7 +99,7 @@ func Trace(pinDir, port string, pkt dataplane.TracePacket) (*dataplane.Trace, er
 			return nil, fmt.Errorf("ebpf: trace: the program returned a packet that does not parse: %w", perr)
 		}
 		switch {
-		case out.proto == protoICMP || (out.proto == protoTCP && out.tcpFlags&tcpRST != 0):
+		case out.proto == protoICMP || out.proto == protoICMPv6 || (out.proto == protoTCP && out.tcpFlags&tcpRST != 0):
 			t.Verdict = dataplane.VerdictReject
 		default:
 			t.Verdict = dataplane.VerdictForward
@@ -112,26 +115,19 @@ func Trace(pinDir, port string, pkt dataplane.TracePacket) (*dataplane.Trace, er
 	}
 	if isSvc && svc.Flags&flagAffinity != 0 && t.Verdict == dataplane.VerdictForward && !established {
 		t.Affinity = "created"
-		if hadAffinity && aff.Ip == be32(t.Backend.Addr()) && aff.Port == be16(t.Backend.Port()) {
+		if hadAffinity && affined == t.Backend {
 			t.Affinity = "used"
 		}
 	}
 	if !established && t.Verdict == dataplane.VerdictForward {
 		// Remove what the traced SYN created.
-		rk := nsxCtKey{Src: be32(t.Backend.Addr()), Dst: fk.Src, Sport: be16(t.Backend.Port()), Dport: fk.Sport, Proto: proto, Dir: ctDirRev}
+		rsrc, rdst, rdir := t.Backend, pkt.Src, uint8(ctDirRev)
 		if out.dst == pkt.Src.Addr() && ret == tcRedirect {
-			rk.Dst, rk.Dir = be32(out.src), ctDirHairpinReply
+			rdst, rdir = netip.AddrPortFrom(out.src, pkt.Src.Port()), ctDirHairpinReply
 		}
-		var errs []error
-		for _, k := range []nsxCtKey{fk, rk} {
-			if err := maps[nsxMapNsxConntrack].Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-			}
-		}
+		errs := []error{fam.deleteConn(pkt.Src, pkt.Dst, proto, ctDirFwd), fam.deleteConn(rsrc, rdst, proto, rdir)}
 		if t.Affinity == "created" && !hadAffinity {
-			if err := maps[nsxMapNsxAffinity].Delete(ak); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-			}
+			errs = append(errs, fam.deleteAffinity(pkt.Src.Addr(), svc.Id))
 		}
 		if err := errors.Join(errs...); err != nil {
 			return t, fmt.Errorf("ebpf: trace: removing the traced connection's entries: %w", err)
@@ -193,6 +189,8 @@ func protoName(p uint8) string {
 		return "udp"
 	case protoICMP:
 		return "icmp"
+	case protoICMPv6:
+		return "icmpv6"
 	}
 	return fmt.Sprint(p)
 }
