@@ -103,17 +103,33 @@ func (a *Agent) RestoreHostPorts(ctx context.Context) error {
 	a.hpMu.Lock()
 	defer a.hpMu.Unlock()
 	for _, p := range list {
-		if ip, err := netip.ParsePrefix(p.IP); err == nil && len(p.HostPorts) > 0 {
-			a.hostPorts[p.Name] = toHostPorts(p.HostPorts, ip.Addr())
+		if len(p.HostPorts) == 0 {
+			continue
+		}
+		// A record whose address does not parse (mangled by hand) serves
+		// nothing for that address; a repeated ADD rewrites it.
+		var pods []netip.Addr
+		for _, s := range []string{p.IP, p.IP6} {
+			if ip, err := netip.ParsePrefix(s); err == nil {
+				pods = append(pods, ip.Addr().Unmap())
+			}
+		}
+		if len(pods) > 0 {
+			a.hostPorts[p.Name] = toHostPorts(p.HostPorts, pods...)
 		}
 	}
 	return a.syncHostPortsLocked()
 }
 
-func toHostPorts(ms []cniwire.PortMapping, pod netip.Addr) []nftables.HostPort {
-	out := make([]nftables.HostPort, 0, len(ms))
-	for _, m := range ms {
-		out = append(out, nftables.HostPort{HostIP: m.HostIP, HostPort: m.HostPort, Protocol: m.Protocol, PodIP: pod, ContainerPort: m.ContainerPort})
+// toHostPorts maps each portMapping to each of the pod's addresses (a
+// dual-stack pod's hostPort answers over both families; the HostPortServer
+// leaves out the pairs whose hostIP is of the other family).
+func toHostPorts(ms []cniwire.PortMapping, pods ...netip.Addr) []nftables.HostPort {
+	out := make([]nftables.HostPort, 0, len(ms)*len(pods))
+	for _, pod := range pods {
+		for _, m := range ms {
+			out = append(out, nftables.HostPort{HostIP: m.HostIP, HostPort: m.HostPort, Protocol: m.Protocol, PodIP: pod, ContainerPort: m.ContainerPort})
+		}
 	}
 	return out
 }
@@ -316,15 +332,22 @@ func (a *Agent) Add(ctx context.Context, req *cniwire.Request) (*types100.Result
 		MAC: cfg.MAC.String(), IP: cfg.IP.String(), MTU: pod.MTU, HostPorts: mappings,
 		AttachedAt: time.Now(), // not compared: a repeated ADD keeps the first
 	}
-	// A dual-stack pod's IPv6 address (cfg.IP6) has no field in the port
-	// record yet: a repeated ADD notices a changed one by PodNet.Check, and
-	// its hostPorts go to ip_address alone, as a restarted agent serves
-	// them again from the record (RestoreHostPorts).
-	podIP, _ := netip.AddrFromSlice(cfg.IP.IP)
-	hostPorts := toHostPorts(mappings, podIP.Unmap())
+	podIPs := []netip.Addr{addrOf(cfg.IP)}
 	if cfg.Gateway != nil {
 		want.Gateway = cfg.Gateway.String()
 	}
+	// A dual-stack pod's IPv6 address is recorded too: a repeated ADD after
+	// the config dropped or changed it finds the record different and
+	// recreates the attachment (a fresh veth has no stale address), and a
+	// restarted agent serves its hostPorts on it again.
+	if cfg.IP6 != nil {
+		want.IP6 = cfg.IP6.String()
+		podIPs = append(podIPs, addrOf(cfg.IP6))
+	}
+	if cfg.Gateway6 != nil {
+		want.Gateway6 = cfg.Gateway6.String()
+	}
+	hostPorts := toHostPorts(mappings, podIPs...)
 
 	// A repeated ADD: keep an intact attachment as it is.
 	if have, err := a.Ports.Get(octx, host); err != nil {
@@ -387,7 +410,7 @@ func (a *Agent) hostLinkExists(name string) bool {
 func samePort(a, b *ports.PodPort) bool {
 	return a.VLAN == b.VLAN && a.ContainerID == b.ContainerID && a.PodUID == b.PodUID &&
 		a.IfName == b.IfName && a.MAC == b.MAC && a.IP == b.IP && a.Gateway == b.Gateway &&
-		a.MTU == b.MTU && a.Netns == b.Netns && slices.Equal(a.HostPorts, b.HostPorts)
+		a.IP6 == b.IP6 && a.Gateway6 == b.Gateway6 && a.MTU == b.MTU && a.Netns == b.Netns && slices.Equal(a.HostPorts, b.HostPorts)
 }
 
 // result is a CNI 1.1 result; the plugin converts it to the netconf's
@@ -495,9 +518,12 @@ func (a *Agent) ReportAttachments(ctx context.Context) error {
 		switch {
 		case err != nil:
 			st.Err = fmt.Errorf("attached, but its config is no longer held: %w", err)
-		case cfg.IP.String() != p.IP || cfg.MAC.String() != p.MAC || cfg.VLAN != p.VLAN || gatewayString(cfg) != p.Gateway:
-			st.Err = fmt.Errorf("attached with ip %s mac %s vlan %d gateway %q; the config held now is ip %s mac %s vlan %d gateway %q: it applies when the pod is recreated",
-				p.IP, p.MAC, p.VLAN, p.Gateway, cfg.IP, cfg.MAC, cfg.VLAN, gatewayString(cfg))
+		case cfg.IP.String() != p.IP || cfg.MAC.String() != p.MAC || cfg.VLAN != p.VLAN || ipString(cfg.Gateway) != p.Gateway ||
+			prefixString(cfg.IP6) != p.IP6 || ipString(cfg.Gateway6) != p.Gateway6:
+			st.Err = fmt.Errorf("attached with ip %s mac %s vlan %d gateway %q ipv6 %q ipv6 gateway %q; "+
+				"the config held now is ip %s mac %s vlan %d gateway %q ipv6 %q ipv6 gateway %q: it applies when the pod is recreated",
+				p.IP, p.MAC, p.VLAN, p.Gateway, p.IP6, p.Gateway6,
+				cfg.IP, cfg.MAC, cfg.VLAN, ipString(cfg.Gateway), prefixString(cfg.IP6), ipString(cfg.Gateway6))
 		}
 		a.report(st)
 		unlock()
@@ -505,11 +531,26 @@ func (a *Agent) ReportAttachments(ctx context.Context) error {
 	return nil
 }
 
-func gatewayString(c *podconfig.Config) string {
-	if c.Gateway == nil {
+// ipString and prefixString are "" for an absent address, as the port
+// record leaves it out (net's String says "<nil>").
+func ipString(ip net.IP) string {
+	if ip == nil {
 		return ""
 	}
-	return c.Gateway.String()
+	return ip.String()
+}
+
+func prefixString(n *net.IPNet) string {
+	if n == nil {
+		return ""
+	}
+	return n.String()
+}
+
+// addrOf is n's address as a netip.Addr (an IPv4 address unmapped).
+func addrOf(n *net.IPNet) netip.Addr {
+	a, _ := netip.AddrFromSlice(n.IP)
+	return a.Unmap()
 }
 
 // Check verifies the attachment still matches the pod's config.
