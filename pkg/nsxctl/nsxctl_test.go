@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
+	"github.com/nsx-ujo/nsx-ujo/pkg/agent/ports"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata")
@@ -140,7 +141,9 @@ func TestOutputsAreStable(t *testing.T) {
 	reports := map[string]Tabler{
 		"services": &ServicesReport{Node: "node1", Dataplane: "ovs", APIChecked: true, Services: BuildServices(held, m, "")},
 		"pods": &PodsReport{Node: "node1", Bridge: "br-int", Pods: []PodRow{{Pod: "default/client", UID: "u1", ContainerID: "0123456789abcdef",
-			Port: "veth1", OFPort: 3, VLAN: 101, IP: "10.0.1.50/24", MAC: "02:00:00:65:32:01", Netns: "/var/run/netns/c", AttachedAt: "2026-12-04T11:59:00Z", EBPF: true, Audit: "ok"}}},
+			Port: "veth1", OFPort: 3, VLAN: 101, IP: "10.0.1.50/24", MAC: "02:00:00:65:32:01", Netns: "/var/run/netns/c", AttachedAt: "2026-12-04T11:59:00Z", EBPF: true, Audit: "ok"},
+			{Pod: "default/dual", UID: "u2", ContainerID: "fedcba9876543210", Port: "veth2", OFPort: 4, VLAN: 101, IP: "10.0.1.51/24",
+				IP6: "fd00:10:0:1::51/64", MAC: "02:00:00:65:32:02", Netns: "/var/run/netns/d", AttachedAt: "2026-12-04T11:59:30Z", Audit: "ok"}}},
 		"trace": &TraceReport{Node: "node1", Dataplane: "ebpf", Pod: "default/client", Port: "veth1", Source: "10.0.1.50:61234",
 			Destination: "10.96.0.10:80", Protocol: "TCP", Frontend: "10.96.0.10:80/TCP", Service: "default/web:http", Verdict: "forward",
 			Backend: a.String(), Reason: "a new connection, balanced over the frontend's 2 endpoints", NAT: []string{"dst 10.96.0.10:80 -> " + a.String()}},
@@ -181,5 +184,15 @@ func TestReason(t *testing.T) {
 		if got := reason(&c.t, c.h, c.f); !strings.Contains(got, c.want) {
 			t.Errorf("reason(%+v) = %q, want it to say %q", c.t, got, c.want)
 		}
+	}
+}
+
+// A dual-stack pod's row carries the IPv6 address its port records.
+func TestPodRowDualStack(t *testing.T) {
+	at := time.Date(2026, 12, 4, 11, 59, 0, 0, time.FixedZone("x", 3600))
+	r := podRow(&ports.PodPort{Name: "veth2", PodNamespace: "default", PodName: "dual", IP: "10.0.1.51/24", IP6: "fd00:10:0:1::51/64",
+		AttachedAt: at}, false)
+	if r.Pod != "default/dual" || r.IP != "10.0.1.51/24" || r.IP6 != "fd00:10:0:1::51/64" || r.AttachedAt != "2026-12-04T10:59:00Z" {
+		t.Fatalf("row %+v", r)
 	}
 }

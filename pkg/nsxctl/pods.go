@@ -23,8 +23,10 @@ type PodRow struct {
 	OFPort      int    `json:"ofport"`
 	VLAN        int    `json:"vlan"`
 	IP          string `json:"ip"`
-	MAC         string `json:"mac"`
-	Netns       string `json:"netns"`
+	// IP6: a dual-stack pod's IPv6 address (CIDR), as recorded.
+	IP6   string `json:"ip6,omitempty"`
+	MAC   string `json:"mac"`
+	Netns string `json:"netns"`
 	// AttachedAt: when the ADD that created the attachment ran (RFC 3339;
 	// empty for an attachment an earlier version made).
 	AttachedAt string `json:"attachedAt,omitempty"`
@@ -58,10 +60,24 @@ func (r *PodsReport) Table() ([]string, [][]string) {
 		if len(cid) > 12 {
 			cid = cid[:12]
 		}
-		rows = append(rows, []string{p.Pod, p.Port, fmt.Sprint(p.OFPort), fmt.Sprint(p.VLAN), p.IP, p.MAC, cid, p.AttachedAt,
+		ip := p.IP
+		if p.IP6 != "" {
+			ip += ", " + p.IP6 // one column per pod: both addresses side by side
+		}
+		rows = append(rows, []string{p.Pod, p.Port, fmt.Sprint(p.OFPort), fmt.Sprint(p.VLAN), ip, p.MAC, cid, p.AttachedAt,
 			map[bool]string{true: "attached", false: "no"}[p.EBPF], p.Audit})
 	}
 	return header, rows
+}
+
+// podRow is the row of a recorded port, audit "ok" (Pods judges it).
+func podRow(p *ports.PodPort, ebpf bool) PodRow {
+	row := PodRow{Pod: p.PodNamespace + "/" + p.PodName, UID: p.PodUID, ContainerID: p.ContainerID, Port: p.Name,
+		OFPort: p.OFPort, VLAN: p.VLAN, IP: p.IP, IP6: p.IP6, MAC: p.MAC, Netns: p.Netns, EBPF: ebpf, Audit: "ok"}
+	if !p.AttachedAt.IsZero() {
+		row.AttachedAt = p.AttachedAt.UTC().Format(time.RFC3339)
+	}
+	return row
 }
 
 // Pods is `nsxctl pods`: the attachments on the node's bridge.
@@ -94,12 +110,7 @@ func (n *Node) Pods(ctx context.Context) (*PodsReport, error) {
 	}
 	r := &PodsReport{Node: n.Name, Bridge: na.OVSBridge, Pods: []PodRow{}}
 	for _, p := range list {
-		row := PodRow{Pod: p.PodNamespace + "/" + p.PodName, UID: p.PodUID, ContainerID: p.ContainerID, Port: p.Name,
-			OFPort: p.OFPort, VLAN: p.VLAN, IP: p.IP, MAC: p.MAC, Netns: p.Netns,
-			EBPF: slices.Contains(attached, p.Name), Audit: "ok"}
-		if !p.AttachedAt.IsZero() {
-			row.AttachedAt = p.AttachedAt.UTC().Format(time.RFC3339)
-		}
+		row := podRow(&p, slices.Contains(attached, p.Name))
 		if p.Netns == "" || !podnet.NetnsExists(podnet.HostPath(na.ProcMountPathPrefix, p.Netns)) {
 			switch {
 			case uids == nil:
