@@ -275,10 +275,10 @@ SAME_LAYOUT(4, _)
 SAME_LAYOUT(6, 6_)
 
 // Sizes are set by the loader from ncp.ini before the maps are created;
-// each IPv6 map takes its IPv4 counterpart's size. The maps of services,
-// backends, members and ranges allocate on use: an IPv4-only cluster's
-// IPv6 maps cost nothing but the two LRU tables.
-#define NSX_MAPS(S, KP, NOPREALLOC)                                          \
+// IPv6's hash maps take their IPv4 counterparts' sizes and allocate on use,
+// its two LRU maps (preallocated) have sizes of their own, smaller by
+// default: an IPv4-only node pays little for them.
+#define NSX_MAPS(S, KP, NOPREALLOC, CT_SIZE, AFF_SIZE)                                          \
 	struct {                                                             \
 		__uint(type, BPF_MAP_TYPE_HASH);                             \
 		__type(key, struct svc##KP##key);                            \
@@ -299,14 +299,14 @@ SAME_LAYOUT(6, 6_)
 		__uint(type, BPF_MAP_TYPE_LRU_HASH);                         \
 		__type(key, struct ct##KP##key);                             \
 		__type(value, struct ct##KP##val);                           \
-		__uint(max_entries, 524288);                                 \
+		__uint(max_entries, CT_SIZE);                                \
 		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
 	} nsx_conntrack##S SEC(".maps");                                     \
 	struct {                                                             \
 		__uint(type, BPF_MAP_TYPE_LRU_HASH);                         \
 		__type(key, struct aff##KP##key);                            \
 		__type(value, struct aff##KP##val);                          \
-		__uint(max_entries, 131072);                                 \
+		__uint(max_entries, AFF_SIZE);                               \
 		__uint(pinning, LIBBPF_PIN_BY_NAME);                         \
 	} nsx_affinity##S SEC(".maps");                                      \
 	struct {                                                             \
@@ -327,8 +327,8 @@ SAME_LAYOUT(6, 6_)
 	} nsx_ranges##S SEC(".maps");
 
 // IPv4's keep the flags older versions pinned them with (preallocated).
-NSX_MAPS(, _, 0)
-NSX_MAPS(6, 6_, BPF_F_NO_PREALLOC)
+NSX_MAPS(, _, 0, 524288, 131072)
+NSX_MAPS(6, 6_, BPF_F_NO_PREALLOC, 65536, 16384)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -30,7 +30,8 @@ func EBPFOptions(cfg *config.Config, log *zap.Logger) ebpfdp.Options {
 	return ebpfdp.Options{
 		PinDir: kp.BPFPinDir,
 		Sizes: ebpfdp.MapSizes{Services: uint32(kp.BPFServicesMapSize), Backends: uint32(kp.BPFBackendsMapSize),
-			Conntrack: uint32(kp.BPFConntrackMapSize), Affinity: uint32(kp.BPFAffinityMapSize)},
+			Conntrack: uint32(kp.BPFConntrackMapSize), Affinity: uint32(kp.BPFAffinityMapSize),
+			Conntrack6: uint32(kp.BPFConntrack6MapSize), Affinity6: uint32(kp.BPFAffinity6MapSize)},
 		Bridge: na.OVSBridge, OVSRunDir: na.OVSRunDir, Timeout: na.OVSOperationTimeout, Log: log,
 	}
 }

@@ -18,6 +18,9 @@ import (
 // 0 keeps the size compiled into the object.
 type MapSizes struct {
 	Services, Backends, Conntrack, Affinity uint32
+	// The IPv6 LRU maps (0: the program's defaults); IPv6's hash maps
+	// take their IPv4 counterparts' sizes, allocated on use.
+	Conntrack6, Affinity6 uint32
 }
 
 // Objects are the loaded programs and the (pinned) maps. The maps are
@@ -103,12 +106,11 @@ func Load(o LoadOptions) (*Objects, error) {
 	if err := spec.Variables[nsxVarHairpinIp6].Set(be128(hairpin6)); err != nil {
 		return nil, fmt.Errorf("ebpf: set the IPv6 hairpin address: %w", err)
 	}
-	// Affinity members are at most every backend; each IPv6 map takes the
-	// size of its IPv4 counterpart.
+	// Affinity members are at most every backend.
 	for name, n := range map[string]uint32{nsxMapNsxServices: sizes.Services, nsxMapNsxBackends: sizes.Backends,
 		nsxMapNsxMembers: sizes.Backends, nsxMapNsxSvcConns: sizes.Services, nsxMapNsxConntrack: sizes.Conntrack, nsxMapNsxAffinity: sizes.Affinity,
 		nsxMapNsxServices6: sizes.Services, nsxMapNsxBackends6: sizes.Backends, nsxMapNsxMembers6: sizes.Backends,
-		nsxMapNsxConntrack6: sizes.Conntrack, nsxMapNsxAffinity6: sizes.Affinity} {
+		nsxMapNsxConntrack6: sizes.Conntrack6, nsxMapNsxAffinity6: sizes.Affinity6} {
 		if n > 0 {
 			spec.Maps[name].MaxEntries = n
 		}

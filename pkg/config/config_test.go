@@ -27,6 +27,7 @@ func TestDefaults(t *testing.T) {
 			ConfigHandler: "ovs", Dataplane: "ovs", SyncPeriod: 30 * time.Second, SwitchDrainPeriod: 900 * time.Second,
 			HealthzBindAddr: "0.0.0.0:10256", MetricsBindAddr: "127.0.0.1:10249", BPFPinDir: "/sys/fs/bpf/nsx-ujo",
 			BPFServicesMapSize: 65536, BPFBackendsMapSize: 1 << 20, BPFConntrackMapSize: 1 << 19, BPFAffinityMapSize: 1 << 17,
+			BPFConntrack6MapSize: 1 << 16, BPFAffinity6MapSize: 1 << 14,
 		},
 	}
 	if got := Defaults(); !reflect.DeepEqual(got, want) {
@@ -97,6 +98,8 @@ bpf_services_map_size = 1000
 bpf_backends_map_size = 20000
 bpf_conntrack_map_size = 40000
 bpf_affinity_map_size = 3000
+bpf_conntrack6_map_size = 5000
+bpf_affinity6_map_size = 300
 `
 	want := Config{
 		Default: Default{Debug: true, LogDir: "/var/log/nsx-ujo", LogFile: "agent.log"},
@@ -116,6 +119,7 @@ bpf_affinity_map_size = 3000
 			NodePortAddresses: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64"),
 				netip.MustParsePrefix("192.168.1.0/24")},
 			BPFServicesMapSize: 1000, BPFBackendsMapSize: 20000, BPFConntrackMapSize: 40000, BPFAffinityMapSize: 3000,
+			BPFConntrack6MapSize: 5000, BPFAffinity6MapSize: 300,
 		},
 	}
 	c, err := Parse([]byte(text), func(msg string, kv ...any) { t.Errorf("unexpected %s %v", msg, kv) })

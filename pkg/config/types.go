@@ -97,4 +97,8 @@ type KubeProxy struct {
 	BPFBackendsMapSize  int // bpf_backends_map_size (1048576): endpoint slots of all frontends
 	BPFConntrackMapSize int // bpf_conntrack_map_size (524288): LRU, two entries a connection
 	BPFAffinityMapSize  int // bpf_affinity_map_size (131072): LRU, one per client and frontend
+	// The IPv6 LRU maps, sized apart: preallocated, they cost their full
+	// size on every node, IPv6 or not.
+	BPFConntrack6MapSize int // bpf_conntrack6_map_size (65536)
+	BPFAffinity6MapSize  int // bpf_affinity6_map_size (16384)
 }
