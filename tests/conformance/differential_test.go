@@ -29,9 +29,9 @@ var (
 	diffRounds = flag.Int("differential.rounds", 4, "random models each dataplane is given in turn (make fuzz runs many)")
 )
 
-// The differential test: random Services and EndpointSlices (ports,
-// protocols, endpoint conditions and nodes, affinity, traffic policy, empty
-// sets), through the model code nsx-kube-proxy runs, are synced in turn to
+// The differential test: random Services and EndpointSlices (IPv4, IPv6
+// or dual-stack, ports, protocols, endpoint conditions and nodes, affinity,
+// traffic policy, empty sets), through the model code nsx-kube-proxy runs, are synced in turn to
 // each dataplane on one node; real connections from pods then check every
 // outcome against the model (an allowed backend, reject or drop, the
 // client's address preserved, affinity) and the dataplanes against each
@@ -81,32 +81,39 @@ func TestDifferential(t *testing.T) {
 	if len(diffs) > 0 {
 		t.Errorf("the dataplanes disagree on %d of %d observations:\n%s", len(diffs), len(outcomes["ovs"]), strings.Join(diffs, "\n"))
 	}
-	t.Logf("%d rounds from seed %d, %d observations per dataplane", len(rounds), *diffSeed, len(outcomes["ovs"]))
+	v6 := 0
+	for k := range outcomes["ovs"] {
+		if strings.Contains(k, "[") { // an IPv6 frontend's address and port
+			v6++
+		}
+	}
+	t.Logf("%d rounds from seed %d, %d observations per dataplane, %d of them of IPv6 frontends", len(rounds), *diffSeed, len(outcomes["ovs"]), v6)
 }
 
-// world is the node's pods: backends serving on two ports, and clients.
+// world is the node's pods (dual-stack): backends serving on two ports,
+// and clients.
 type world struct {
 	backends []*conformance.Pod
-	nodeOf   map[netip.Addr]string // a backend's node in the slices
-	clients  []*conformance.Pod    // the last one is also a backend (hairpin)
+	nodeOf   map[*conformance.Pod]string // a backend's node in the slices
+	clients  []*conformance.Pod          // the last one is also a backend (hairpin)
 }
 
 var servedPorts = []uint16{8080, 8081}
 
 func newWorld(t *testing.T, e *conformance.Env) *world {
-	w := &world{nodeOf: map[netip.Addr]string{}}
+	w := &world{nodeOf: map[*conformance.Pod]string{}}
 	for i := 0; i < 5; i++ {
 		vlan := 101 + i%2
 		p := e.AddPod(fmt.Sprintf("b%d", i), vlan, 10+i)
 		for _, port := range servedPorts {
-			p.ServeAs(t, port, fmt.Sprintf("%s:%d", p.IP, port))
+			p.ServeByAddress(t, port)
 		}
 		w.backends = append(w.backends, p)
 		// Endpoints of the first three are on this node: what
 		// internalTrafficPolicy Local keeps.
-		w.nodeOf[p.IP] = conformance.NodeName
+		w.nodeOf[p] = conformance.NodeName
 		if i >= 3 {
-			w.nodeOf[p.IP] = "node2"
+			w.nodeOf[p] = "node2"
 		}
 	}
 	w.clients = []*conformance.Pod{e.AddPod("c0", 101, 50), e.AddPod("c1", 102, 51), w.backends[0]}
@@ -125,34 +132,52 @@ func generate(seed uint64, w *world) *round {
 	r := rand.New(rand.NewPCG(seed, 0x5eed))
 	m := &dataplane.Model{Frontends: map[dataplane.FrontendKey]*dataplane.Frontend{}}
 	for s := 0; s < 1+r.IntN(3); s++ {
-		svc, slice := randomService(r, s, w)
-		for k, f := range proxy.BuildFrontends(svc, []*discoveryv1.EndpointSlice{slice}, proxy.Node{Name: conformance.NodeName,
-			Addresses: []netip.Addr{conformance.NodeIP}}) {
+		svc, epSlices := randomService(r, s, w)
+		for k, f := range proxy.BuildFrontends(svc, epSlices, proxy.Node{Name: conformance.NodeName,
+			Addresses: []netip.Addr{conformance.NodeIP, conformance.NodeIP6}}) {
 			m.Frontends[k] = f
 		}
 	}
 	return &round{seed: seed, model: m}
 }
 
-func randomService(r *rand.Rand, i int, w *world) (*corev1.Service, *discoveryv1.EndpointSlice) {
+// randomService is a Service of one family or both (its families in
+// random order, as either may be a dual-stack Service's primary) with an
+// EndpointSlice per family, of the same pods in the same states, as the
+// EndpointSlice controller writes them.
+func randomService(r *rand.Rand, i int, w *world) (*corev1.Service, []*discoveryv1.EndpointSlice) {
 	name := fmt.Sprintf("svc%d", i)
-	vip := fmt.Sprintf("10.96.77.%d", 10+i)
+	vips := map[conformance.Family]string{conformance.IPv4: fmt.Sprintf("10.96.77.%d", 10+i), conformance.IPv6: fmt.Sprintf("fd00:10:96:77::%d", 10+i)}
+	fams := [][]conformance.Family{{conformance.IPv4}, {conformance.IPv6},
+		{conformance.IPv4, conformance.IPv6}, {conformance.IPv6, conformance.IPv4}}[r.IntN(4)]
 	itp := corev1.ServiceInternalTrafficPolicyCluster
 	if r.IntN(3) == 0 {
 		itp = corev1.ServiceInternalTrafficPolicyLocal
 	}
+	familyPolicy := corev1.IPFamilyPolicySingleStack
+	if len(fams) > 1 {
+		familyPolicy = corev1.IPFamilyPolicyRequireDualStack
+	}
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
-		Spec:       corev1.ServiceSpec{ClusterIP: vip, ClusterIPs: []string{vip}, InternalTrafficPolicy: &itp},
+		Spec:       corev1.ServiceSpec{ClusterIP: vips[fams[0]], InternalTrafficPolicy: &itp, IPFamilyPolicy: &familyPolicy},
+	}
+	for _, f := range fams {
+		svc.Spec.ClusterIPs = append(svc.Spec.ClusterIPs, vips[f])
+		svc.Spec.IPFamilies = append(svc.Spec.IPFamilies, map[conformance.Family]corev1.IPFamily{
+			conformance.IPv4: corev1.IPv4Protocol, conformance.IPv6: corev1.IPv6Protocol}[f])
 	}
 	if r.IntN(3) == 0 {
 		timeout := int32(60 + r.IntN(600))
 		svc.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 		svc.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}
 	}
-	slice := &discoveryv1.EndpointSlice{
-		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-		AddressType: discoveryv1.AddressTypeIPv4,
+	var epSlices []*discoveryv1.EndpointSlice
+	for _, f := range fams {
+		epSlices = append(epSlices, &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("%s-%s", name, f), Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+			AddressType: map[conformance.Family]discoveryv1.AddressType{conformance.IPv4: discoveryv1.AddressTypeIPv4, conformance.IPv6: discoveryv1.AddressTypeIPv6}[f],
+		})
 	}
 	// One or two ports, TCP or UDP, each to one of the served ports.
 	for j, n := 0, 1+r.IntN(2); j < n; j++ {
@@ -161,7 +186,9 @@ func randomService(r *rand.Rand, i int, w *world) (*corev1.Service, *discoveryv1
 		target := int32(servedPorts[r.IntN(len(servedPorts))])
 		svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: pname, Port: int32(80 + j), Protocol: proto,
 			TargetPort: intstr.FromInt32(target)})
-		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: &pname, Port: &target, Protocol: &proto})
+		for _, s := range epSlices {
+			s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: &pname, Port: &target, Protocol: &proto})
+		}
 	}
 	// Endpoints: a random subset (maybe none), each in one of the states
 	// the model treats differently.
@@ -178,11 +205,13 @@ func randomService(r *rand.Rand, i int, w *world) (*corev1.Service, *discoveryv1
 		case 2: // not ready
 			ready, serving = false, false
 		}
-		node := w.nodeOf[p.IP]
-		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{p.IP.String()}, NodeName: &node,
-			Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating}})
+		node := w.nodeOf[p]
+		for k, f := range fams {
+			epSlices[k].Endpoints = append(epSlices[k].Endpoints, discoveryv1.Endpoint{Addresses: []string{p.Addr(f).String()}, NodeName: &node,
+				Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating}})
+		}
 	}
-	return svc, slice
+	return svc, epSlices
 }
 
 // observe makes connections from every client to every frontend, checks
@@ -237,9 +266,12 @@ func (w *world) connect(c *conformance.Pod, f *dataplane.Frontend, allowed map[s
 		if !allowed[server] {
 			return "served", fmt.Errorf("connection %d reached %s, not an endpoint of the model %v", i, server, keysOf(allowed))
 		}
-		wantSource := c.IP.String()
-		if strings.HasPrefix(server, c.IP.String()+":") {
-			wantSource = dataplane.DefaultHairpinIP.String() // the pod reached itself
+		// Every endpoint is of the frontend's family (allowed): so is the
+		// source the server sees.
+		fam := conformance.FamilyOf(f.Key.IP)
+		wantSource := c.Addr(fam).String()
+		if ap, _ := netip.ParseAddrPort(server); ap.Addr() == c.Addr(fam) {
+			wantSource = conformance.HairpinIP(fam).String() // the pod reached itself
 		}
 		if source != wantSource {
 			return "served", fmt.Errorf("connection %d: %s saw source %s, want %s", i, server, source, wantSource)

@@ -15,11 +15,15 @@ import (
 
 // DialFrom is Dial from a given source port.
 func (p *Pod) DialFrom(addr string, sport uint16, timeout time.Duration) (*Conn, error) {
-	d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: p.IP.AsSlice(), Port: int(sport)}}
+	to, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: p.Addr(FamilyOf(to.Addr())).AsSlice(), Port: int(sport)}}
 	var c net.Conn
-	err := p.NS.Do(func() error {
+	err = p.NS.Do(func() error {
 		var err error
-		c, err = d.Dial("tcp4", addr)
+		c, err = d.Dial("tcp", addr)
 		return err
 	})
 	if err != nil {
