@@ -196,7 +196,8 @@ func (e *Env) AddPod(name string, vlan, host int) *Pod {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := e.ports.Ensure(ctx, &ports.PodPort{Name: link.HostIfName, VLAN: vlan, ContainerID: cid, PodName: name,
-		PodNamespace: "default", PodUID: cid, Netns: p.NS.Path, IfName: "eth0", MAC: mac.String(), IP: p.IP.String() + "/24"}); err != nil {
+		PodNamespace: "default", PodUID: cid, Netns: p.NS.Path, IfName: "eth0", MAC: mac.String(), IP: p.IP.String() + "/24",
+		IP6: p.IP6.String() + "/64"}); err != nil {
 		t.Fatal(err)
 	}
 	return p
