@@ -100,7 +100,7 @@ func (c *Cluster) startControlPlane(t testing.TB) {
 		"--kubeconfig="+kc, "--authentication-kubeconfig="+kc, "--authorization-kubeconfig="+kc,
 		"--leader-elect=false", "--bind-address=127.0.0.1",
 		"--service-account-private-key-file="+c.API.SAKeyFile(), "--root-ca-file="+c.API.CAFile,
-		"--service-cluster-ip-range=10.96.0.0/16",
+		"--service-cluster-ip-range="+harness.ServiceCIDRs,
 		// Nodes of a test come and go with it: notice a dead kubelet in
 		// seconds, not the default 50 s.
 		"--node-monitor-grace-period=20s")

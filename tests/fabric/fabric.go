@@ -14,6 +14,12 @@
 // scheduled pod its `ncp/network_config` annotation (one VLAN and /24 per
 // Kubernetes namespace) and keeps one EndpointSlice per selector Service, as
 // NCP and the endpoint-slice controller do in a real cluster.
+//
+// A dual-stack fabric (Options.DualStack, EnableDualStack) gives each pod
+// network an IPv6 /64 as well, routed by the router like the IPv4 subnets,
+// every pod an IPv6 address (the annotation's ipv6_address and
+// ipv6_gateway_ip), and a Service one slice per family of its ipFamilies.
+// The node network stays IPv4 only.
 package fabric
 
 import (
@@ -57,6 +63,10 @@ type Options struct {
 	// a real kube-controller-manager, EndpointSlices are its job, and
 	// readiness comes from kubelets.
 	PodsOnly bool
+	// DualStack gives pods an IPv6 address too (EnableDualStack). Off by
+	// default: IPv4 only is what the other tests (and the realnode
+	// cluster's single-stack kube-controller-manager) were written for.
+	DualStack bool
 }
 
 // Fabric is a running simulator. Its methods are safe for concurrent use.
@@ -69,9 +79,10 @@ type Fabric struct {
 	db      *ovsdb.Client
 	t       testing.TB
 
-	mu       sync.Mutex
-	networks map[string]*network // by Kubernetes namespace
-	hyperbus map[string]*Channel // by node: nodes whose pods' configs go over HyperBus
+	mu        sync.Mutex
+	dualStack bool
+	networks  map[string]*network // by Kubernetes namespace
+	hyperbus  map[string]*Channel // by node: nodes whose pods' configs go over HyperBus
 }
 
 // network is the pod network of one Kubernetes namespace.
@@ -80,6 +91,24 @@ type network struct {
 	subnet  netip.Prefix
 	gateway netip.Addr
 	wired   bool // gateway port and router interface exist
+	// A dual-stack fabric's IPv6 subnet and gateway (invalid otherwise);
+	// wired6: the gateway address is on the router's interface.
+	subnet6  netip.Prefix
+	gateway6 netip.Addr
+	wired6   bool
+}
+
+// addr6 is the IPv6 address of the pod whose IPv4 address is ip: the same
+// host number in subnet6, so the IPv4 pool allocates both. Invalid when
+// the network has no IPv6 subnet.
+func (n network) addr6(ip netip.Addr) netip.Addr {
+	if !n.subnet6.IsValid() {
+		return netip.Addr{}
+	}
+	host := ip.As4()[3] // the subnets are /24s
+	b := n.subnet6.Addr().As16()
+	b[15] = host
+	return netip.AddrFrom16(b)
 }
 
 // Start brings the fabric up: bridge, router, the node network's gateway and,
@@ -97,15 +126,19 @@ func Start(t testing.TB, o Options) *Fabric {
 	router := harness.NewNetNS(t)
 	// send_redirects=0: an ICMP redirect would teach a pod or node to
 	// bypass the router, which the NSX fabric never lets happen.
+	// IPv6 forwarding and no DAD serve a dual-stack fabric: a router sends
+	// no neighbour solicitation while its link-local address is tentative,
+	// so the first packets it forwarded on a new gateway would wait.
 	router.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
+		"net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0",
+		"net.ipv6.conf.all.forwarding=1", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	sw := harness.StartOVS(t, harness.OVSOptions{NetNS: fabNS, Bridges: []string{Bridge}})
 	db, err := ovsdb.Dial(sw.DBSock, ovsdb.Options{Timeout: opTimeout})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	f := &Fabric{NS: fabNS, OVS: sw, Router: router, nodeNet: o.NodeNet, db: db, t: t, networks: map[string]*network{}}
+	f := &Fabric{NS: fabNS, OVS: sw, Router: router, nodeNet: o.NodeNet, db: db, t: t, networks: map[string]*network{}, dualStack: o.DualStack}
 
 	// The node network is untagged on the nodes' trunks: VLAN 0, so its
 	// gateway port is an access port without a tag. A plain untagged port
@@ -157,6 +190,28 @@ func (f *Fabric) ConnectNode(t testing.TB, node *harness.NetNS, nodeIf string, i
 	return addr
 }
 
+// EnableDualStack makes a running fabric dual-stack (Options.DualStack), for
+// a fabric another package started (cluster.Start): pod networks get their
+// IPv6 subnet on their next use, pods their IPv6 address on their next
+// sync. Call it before the pods that should be dual-stack are created: a
+// pod the agent already wired would need a repeated ADD for its new
+// address.
+func (f *Fabric) EnableDualStack() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dualStack = true
+}
+
+// Subnet6 is the IPv6 pod network of a Kubernetes namespace on a
+// dual-stack fabric (allocated as Subnet does); invalid values otherwise.
+func (f *Fabric) Subnet6(namespace string) (subnet netip.Prefix, gateway netip.Addr) {
+	n, err := f.network(namespace)
+	if err != nil {
+		f.t.Errorf("fabric: %v", err)
+	}
+	return n.subnet6, n.gateway6
+}
+
 // Subnet returns the pod network of a Kubernetes namespace, allocating it
 // and wiring its gateway on first use. A wiring failure fails the test of
 // Start; the next call retries it.
@@ -190,6 +245,20 @@ func (f *Fabric) network(namespace string) (network, error) {
 			return *n, fmt.Errorf("gateway of namespace %s (VLAN %d): %w", namespace, n.vlan, err)
 		}
 		n.wired = true
+	}
+	if f.dualStack && !n.subnet6.IsValid() {
+		// fd00:10:100:<k>::/64 beside 10.100.<k>.0/24.
+		k := n.vlan - FirstVLAN + 1
+		n.subnet6 = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0x01, 0, byte(k >> 8), byte(k)}), 64)
+		n.gateway6 = n.subnet6.Addr().Next()
+	}
+	if n.subnet6.IsValid() && !n.wired6 {
+		// replace: a retry after a half-done wiring finds the address there.
+		gw := netip.PrefixFrom(n.gateway6, n.subnet6.Bits()).String()
+		if err := run(f.Router, "ip", "-6", "addr", "replace", gw, "dev", fmt.Sprintf("gw%d", n.vlan), "nodad"); err != nil {
+			return *n, fmt.Errorf("IPv6 gateway of namespace %s (VLAN %d): %w", namespace, n.vlan, err)
+		}
+		n.wired6 = true
 	}
 	return *n, nil
 }

@@ -96,6 +96,23 @@ func (n *testNode) addPod(t *testing.T, f *Fabric, namespace string, host int) (
 	return pod, ip
 }
 
+// addPod6 is addPod on a dual-stack fabric: the pod gets the IPv6 address
+// of the same host number too (as the NCP stand-in derives it), without
+// DAD, and a default route through the IPv6 gateway.
+func (n *testNode) addPod6(t *testing.T, f *Fabric, namespace string, host int) (*harness.NetNS, netip.Addr, netip.Addr) {
+	t.Helper()
+	pod, ip := n.addPod(t, f, namespace, host)
+	subnet6, gw6 := f.Subnet6(namespace)
+	if !subnet6.IsValid() {
+		t.Fatalf("namespace %s has no IPv6 subnet", namespace)
+	}
+	nw, _ := f.network(namespace)
+	ip6 := nw.addr6(ip)
+	pod.Run(t, "ip", "-6", "addr", "add", netip.PrefixFrom(ip6, subnet6.Bits()).String(), "dev", "eth0", "nodad")
+	pod.Run(t, "ip", "-6", "route", "add", "default", "via", gw6.String())
+	return pod, ip, ip6
+}
+
 // ping waits until from reaches to (the first packets may wait for ARP and
 // MAC learning).
 func ping(t *testing.T, from *harness.NetNS, to netip.Addr) {
@@ -113,8 +130,12 @@ func ping(t *testing.T, from *harness.NetNS, to netip.Addr) {
 // it fails when checksums are left to an offload nobody does.
 func tcpEcho(t *testing.T, from, to *harness.NetNS, addr netip.Addr) {
 	t.Helper()
+	network := "tcp4"
+	if addr.Is6() {
+		network = "tcp6"
+	}
 	var ln net.Listener
-	if err := to.Do(func() (err error) { ln, err = net.Listen("tcp4", ":7000"); return err }); err != nil {
+	if err := to.Do(func() (err error) { ln, err = net.Listen(network, ":7000"); return err }); err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
@@ -129,7 +150,7 @@ func tcpEcho(t *testing.T, from, to *harness.NetNS, addr netip.Addr) {
 	}()
 	var c net.Conn
 	err := from.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp4", netip.AddrPortFrom(addr, 7000).String(), 5*time.Second)
+		c, err = net.DialTimeout(network, netip.AddrPortFrom(addr, 7000).String(), 5*time.Second)
 		return err
 	})
 	if err != nil {
@@ -296,10 +317,15 @@ func (e endpoint) String() string {
 // name) and returns it.
 func waitSlice(t *testing.T, c kubernetes.Interface, namespace, svc string, want ...endpoint) *discoveryv1.EndpointSlice {
 	t.Helper()
+	return waitSliceNamed(t, c, namespace, svc, svc+SliceSuffix, want...)
+}
+
+func waitSliceNamed(t *testing.T, c kubernetes.Interface, namespace, svc, name string, want ...endpoint) *discoveryv1.EndpointSlice {
+	t.Helper()
 	var slice *discoveryv1.EndpointSlice
-	eventually(t, fmt.Sprintf("slice of %s/%s with %v", namespace, svc, want), func() error {
+	eventually(t, fmt.Sprintf("slice %s of %s/%s with %v", name, namespace, svc, want), func() error {
 		var err error
-		slice, err = c.DiscoveryV1().EndpointSlices(namespace).Get(context.Background(), svc+SliceSuffix, metav1.GetOptions{})
+		slice, err = c.DiscoveryV1().EndpointSlices(namespace).Get(context.Background(), name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
@@ -422,4 +448,125 @@ func TestEndpointSlices(t *testing.T) {
 		}
 		return errors.Join(errors.New("still there"), err)
 	})
+}
+
+// TestDualStackTraffic: on a dual-stack fabric pods reach each other over
+// IPv6 across nodes in one namespace (L2 over the trunks) and across
+// namespaces (routed), and IPv4 still works beside it.
+func TestDualStackTraffic(t *testing.T) {
+	f := Start(t, Options{DualStack: true})
+	node1, node2 := newTestNode(t, f, 0), newTestNode(t, f, 1)
+	a, _, _ := node1.addPod6(t, f, "blue", 10)
+	b, bIP, bIP6 := node2.addPod6(t, f, "blue", 11)
+	c, cIP, cIP6 := node2.addPod6(t, f, "green", 10)
+	if subnet6, gw6 := f.Subnet6("green"); subnet6.String() != "fd00:10:100:2::/64" || gw6.String() != "fd00:10:100:2::1" ||
+		cIP6.String() != "fd00:10:100:2::a" {
+		t.Fatalf("second namespace: IPv6 subnet %s gateway %s, pod at host 10 %s", subnet6, gw6, cIP6)
+	}
+	for _, to := range []struct {
+		ns   *harness.NetNS
+		addr netip.Addr
+	}{{b, bIP6}, {c, cIP6}, {b, bIP}, {c, cIP}} {
+		ping(t, a, to.addr)
+		tcpEcho(t, a, to.ns, to.addr)
+	}
+}
+
+// waitSlice6 is waitSlice for the IPv6 slice.
+func waitSlice6(t *testing.T, c kubernetes.Interface, namespace, svc string, want ...endpoint) *discoveryv1.EndpointSlice {
+	t.Helper()
+	return waitSliceNamed(t, c, namespace, svc, svc+SliceSuffixIPv6, want...)
+}
+
+// noSlice waits until the slice called name is gone (or never was).
+func noSlice(t *testing.T, c kubernetes.Interface, namespace, name string) {
+	t.Helper()
+	eventually(t, "no slice "+namespace+"/"+name, func() error {
+		_, err := c.DiscoveryV1().EndpointSlices(namespace).Get(context.Background(), name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return errors.Join(errors.New("still there"), err)
+	})
+}
+
+// TestDualStackEndpointSlices: on a dual-stack fabric every pod's config
+// carries its IPv6 address; a Service gets one slice per family of its
+// ipFamilies (IPv6 named SliceSuffixIPv6, addressType IPv6), both follow
+// the pods, and a family the Service drops loses its slice.
+func TestDualStackEndpointSlices(t *testing.T) {
+	c := api.Client(t)
+	f := Start(t, Options{Client: c, DualStack: true})
+	const ns = "dual"
+	newNamespace(t, c, ns)
+	ctx := context.Background()
+	web := map[string]string{"app": "web"}
+	addr, addr6 := map[string]string{}, map[string]string{}
+	for i, name := range []string{"web-1", "web-2"} {
+		pod := createPod(t, c, ns, name, fmt.Sprintf("node-%d", i), web)
+		cfg := waitConfig(t, c, ns, name, pod.UID)
+		subnet6, gw6 := f.Subnet6(ns)
+		if cfg.IP6 == nil {
+			t.Fatalf("config of %s has no IPv6 address: %+v", name, cfg)
+		}
+		ip6, ok := netip.AddrFromSlice(cfg.IP6.IP)
+		if !ok || !subnet6.Contains(ip6) || !cfg.Gateway6.Equal(gw6.AsSlice()) {
+			t.Fatalf("config of %s: IPv6 %v gateway %v, want an address of %s through %s", name, cfg.IP6, cfg.Gateway6, subnet6, gw6)
+		}
+		if ones, _ := cfg.IP6.Mask.Size(); ones != 64 || ip6.As16()[15] != cfg.IP.IP.To4()[3] {
+			t.Fatalf("config of %s: IPv6 %v for IPv4 %v, want the same host number in a /64", name, cfg.IP6, cfg.IP)
+		}
+		addr[name], addr6[name] = cfg.IP.IP.String(), ip6.String()
+		markReady(t, c, ns, name)
+	}
+
+	dual := corev1.IPFamilyPolicyRequireDualStack
+	single := corev1.IPFamilyPolicySingleStack
+	for _, s := range []*corev1.Service{
+		{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns}, Spec: corev1.ServiceSpec{Selector: web, IPFamilyPolicy: &dual,
+			IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol, corev1.IPv4Protocol}, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("serve")}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "six", Namespace: ns}, Spec: corev1.ServiceSpec{Selector: web, IPFamilyPolicy: &single,
+			IPFamilies: []corev1.IPFamily{corev1.IPv6Protocol}, Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("serve")}}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "four", Namespace: ns}, Spec: corev1.ServiceSpec{Selector: web,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromString("serve")}}}},
+	} {
+		if _, err := c.CoreV1().Services(ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	both := func(name string) (endpoint, endpoint) {
+		node := map[string]string{"web-1": "node-0", "web-2": "node-1"}[name]
+		return endpoint{name, addr[name], node, true, true, false}, endpoint{name, addr6[name], node, true, true, false}
+	}
+	w1, w1v6 := both("web-1")
+	w2, w2v6 := both("web-2")
+	waitSlice(t, c, ns, "web", w1, w2)
+	s6 := waitSlice6(t, c, ns, "web", w1v6, w2v6)
+	if s6.AddressType != discoveryv1.AddressTypeIPv6 || s6.Labels[discoveryv1.LabelServiceName] != "web" ||
+		s6.Labels[discoveryv1.LabelManagedBy] != ManagedBy || len(s6.Ports) != 1 || *s6.Ports[0].Port != 8080 {
+		t.Fatalf("IPv6 slice of web: type %s, labels %v, ports %v", s6.AddressType, s6.Labels, s6.Ports)
+	}
+	waitSlice6(t, c, ns, "six", w1v6, w2v6)
+	waitSlice(t, c, ns, "four", w1, w2)
+	noSlice(t, c, ns, "six"+SliceSuffix)
+	noSlice(t, c, ns, "four"+SliceSuffixIPv6)
+
+	// A pod gone leaves every family's slice.
+	deletePod(t, c, ns, "web-1", 0)
+	waitSlice(t, c, ns, "web", w2)
+	waitSlice6(t, c, ns, "web", w2v6)
+	waitSlice6(t, c, ns, "six", w2v6)
+
+	// Down to single-stack IPv6 (its primary family): the IPv4 slice goes.
+	svc, err := c.CoreV1().Services(ns).Get(ctx, "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.IPFamilyPolicy = &single
+	svc.Spec.IPFamilies, svc.Spec.ClusterIPs = svc.Spec.IPFamilies[:1], svc.Spec.ClusterIPs[:1]
+	if _, err := c.CoreV1().Services(ns).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	noSlice(t, c, ns, "web"+SliceSuffix)
+	waitSlice6(t, c, ns, "web", w2v6)
 }

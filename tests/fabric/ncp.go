@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -36,9 +37,13 @@ const (
 	// ManagedBy is the endpointslice.kubernetes.io/managed-by value of the
 	// slices the controller owns.
 	ManagedBy = "nsx-ujo-fabric-sim"
-	// SliceSuffix is appended to a Service's name to name its slice.
+	// SliceSuffix is appended to a Service's name to name its slice (its
+	// IPv4 slice, on a dual-stack fabric).
 	SliceSuffix = "-nsx"
-	podMTU      = 1500
+	// SliceSuffixIPv6 names a Service's IPv6 slice: a name no IPv4 slice
+	// can have, as those end in SliceSuffix.
+	SliceSuffixIPv6 = "-nsx-ipv6"
+	podMTU          = 1500
 )
 
 // kind says what a queue key names.
@@ -54,10 +59,12 @@ type key struct {
 	namespace, name string
 }
 
-// allocation is the address the controller gave a pod (by namespace/name).
+// allocation is the address the controller gave a pod (by namespace/name),
+// and on a dual-stack fabric its IPv6 address (invalid otherwise).
 type allocation struct {
 	uid types.UID
 	ip  netip.Addr
+	ip6 netip.Addr
 }
 
 // pool hands out the pod addresses of one namespace's subnet.
@@ -268,26 +275,36 @@ func (c *controller) syncPod(ctx context.Context, k key) error {
 		// (the controller restarted); a config from another fabric that
 		// shared the API server is replaced.
 		if cfg, err := podconfig.Parse(pod.Annotations[podconfig.AnnotationKey], string(pod.UID)); err == nil {
-			if ip, ok := netip.AddrFromSlice(cfg.IP.IP); ok && cfg.VLAN == nw.vlan && c.claim(pod.Namespace, nw, ip) {
-				c.allocs[k] = allocation{pod.UID, ip}
-				return nil
+			if ip, valid := netip.AddrFromSlice(cfg.IP.IP.To4()); valid && cfg.VLAN == nw.vlan && c.claim(pod.Namespace, nw, ip) {
+				// Its IPv6 address (if any) follows from ip: a
+				// config without the one wanted is rewritten below.
+				a, ok = allocation{uid: pod.UID, ip: ip}, true
 			}
 		}
+	}
+	if !ok {
 		ip, err := c.allocate(pod.Namespace, nw)
 		if err != nil {
 			return err
 		}
-		a = allocation{pod.UID, ip}
-		c.allocs[k] = a
+		a = allocation{uid: pod.UID, ip: ip}
 	}
-	want := podconfig.Marshal(&podconfig.Config{
+	// Set on every sync: a fabric made dual-stack later adds it.
+	a.ip6 = nw.addr6(a.ip)
+	c.allocs[k] = a
+	cfg := &podconfig.Config{
 		PodUID:  string(pod.UID),
 		IP:      &net.IPNet{IP: a.ip.AsSlice(), Mask: net.CIDRMask(nw.subnet.Bits(), 32)},
 		MAC:     macFor(a.ip),
 		Gateway: nw.gateway.AsSlice(),
 		VLAN:    nw.vlan,
 		MTU:     podMTU,
-	})
+	}
+	if a.ip6.IsValid() {
+		cfg.IP6 = &net.IPNet{IP: a.ip6.AsSlice(), Mask: net.CIDRMask(nw.subnet6.Bits(), 128)}
+		cfg.Gateway6 = nw.gateway6.AsSlice()
+	}
+	want := podconfig.Marshal(cfg)
 	if ch := c.f.channel(pod.Spec.NodeName); ch != nil {
 		// The node takes its configs from HyperBus: never an annotation.
 		return ch.upsert(ctx, containerConfig(pod.Spec.NodeName, pod.Namespace, pod.Name, string(pod.UID), want))
@@ -357,8 +374,9 @@ func macFor(ip netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x00, b[0], b[1], b[2], b[3]}
 }
 
-// syncService makes the Service's slice list exactly its ready endpoints,
-// or deletes the slice when the Service is gone or has no selector.
+// syncService makes the Service's slices (one per family of its
+// ipFamilies) list exactly its ready endpoints, or deletes a slice when the
+// Service is gone, has no selector or no longer has that family.
 func (c *controller) syncService(ctx context.Context, k key) error {
 	c.mu.Lock()
 	trigger, ok := c.triggers[k]
@@ -367,7 +385,12 @@ func (c *controller) syncService(ctx context.Context, k key) error {
 	if !ok {
 		trigger = time.Now()
 	}
-	err := c.reconcileSlice(ctx, k, trigger)
+	var err error
+	for _, family := range []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4, discoveryv1.AddressTypeIPv6} {
+		if err = c.reconcileSlice(ctx, k, family, trigger); err != nil {
+			break
+		}
+	}
 	if err != nil {
 		// The retry still reports the first change it covers.
 		c.mu.Lock()
@@ -379,8 +402,27 @@ func (c *controller) syncService(ctx context.Context, k key) error {
 	return err
 }
 
-func (c *controller) reconcileSlice(ctx context.Context, k key, trigger time.Time) error {
-	name := k.name + SliceSuffix
+// sliceName is the name of a Service's slice of a family.
+func sliceName(service string, family discoveryv1.AddressType) string {
+	if family == discoveryv1.AddressTypeIPv6 {
+		return service + SliceSuffixIPv6
+	}
+	return service + SliceSuffix
+}
+
+// hasFamily: the Service is of the family. Without ipFamilies (the API
+// server sets them on every Service with a cluster IP) it is IPv4, as
+// before dual-stack.
+func hasFamily(svc *corev1.Service, family discoveryv1.AddressType) bool {
+	if len(svc.Spec.IPFamilies) == 0 {
+		return family == discoveryv1.AddressTypeIPv4
+	}
+	return slices.Contains(svc.Spec.IPFamilies, corev1.IPFamily(family))
+}
+
+// reconcileSlice makes the Service's slice of one family what it should be.
+func (c *controller) reconcileSlice(ctx context.Context, k key, family discoveryv1.AddressType, trigger time.Time) error {
+	name := sliceName(k.name, family)
 	existing, err := c.slices.EndpointSlices(k.namespace).Get(name)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
@@ -389,7 +431,7 @@ func (c *controller) reconcileSlice(ctx context.Context, k key, trigger time.Tim
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
-	if svc == nil || !wantsSlice(svc) {
+	if svc == nil || !wantsSlice(svc) || !hasFamily(svc, family) {
 		if existing == nil {
 			return nil
 		}
@@ -403,7 +445,7 @@ func (c *controller) reconcileSlice(ctx context.Context, k key, trigger time.Tim
 	if err != nil {
 		return err
 	}
-	endpoints, ports := c.endpoints(svc, pods)
+	endpoints, ports := c.endpoints(svc, pods, family)
 	want := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
@@ -414,7 +456,7 @@ func (c *controller) reconcileSlice(ctx context.Context, k key, trigger time.Tim
 			},
 			Annotations: map[string]string{corev1.EndpointsLastChangeTriggerTime: trigger.UTC().Format(time.RFC3339Nano)},
 		},
-		AddressType: discoveryv1.AddressTypeIPv4,
+		AddressType: family,
 		Endpoints:   endpoints,
 		Ports:       ports,
 	}
@@ -444,11 +486,12 @@ func wantsSlice(svc *corev1.Service) bool {
 		len(svc.Spec.Selector) > 0
 }
 
-// endpoints lists the Service's endpoints: pods with their network config
-// and the ready annotation, sorted by name. One slice carries one port list,
+// endpoints lists the Service's endpoints of a family: pods with their
+// network config (an address of the family) and the ready annotation,
+// sorted by name. One slice carries one port list,
 // so a named targetPort is resolved on the first such pod, and pods that
 // resolve it differently are left out.
-func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod) ([]discoveryv1.Endpoint, []discoveryv1.EndpointPort) {
+func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod, family discoveryv1.AddressType) ([]discoveryv1.Endpoint, []discoveryv1.EndpointPort) {
 	sort.Slice(pods, func(i, j int) bool { return pods[i].Name < pods[j].Name })
 	var eps []discoveryv1.Endpoint
 	var ports []discoveryv1.EndpointPort
@@ -462,6 +505,13 @@ func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod) ([]disco
 		if !ok || a.uid != pod.UID {
 			continue
 		}
+		ip := a.ip
+		if family == discoveryv1.AddressTypeIPv6 {
+			ip = a.ip6
+		}
+		if !ip.IsValid() {
+			continue
+		}
 		pp, ok := resolvePorts(svc, pod)
 		if !ok {
 			continue
@@ -473,7 +523,7 @@ func (c *controller) endpoints(svc *corev1.Service, pods []*corev1.Pod) ([]disco
 		}
 		terminating := pod.DeletionTimestamp != nil
 		eps = append(eps, discoveryv1.Endpoint{
-			Addresses: []string{a.ip.String()},
+			Addresses: []string{ip.String()},
 			Conditions: discoveryv1.EndpointConditions{
 				Ready:       new(!terminating),
 				Serving:     new(true),

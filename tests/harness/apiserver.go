@@ -30,6 +30,11 @@ import (
 // KUBE_VERSION in hack/build-tools.sh and the client-go version in go.mod.
 const KubeVersion = "v1.37.2"
 
+// ServiceCIDRs is the API server's --service-cluster-ip-range: IPv4 (the
+// primary family) and IPv6. A kube-controller-manager beside it takes the
+// same value.
+const ServiceCIDRs = "10.96.0.0/16,fd00:10:96::/112"
+
 const (
 	etcdReadyTimeout      = 30 * time.Second
 	apiserverReadyTimeout = 90 * time.Second
@@ -241,7 +246,9 @@ func (s *APIServer) start(bin string, logf func(string, ...any)) error {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + saKey,
 		"--service-account-signing-key-file=" + saKey,
-		"--service-cluster-ip-range=10.96.0.0/16",
+		// Dual-stack, so a test can ask for IPv6 and dual-stack Services;
+		// a Service that asks for nothing stays SingleStack IPv4.
+		"--service-cluster-ip-range=" + ServiceCIDRs,
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
