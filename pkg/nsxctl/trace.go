@@ -76,9 +76,18 @@ func (n *Node) Trace(ctx context.Context, dp string, req TraceRequest) (*TraceRe
 	if err != nil {
 		return nil, err
 	}
-	src, err := netip.ParsePrefix(pod.IP)
+	// The pod's address of the destination's family (a dual-stack pod has
+	// one of each).
+	recorded, field := pod.IP, "ip-address"
+	if req.To.Addr().Is6() && pod.IP6 != "" {
+		recorded, field = pod.IP6, "ipv6-address"
+	}
+	src, err := netip.ParsePrefix(recorded)
 	if err != nil {
-		return nil, fmt.Errorf("pod %s/%s: port %s records ip-address %q: %w", req.PodNamespace, req.PodName, pod.Name, pod.IP, err)
+		return nil, fmt.Errorf("pod %s/%s: port %s records %s %q: %w", req.PodNamespace, req.PodName, pod.Name, field, recorded, err)
+	}
+	if src.Addr().Is6() != req.To.Addr().Is6() {
+		return nil, fmt.Errorf("pod %s/%s has no address of the family of %s (it has %s)", req.PodNamespace, req.PodName, req.To.Addr(), src.Addr())
 	}
 	sport := req.SrcPort
 	if sport == 0 {
