@@ -632,9 +632,7 @@ var Cases = []Case{
 			t.Fatal("service still served after Cleanup")
 		}
 	}},
-	// inspectCase(IPv6) joins when nsxctl trace takes the pod's address of
-	// the destination's family (it takes the IPv4 one: ofproto/trace
-	// refuses ipv6_src=10.0.1.50).
+	inspectCase(IPv6),
 	reachCase(IPv6),
 	nodeReachesCase(IPv6),
 	nodePortCase(IPv6),
