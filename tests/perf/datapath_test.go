@@ -37,7 +37,8 @@ type pathResult struct {
 // another subnet (routed by the fabric stand-in), through the ClusterIP
 // and, as the baseline in the same run, straight to the pod IP; and a
 // client outside the node through the NodePort (SNAT to the node) beside
-// the same client straight to the pod IP; with 1 and
+// the same client straight to the pod IP; the ClusterIP path again over
+// IPv6 beside the pod's IPv6 address; with 1 and
 // with 10k services installed (NSX_BENCH_DATAPATH_SERVICES); for both
 // dataplanes. TCP_RR-style: one connection, one line each way per round;
 // and connect/request/close rate. Each environment is set up once and
@@ -55,7 +56,7 @@ func BenchmarkDatapath(b *testing.B) {
 		}
 	}
 	record.Note("datapath: client pod -> server pod on another subnet, and a client outside the node (behind the fabric's router) -> "+
-		"the NodePort on the node's address (externalTrafficPolicy Cluster: SNAT to the node) or the pod IP; per repetition %d "+
+		"the NodePort on the node's address (externalTrafficPolicy Cluster: SNAT to the node) or the pod IP; the ClusterIP path again over IPv6 (an IPv6 ClusterIP vs the pod's IPv6 address); per repetition %d "+
 		"request/response rounds on one connection and %d new connections per path, all paths interleaved in %d rounds; N = services installed; "+
 		"each repetition at rest and with the other core busy; "+
 		"the direct path goes to a second server port (%d) so that its connections never share a 5-tuple with a ClusterIP one.",
@@ -64,7 +65,7 @@ func BenchmarkDatapath(b *testing.B) {
 }
 
 // pathPairs are the (baseline, subject) indexes into benchPath's paths.
-var pathPairs = [][2]int{{0, 1}, {2, 3}}
+var pathPairs = [][2]int{{0, 1}, {2, 3}, {4, 5}}
 
 // recordDatapath adds the figures of one dataplane and service count: the
 // subject path beside its baseline, one value per repetition.
@@ -149,6 +150,11 @@ func benchPath(b *testing.B, dp string, n, reps int) map[bool][][]pathResult {
 	np := conformance.External(&dataplane.Frontend{Key: fe.Key, Endpoints: fe.Endpoints}, dataplane.NodePort,
 		conformance.NodeIP, conformance.NodePortNumber, false)
 	m.Frontends[np.Key] = np
+	// The same ClusterIP path over IPv6 (the pods are dual-stack).
+	vip6 := netip.MustParseAddr("fd00:10:96::fffe")
+	fe6 := &dataplane.Frontend{Key: dataplane.FrontendKey{IP: vip6, Port: 80, Protocol: dataplane.TCP},
+		Endpoints: []dataplane.Endpoint{{IP: server.IP6, Port: 8080, Ready: true, Serving: true, NodeName: "other"}}}
+	m.Frontends[fe6.Key] = fe6
 	if err := be.Sync(context.Background(), m, dataplane.SyncOptions{}); err != nil {
 		b.Fatal(err)
 	}
@@ -161,6 +167,8 @@ func benchPath(b *testing.B, dp string, n, reps int) map[bool][][]pathResult {
 		{"ClusterIP", client, netip.AddrPortFrom(vip, 80).String()},
 		{"outside: direct pod IP", outside, netip.AddrPortFrom(server.IP, directPort).String()},
 		{"outside: NodePort", outside, netip.AddrPortFrom(conformance.NodeIP, conformance.NodePortNumber).String()},
+		{"direct pod IPv6", client, netip.AddrPortFrom(server.IP6, directPort).String()},
+		{"IPv6 ClusterIP", client, netip.AddrPortFrom(vip6, 80).String()},
 	}
 	conns := make([]*conformance.Conn, len(targets))
 	for i, target := range targets {
