@@ -891,6 +891,22 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ovs dataplane cleanup on %s: %w", b.opts.Bridge, err)
 	}
+	// In two steps, so that no packet is dropped while traffic moves to
+	// the other dataplane (a dropped SYN-ACK there is retransmitted to a
+	// client whose own retransmitted SYN the eBPF program balanced afresh:
+	// the connection is reset). Our table-0 flows send every IP packet
+	// through conntrack and on to our tables after a recirculation, and
+	// the datapath keeps flows of both halves until the revalidators
+	// reach them, in any order: removing all at once leaves for a while a
+	// cached first half that recirculates into a table already empty.
+	// First the entry points (table 0), with the revalidators waited for:
+	// then no datapath flow leads into our tables.
+	top0 := deleteByCookie(uint64(compCompiled)<<56, 0xfe00000000000000)
+	top0.TableId = tClassifier
+	if err := b.of.Bundle(ctx, []util.Message{top0}); err != nil {
+		return fmt.Errorf("ovs dataplane cleanup on %s: %w", b.opts.Bridge, err)
+	}
+	b.waitRevalidated(ctx)
 	msgs := []util.Message{deleteByCookie(uint64(compCompiled)<<56, 0xfe00000000000000)}
 	var top, sub []util.Message
 	for _, g := range groups {
@@ -903,6 +919,15 @@ func (b *Backend) Cleanup(ctx context.Context) error {
 	}
 	if err := b.of.Bundle(ctx, slices.Concat(msgs, top, sub)); err != nil {
 		return fmt.Errorf("ovs dataplane cleanup on %s: %w", b.opts.Bridge, err)
+	}
+	// Then the datapath flows of the recirculations into the removed
+	// tables: revalidated, they turn into drops and stay until idle (10 s),
+	// and ovs-vswitchd hands their recirculation ids out again to the next
+	// program of these tables (a switch back to OVS), whose packets would
+	// meet those drops until the revalidators come round.
+	b.waitRevalidated(ctx)
+	if _, err := ovsrun.Appctl(ctx, ovsrun.VSwitchdCtl(b.opts.OVSRunDir), "revalidator/purge"); err != nil {
+		b.log.Warn("purging the datapath flows after removing the OVS dataplane's flows failed", zap.Error(err))
 	}
 	names := map[int]string{}
 	for id := range tableNames {
