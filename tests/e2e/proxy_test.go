@@ -360,8 +360,9 @@ func TestSwitchDataplane(t *testing.T) {
 					t.Errorf("round %d (to %s): connection %d opened before the switch broke: %v", i, dp, j, err)
 				}
 			}
-			// Target 0; BenchmarkDataplaneSwitch still sees a rare reset
-			// of one new connection per switch under heavy port reuse
+			// Target 0, which BenchmarkDataplaneSwitch meets since the OVS
+			// removal is staged; one is allowed because the eBPF program
+			// still balances a SYN retransmitted after a loss afresh
 			// (README, Switching the dataplane).
 			tried, failed := probe.stop()
 			if failed > 1 || tried == 0 {
