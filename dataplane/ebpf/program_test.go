@@ -360,12 +360,21 @@ func BenchmarkEgress(b *testing.B) {
 	bk := nsxBeKey{SvcId: 1}
 	o.NsxBackends.Put(bk, nsxBeVal{Ip: be32(backend1), Port: be16(8080)})
 	o.NsxServices.Put(nsxSvcKey{Vip: be32(vip), Port: be16(80), Proto: protoTCP}, nsxSvcVal{Id: 1, Count: 1})
+	fam6 := o.family(true)
+	if _, err := fam6.putBackends(2, []uint32{0}, []netip.AddrPort{netip.AddrPortFrom(backend6a, 8080)}); err != nil {
+		b.Fatal(err)
+	}
+	if err := fam6.putService(dataplane.FrontendKey{IP: vip6, Port: 80, Protocol: dataplane.TCP}, svcVal{Id: 2, Count: 1}); err != nil {
+		b.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		pkt  []byte
 	}{
 		{"hit", packet(protoTCP, clientIP, vip, 40000, 80, 0x10)},
 		{"miss", packet(protoTCP, clientIP, backend2, 40000, 80, 0x10)},
+		{"hit6", packet(protoTCP, client6, vip6, 40000, 80, 0x10)},
+		{"miss6", packet(protoTCP, client6, backend6b, 40000, 80, 0x10)},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			ret, d, err := o.NsxEgress.Benchmark(c.pkt, b.N, nil)
