@@ -181,11 +181,25 @@ static __always_inline int X(egress)(struct __sk_buff *skb)
 
 	// A SYN opens a new connection: it never follows the conntrack entry
 	// of an earlier connection that happened to use the same ports (the
-	// LRU keeps entries of closed connections), it picks afresh.
+	// LRU keeps entries of closed connections), it picks afresh. But the
+	// same SYN sent again after a loss (the same sequence number) keeps
+	// the backend its first copy went to, whose SYN-ACK may still come
+	// (also while the services map is drained in a switch to OVS):
+	// balanced afresh, the client would end up with a half-open
+	// connection on each of two backends, and a reset.
 	int syn = X(is_syn)(&p);
+	__u32 synseq = 0;
+	if (syn && bpf_skb_load_bytes(skb, p.l4_off + offsetof(struct tcphdr, seq), &synseq, sizeof(synseq)) < 0)
+		return TCX_NEXT;
 	CT_KEY fk = {.src = p.saddr, .dst = p.daddr, .sport = p.sport, .dport = p.dport,
 		     .proto = p.proto, .dir = CT_FWD};
-	CT_VAL *cv = syn ? NULL : bpf_map_lookup_elem(&M_CONNTRACK, &fk);
+	CT_VAL *cv = bpf_map_lookup_elem(&M_CONNTRACK, &fk);
+	if (cv && syn) {
+		__u32 seen;
+		__builtin_memcpy(&seen, &cv->client_ip, sizeof(seen));
+		if (!(cv->flags & CT_F_SYNSEQ) || seen != synseq)
+			cv = NULL;
+	}
 	BE_VAL be;
 	__u16 ctflags = 0;
 	__u32 svc_id = 0;
@@ -237,6 +251,10 @@ static __always_inline int X(egress)(struct __sk_buff *skb)
 		if (X(addr_eq)(be.ip, p.saddr))
 			ctflags = CT_F_HAIRPIN;
 		CT_VAL fv = {.ip = be.ip, .port = be.port, .flags = ctflags, .svc_id = svc_id};
+		if (syn) {
+			fv.flags |= CT_F_SYNSEQ;
+			__builtin_memcpy(&fv.client_ip, &synseq, sizeof(synseq));
+		}
 		// Replies: from the backend (or, hairpinned, from the pod to the
 		// hairpin address) back to the client.
 		CT_KEY rk = {.src = be.ip, .dst = p.saddr, .sport = be.port, .dport = p.sport,

@@ -70,6 +70,7 @@ enum {
 	CT_F_HAIRPIN = 1,
 	CT_F_EXTERNAL = 2,  // opened from outside the node through an external frontend
 	CT_F_SNAT = 4,      // and source-NATed to the node (client_* hold the client, or in CT_FWD the SNAT source)
+	CT_F_SYNSEQ = 8,    // CT_FWD of a pod's connection: client_ip's first 4 bytes hold the sequence number of its SYN
 };
 
 enum {

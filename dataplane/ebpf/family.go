@@ -362,3 +362,13 @@ func (f *family) deleteAffinity(client netip.Addr, id uint32) error {
 	}
 	return nil
 }
+
+// ctVal is a plain conntrack value: the address a packet is NATed to (the
+// backend of a forward entry, the frontend of a reverse one) and the
+// service id.
+func (f *family) ctVal(to netip.AddrPort, id uint32) any {
+	if f.v6 {
+		return nsxCt6Val{Ip: be128(to.Addr()), Port: be16(to.Port()), SvcId: id}
+	}
+	return nsxCtVal{Ip: be32(to.Addr()), Port: be16(to.Port()), SvcId: id}
+}

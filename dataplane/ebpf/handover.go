@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -36,16 +37,21 @@ func (b *Backend) SetHandover(on bool) error {
 
 // AdoptConnections writes conntrack entries for connections another
 // dataplane NATed from a pod to a ClusterIP, so this one carries them on to
-// the same backend. Call it after a Sync installed their frontends; a
-// connection whose frontend is not installed or not a ClusterIP, a hairpin
-// one, one that is not IPv4, or one whose ports already have a connection
+// the same backend, in the maps of the connection's family. Call it after
+// a Sync installed their frontends; a connection whose frontend is not
+// installed or not a ClusterIP, a hairpin one, one whose addresses are not
+// of its frontend's family, or one whose ports already have a connection
 // here, is skipped. It returns how many were adopted.
 func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 	n := 0
 	var errs []error
 	for _, c := range conns {
 		s := b.installed[c.Frontend]
-		if s == nil || !c.Client.Addr().Is4() || !c.Backend.Addr().Is4() {
+		if s == nil {
+			continue
+		}
+		fam := b.objs.family(c.Frontend.IP.Is6())
+		if !fam.has(c.Client.Addr()) || !fam.has(c.Backend.Addr()) {
 			continue
 		}
 		// Plain entries carry a pod's connection to a ClusterIP. A hairpin
@@ -55,26 +61,21 @@ func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 			continue
 		}
 		proto := c.Frontend.Protocol.Number()
-		fk := nsxCtKey{Src: be32(c.Client.Addr()), Dst: be32(c.Frontend.IP), Sport: be16(c.Client.Port()), Dport: be16(c.Frontend.Port),
-			Proto: proto, Dir: ctDirFwd}
-		fv := nsxCtVal{Ip: be32(c.Backend.Addr()), Port: be16(c.Backend.Port()), SvcId: s.val.Id}
-		rk := nsxCtKey{Src: be32(c.Backend.Addr()), Dst: be32(c.Client.Addr()), Sport: be16(c.Backend.Port()), Dport: be16(c.Client.Port()),
-			Proto: proto, Dir: ctDirRev}
-		rv := nsxCtVal{Ip: be32(c.Frontend.IP), Port: be16(c.Frontend.Port), SvcId: s.val.Id}
+		frontend := netip.AddrPortFrom(c.Frontend.IP, c.Frontend.Port)
 		// A forward entry already there is a connection this dataplane
 		// NATed since the take-over began, on ports an older connection
 		// used: it is the newer one, kept.
-		var have nsxCtVal
-		if b.objs.NsxConntrack.Lookup(fk, &have) == nil {
+		if fam.hasConn(c.Client, frontend, proto, ctDirFwd) {
 			continue
 		}
 		// Reverse first: a forward entry without it would NAT requests
 		// whose replies are not un-NATed.
-		if err := b.objs.NsxConntrack.Put(rk, rv); err != nil {
+		if err := fam.conntrack.Put(fam.ctKey(c.Backend, c.Client, proto, ctDirRev), fam.ctVal(frontend, s.val.Id)); err != nil {
 			errs = append(errs, fmt.Errorf("connection %s -> %s: %w", c.Client, c.Frontend, err))
 			continue
 		}
-		if err := b.objs.NsxConntrack.Update(fk, fv, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		err := fam.conntrack.Update(fam.ctKey(c.Client, frontend, proto, ctDirFwd), fam.ctVal(c.Backend, s.val.Id), ebpf.UpdateNoExist)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			errs = append(errs, fmt.Errorf("connection %s -> %s: %w", c.Client, c.Frontend, err))
 			continue
 		}
@@ -92,27 +93,38 @@ func (b *Backend) AdoptConnections(conns []dataplane.Conn) (int, error) {
 // switching to OVS; CleanupPins ends the drain. No pins: nothing to do.
 // Idempotent.
 func Drain(pinDir string) error {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, nsxMapNsxServices), nil)
+	for _, name := range []string{nsxMapNsxServices, nsxMapNsxServices6} {
+		if err := drain(filepath.Join(pinDir, name)); err != nil {
+			return fmt.Errorf("ebpf dataplane: drain: %w", err)
+		}
+	}
+	return nil
+}
+
+// drain empties the services map pinned at pin (either family: only the
+// keys are read, as bytes). No pin (an older version had no IPv6 maps):
+// nothing to do.
+func drain(pin string) error {
+	m, err := ebpf.LoadPinnedMap(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("ebpf dataplane: drain: %w", err)
+		return err
 	}
 	defer m.Close()
-	var keys []nsxSvcKey
-	var k nsxSvcKey
-	var v nsxSvcVal
+	var keys [][]byte
+	var k, v []byte
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		keys = append(keys, k)
+		keys = append(keys, append([]byte(nil), k...))
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("ebpf dataplane: drain: read services map: %w", err)
+		return fmt.Errorf("read %s: %w", filepath.Base(pin), err)
 	}
 	for _, k := range keys {
 		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("ebpf dataplane: drain: %w", err)
+			return fmt.Errorf("%s: %w", filepath.Base(pin), err)
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package ebpf
 
 import (
 	"context"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -210,4 +211,111 @@ func count6(t *testing.T, o *Objects) int {
 		}
 	}
 	return n
+}
+
+// withSeq sets a built TCP packet's sequence number (checksum kept right).
+func withSeq(pkt []byte, seq uint32) []byte {
+	out := append([]byte(nil), pkt...)
+	ipLen := 20
+	if out[12] == 0x86 {
+		ipLen = 40
+	}
+	ip, l4 := out[14:14+ipLen], out[14+ipLen:]
+	binary.BigEndian.PutUint32(l4[4:], seq)
+	binary.BigEndian.PutUint16(l4[16:], 0)
+	binary.BigEndian.PutUint16(l4[16:], l4csum(ip, l4))
+	return out
+}
+
+// A SYN sent again after a loss (its SYN-ACK lost, or a packet dropped in
+// a dataplane switch) keeps the backend its first copy went to: balanced
+// afresh, the client would hold a half-open connection on two backends
+// and get a reset. A new SYN from the same port (another sequence
+// number) still picks afresh. Both families.
+func TestRetransmittedSYNKeepsItsBackend(t *testing.T) {
+	for _, c := range []struct {
+		name         string
+		client, vip  netip.Addr
+		first, other netip.Addr
+	}{
+		{"IPv4", clientIP, vip, backend1, backend2},
+		{"IPv6", client6, vip6, backend6a, backend6b},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := load(t)
+			b := syncModel(t, o, frontend(c.vip, 80, dataplane.TCP, netip.AddrPortFrom(c.first, 8080)))
+			syn := packet(protoTCP, c.client, c.vip, 40000, 80, tcpSYN)
+			if ret, out := runOut(t, o.NsxEgress, syn); ret != tcxPass || parse(t, out).dst != c.first {
+				t.Fatalf("first SYN: ret %d, to %s", int32(ret), parse(t, out).dst)
+			}
+			resync(t, b, frontend(c.vip, 80, dataplane.TCP, netip.AddrPortFrom(c.other, 8080)))
+			ret, out := runOut(t, o.NsxEgress, syn)
+			if p := parse(t, out); ret != tcxPass || p.dst != c.first || !p.l4OK {
+				t.Fatalf("the same SYN again: ret %d, to %s (checksum ok %v), want the first backend %s", int32(ret), p.dst, p.l4OK, c.first)
+			}
+			ret, out = runOut(t, o.NsxEgress, withSeq(syn, 5000))
+			if p := parse(t, out); ret != tcxPass || p.dst != c.other {
+				t.Fatalf("a new SYN from the same port: ret %d, to %s, want %s", int32(ret), p.dst, c.other)
+			}
+			// Drained (the frontend gone, a switch to OVS): the same SYN
+			// again still follows its backend, a new one passes on.
+			resync(t, b)
+			if ret, out := runOut(t, o.NsxEgress, withSeq(syn, 5000)); ret != tcxPass || parse(t, out).dst != c.other {
+				t.Fatalf("drained, the same SYN again: ret %d, to %s, want %s", int32(ret), parse(t, out).dst, c.other)
+			}
+			if ret, _ := runOut(t, o.NsxEgress, withSeq(syn, 9000)); ret != tcxNext {
+				t.Fatalf("drained, a new SYN: ret %d, want TCX_NEXT", int32(ret))
+			}
+		})
+	}
+}
+
+// A switch from OVS hands IPv6 connections over too: the pod's open
+// connection to an IPv6 ClusterIP keeps its backend in the IPv6 conntrack
+// map. A switch to OVS drains both families' services maps and keeps the
+// connections the programs NATed.
+func TestIPv6HandoverAndDrain(t *testing.T) {
+	dir := pinDir(t)
+	o, err := Load(LoadOptions{PinDir: dir, Sizes: MapSizes{Services: 64, Backends: 256, Conntrack: 1024, Affinity: 64, Conntrack6: 1024, Affinity6: 64}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { o.Close() })
+	f6 := frontend(vip6, 80, dataplane.TCP, netip.AddrPortFrom(backend6b, 8080))
+	f4 := frontend(vip, 80, dataplane.TCP, netip.AddrPortFrom(backend1, 8080))
+	b := syncModel(t, o, f6, f4)
+	ovsBackend := netip.AddrPortFrom(backend6a, 8080) // where OVS had sent it
+	n, err := b.AdoptConnections([]dataplane.Conn{
+		{Frontend: f6.Key, Client: netip.AddrPortFrom(client6, 44000), Backend: ovsBackend},
+		{Frontend: f6.Key, Client: netip.AddrPortFrom(clientIP, 44001), Backend: ovsBackend}, // families mixed: skipped
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("adopted %d (%v), want the IPv6 connection only", n, err)
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, client6, vip6, 44000, 80, tcpACK)); ret != tcxPass || parse(t, out).dst != backend6a {
+		t.Fatalf("adopted IPv6 connection went to %s, want %s", parse(t, out).dst, backend6a)
+	}
+	ret, out := runOut(t, o.NsxIngress, packet(protoTCP, backend6a, client6, 8080, 44000, tcpACK))
+	if p := parse(t, out); ret != tcxPass || p.src != vip6 || p.sport != 80 || !p.l4OK {
+		t.Fatalf("its reply: ret %d, from %s:%d", int32(ret), p.src, p.sport)
+	}
+	// A connection eBPF NATs before the drain.
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, client6, vip6, 44002, 80, tcpSYN)); ret != tcxPass || parse(t, out).dst != backend6b {
+		t.Fatal("SYN before the drain not NATed")
+	}
+	if err := Drain(dir); err != nil {
+		t.Fatal(err)
+	}
+	if n := count6(t, o); n != 1 { // the backend slot is left, the service entry went
+		t.Fatalf("after the drain the IPv6 maps hold %d entries, want only the backend slot", n)
+	}
+	if ret, _ := runOut(t, o.NsxEgress, packet(protoTCP, client6, vip6, 44003, 80, tcpSYN)); ret != tcxNext {
+		t.Fatalf("a new IPv6 connection after the drain: ret %d, want TCX_NEXT (to OVS)", int32(ret))
+	}
+	if ret, _ := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 44003, 80, tcpSYN)); ret != tcxNext {
+		t.Fatalf("a new IPv4 connection after the drain: ret %d, want TCX_NEXT (to OVS)", int32(ret))
+	}
+	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, client6, vip6, 44002, 80, tcpACK)); ret != tcxPass || parse(t, out).dst != backend6b {
+		t.Fatal("a connection NATed before the drain lost its backend")
+	}
 }

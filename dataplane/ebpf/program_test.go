@@ -126,10 +126,11 @@ func TestPortReuseAfterServiceConnection(t *testing.T) {
 	if p := parse(t, out); ret != tcxNext || p.src != backend1 {
 		t.Fatalf("direct SYN-ACK: ret %d, source %s", int32(ret), p.src)
 	}
-	// And a new SYN to the VIP from a reused port picks afresh (here the
-	// only backend changed).
+	// And a new SYN to the VIP from a reused port (a new connection: its
+	// own initial sequence number) picks afresh (here the only backend
+	// changed).
 	addService(t, o, protoTCP, 80, 1, 0, netip.AddrPortFrom(backend2, 8080))
-	ret, out = runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 40000, 80, 0x02))
+	ret, out = runOut(t, o.NsxEgress, withSeq(packet(protoTCP, clientIP, vip, 40000, 80, 0x02), 7000))
 	if p := parse(t, out); ret != tcxPass || p.dst != backend2 {
 		t.Fatalf("new SYN with reused port went to %s", p.dst)
 	}
@@ -292,7 +293,7 @@ func TestDrainedSYNClearsAStaleEntry(t *testing.T) {
 	if err := o.NsxServices.Delete(nsxSvcKey{Vip: be32(vip), Port: be16(80), Proto: protoTCP}); err != nil {
 		t.Fatal(err)
 	}
-	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 43000, 80, 0x02)); ret != tcxNext || parse(t, out).dst != vip {
+	if ret, out := runOut(t, o.NsxEgress, withSeq(packet(protoTCP, clientIP, vip, 43000, 80, 0x02), 7000)); ret != tcxNext || parse(t, out).dst != vip {
 		t.Fatalf("SYN of a drained frontend: ret %d, dst %s; want it passed on untouched", int32(ret), parse(t, out).dst)
 	}
 	if ret, out := runOut(t, o.NsxEgress, packet(protoTCP, clientIP, vip, 43000, 80, 0x10)); ret != tcxNext || parse(t, out).dst != vip {
