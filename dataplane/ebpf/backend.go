@@ -471,37 +471,13 @@ func (b *Backend) adopt() error {
 	// (in their own family), removed for the others.
 	for _, v6 := range []bool{false, true} {
 		fam := b.objs.family(v6)
-		var goneRanges []netip.Prefix
-		var goneRangeIDs []uint32
-		if err := fam.eachRange(func(id uint32, p netip.Prefix) {
-			if s := bySvc[id]; s != nil && s.key.IP.Is6() == v6 {
-				s.ranges = append(s.ranges, p)
-				return
-			}
-			goneRanges, goneRangeIDs = append(goneRanges, p), append(goneRangeIDs, id)
-		}); err != nil {
-			return fmt.Errorf("ebpf dataplane: %w", err)
+		if err := adoptEntries(v6, bySvc, fam.eachRange,
+			func(s *installedSvc, p netip.Prefix) { s.ranges = append(s.ranges, p) }, fam.deleteRange); err != nil {
+			return err
 		}
-		for i, p := range goneRanges {
-			if err := fam.deleteRange(goneRangeIDs[i], p); err != nil {
-				return fmt.Errorf("ebpf dataplane: %w", err)
-			}
-		}
-		var goneMembers []netip.AddrPort
-		var goneMemberIDs []uint32
-		if err := fam.eachMember(func(id uint32, e netip.AddrPort) {
-			if s := bySvc[id]; s != nil && s.key.IP.Is6() == v6 {
-				s.members = append(s.members, e)
-				return
-			}
-			goneMembers, goneMemberIDs = append(goneMembers, e), append(goneMemberIDs, id)
-		}); err != nil {
-			return fmt.Errorf("ebpf dataplane: %w", err)
-		}
-		for i, e := range goneMembers {
-			if err := fam.deleteMember(goneMemberIDs[i], e); err != nil {
-				return fmt.Errorf("ebpf dataplane: %w", err)
-			}
+		if err := adoptEntries(v6, bySvc, fam.eachMember,
+			func(s *installedSvc, e netip.AddrPort) { s.members = append(s.members, e) }, fam.deleteMember); err != nil {
+			return err
 		}
 	}
 	// Counters: kept for the frontends still there (created for those an
@@ -529,6 +505,33 @@ func (b *Backend) adopt() error {
 		}
 	}
 	b.adopted = true
+	return nil
+}
+
+// adoptEntries reads a family's map keyed by service id (source ranges,
+// affinity members) into the adopted services of that family, and deletes
+// the entries of services that are gone.
+func adoptEntries[T any](v6 bool, bySvc map[uint32]*installedSvc, each func(func(uint32, T)) error,
+	add func(*installedSvc, T), del func(uint32, T) error) error {
+	type entry struct {
+		id uint32
+		v  T
+	}
+	var orphans []entry
+	if err := each(func(id uint32, v T) {
+		if s := bySvc[id]; s != nil && s.key.IP.Is6() == v6 {
+			add(s, v)
+			return
+		}
+		orphans = append(orphans, entry{id, v})
+	}); err != nil {
+		return fmt.Errorf("ebpf dataplane: %w", err)
+	}
+	for _, o := range orphans {
+		if err := del(o.id, o.v); err != nil {
+			return fmt.Errorf("ebpf dataplane: %w", err)
+		}
+	}
 	return nil
 }
 
