@@ -197,8 +197,15 @@ static __always_inline int X(egress)(struct __sk_buff *skb)
 	if (cv && syn) {
 		__u32 seen;
 		__builtin_memcpy(&seen, &cv->client_ip, sizeof(seen));
-		if (!(cv->flags & CT_F_SYNSEQ) || seen != synseq)
+		if (cv->flags & CT_F_SYNSEQ) {
+			if (seen != synseq)
+				cv = NULL;
+		} else if (!handing_over()) {
+			// No sequence recorded: a connection handed over from OVS
+			// (SYN_SENT there) follows its entry while the take-over
+			// lasts; any other entry is an older one's.
 			cv = NULL;
+		}
 	}
 	BE_VAL be;
 	__u16 ctflags = 0;

@@ -36,6 +36,10 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
+#ifndef BPF_F_IPV6
+#define BPF_F_IPV6 (1ULL << 7)  // bpf_l4_csum_replace, Linux 6.16; older build headers lack it
+#endif
+
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -217,7 +221,7 @@ enum ct_dir : __u8 { DIR_FWD = CT_FWD, DIR_REV = CT_REV, DIR_HAIRPIN_REPLY = CT_
 	struct ct##P##val {                                                                 \
 		__u8 ip[N];                                                                 \
 		__u8 port[2];                                                               \
-		__u16 flags; /* 1 hairpin, 2 external, 4 SNAT */                            \
+		__u16 flags; /* 1 hairpin, 2 external, 4 SNAT, 8 SYN seq in client_ip */   \
 		__u32 svc_id;                                                               \
 		__u8 client_ip[N];                                                          \
 		__u8 client_port[2];                                                        \
@@ -614,12 +618,22 @@ static __always_inline int parse_l3_6(struct __sk_buff *skb, struct pkt6 *p)
 
 // store_ip_6 writes a source (is_src) or destination address with an
 // incremental L4 (pseudo-header) checksum update; IPv6 has no L3 one.
+// BPF_F_IPV6 keeps skb->csum of a CHECKSUM_COMPLETE packet as it is (the
+// address and the L4 checksum change cancel out; without the flag the
+// kernel moves it as for IPv4, whose header checksum also changes).
+// Kernels before 6.16 refuse the flag, untouched: then the update without
+// it, and bpf_csum_update puts skb->csum back (a no-op unless
+// CHECKSUM_COMPLETE).
 static __always_inline int store_ip_6(struct __sk_buff *skb, struct pkt6 *p, int is_src, struct in6_n *old, struct in6_n *ip)
 {
 	if (p->csum_off) {
 		__s64 d = bpf_csum_diff(old->w, sizeof(*old), ip->w, sizeof(*ip), 0);
-		if (bpf_l4_csum_replace(skb, p->csum_off, 0, d, BPF_F_PSEUDO_HDR | l4_flags(p->proto)) < 0)
-			return -1;
+		__u64 flags = BPF_F_PSEUDO_HDR | l4_flags(p->proto);
+		if (bpf_l4_csum_replace(skb, p->csum_off, 0, d, flags | BPF_F_IPV6) < 0) {
+			if (bpf_l4_csum_replace(skb, p->csum_off, 0, d, flags) < 0)
+				return -1;
+			bpf_csum_update(skb, d);
+		}
 	}
 	return bpf_skb_store_bytes(skb, is_src ? IP6_SRC_OFF : IP6_DST_OFF, ip, sizeof(*ip), 0);
 }

@@ -444,7 +444,7 @@ func (b *Backend) adopt() error {
 			for i := 0; i < int(v.Count); i++ {
 				be, err := fam.lookupBackend(v.Id, uint32(i))
 				if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-					lookupErr = err
+					lookupErr = fmt.Errorf("%s backends map: frontend %s slot %d: %w", fam.name(), fk, i, err)
 				}
 				s.backends = append(s.backends, be) // a hole is rewritten by the diff
 			}

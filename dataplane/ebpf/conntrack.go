@@ -1,8 +1,11 @@
 package ebpf
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/nsx-ujo/nsx-ujo/dataplane"
 )
@@ -14,15 +17,19 @@ import (
 func NATEntries(pinDir string) ([]dataplane.NATEntry, error) {
 	var out []dataplane.NATEntry
 	for _, v6 := range []bool{false, true} {
-		fam, closeFam, err := pinnedFamily(pinDir, v6)
+		name := nsxMapNsxConntrack
+		if v6 {
+			name = nsxMapNsxConntrack6
+			if _, err := os.Stat(filepath.Join(pinDir, name)); errors.Is(err, os.ErrNotExist) {
+				continue // pinned by a version without IPv6 maps
+			}
+		}
+		ct, err := pinned(pinDir, name)
 		if err != nil {
 			return nil, err
 		}
-		if fam == nil {
-			continue
-		}
-		es, err := fam.natEntries()
-		closeFam()
+		es, err := (&family{v6: v6, conntrack: ct}).natEntries()
+		ct.Close()
 		if err != nil {
 			return nil, err
 		}

@@ -60,13 +60,14 @@ func Inspect(pinDir string) ([]dataplane.Held, error) {
 	return held, nil
 }
 
-// pinnedFamily opens one family's maps pinned in pinDir, read-only; nil
+// pinnedFamily opens one family's services, backends and ranges maps
+// pinned in pinDir, read-only; nil
 // (and no error) when its services map is not pinned and v6: maps pinned
 // by a version without IPv6.
 func pinnedFamily(pinDir string, v6 bool) (*family, func(), error) {
-	names := []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxRanges, nsxMapNsxConntrack}
+	names := []string{nsxMapNsxServices, nsxMapNsxBackends, nsxMapNsxRanges}
 	if v6 {
-		names = []string{nsxMapNsxServices6, nsxMapNsxBackends6, nsxMapNsxRanges6, nsxMapNsxConntrack6}
+		names = []string{nsxMapNsxServices6, nsxMapNsxBackends6, nsxMapNsxRanges6}
 		if _, err := os.Stat(filepath.Join(pinDir, nsxMapNsxServices6)); errors.Is(err, os.ErrNotExist) {
 			return nil, func() {}, nil
 		}
@@ -85,7 +86,7 @@ func pinnedFamily(pinDir string, v6 bool) (*family, func(), error) {
 		}
 		maps = append(maps, m)
 	}
-	return &family{v6: v6, services: maps[0], backends: maps[1], ranges: maps[2], conntrack: maps[3]}, closeAll, nil
+	return &family{v6: v6, services: maps[0], backends: maps[1], ranges: maps[2]}, closeAll, nil
 }
 
 func inspectFamily(fam *family, conns *ebpf.Map) ([]*dataplane.Held, error) {

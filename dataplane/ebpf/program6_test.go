@@ -319,3 +319,29 @@ func TestIPv6HandoverAndDrain(t *testing.T) {
 		t.Fatal("a connection NATed before the drain lost its backend")
 	}
 }
+
+// A connection OVS had opened and the take-over adopted (no SYN sequence
+// recorded) keeps its backend when its SYN is retransmitted while the
+// take-over lasts; once it is over, a SYN on those ports is a new
+// connection.
+func TestAdoptedSYNFollowsItsEntryDuringTakeover(t *testing.T) {
+	o := load(t)
+	b := syncModel(t, o, frontend(vip, 80, dataplane.TCP, netip.AddrPortFrom(backend2, 8080)))
+	fe := dataplane.FrontendKey{IP: vip, Port: 80, Protocol: dataplane.TCP}
+	if n, err := b.AdoptConnections([]dataplane.Conn{{Frontend: fe, Client: netip.AddrPortFrom(clientIP, 45000), Backend: netip.AddrPortFrom(backend1, 8080)}}); n != 1 || err != nil {
+		t.Fatalf("adopted %d (%v)", n, err)
+	}
+	if err := b.SetHandover(true); err != nil {
+		t.Fatal(err)
+	}
+	syn := packet(protoTCP, clientIP, vip, 45000, 80, tcpSYN)
+	if ret, out := runOut(t, o.NsxEgress, syn); ret != tcxPass || parse(t, out).dst != backend1 {
+		t.Fatalf("retransmitted SYN of an adopted connection during the take-over: ret %d, to %s, want %s", int32(ret), parse(t, out).dst, backend1)
+	}
+	if err := b.SetHandover(false); err != nil {
+		t.Fatal(err)
+	}
+	if ret, out := runOut(t, o.NsxEgress, withSeq(syn, 777)); ret != tcxPass || parse(t, out).dst != backend2 {
+		t.Fatalf("a new SYN on those ports after the take-over: ret %d, to %s, want %s", int32(ret), parse(t, out).dst, backend2)
+	}
+}
