@@ -52,25 +52,15 @@ type ctEntry struct {
 func (f *family) eachConn(fn func(ctEntry)) error {
 	var err error
 	if f.v6 {
-		var k nsxCt6Key
-		var v nsxCt6Val
-		it := f.conntrack.Iterate()
-		for it.Next(&k, &v) {
-			fn(ctEntry{src: netip.AddrPortFrom(netip.AddrFrom16(k.Src), portOf(k.Sport)), dst: netip.AddrPortFrom(netip.AddrFrom16(k.Dst), portOf(k.Dport)),
-				proto: k.Proto, dir: uint8(k.Dir), ip: netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port)),
-				client: netip.AddrPortFrom(netip.AddrFrom16(v.ClientIp), portOf(v.ClientPort)), flags: v.Flags, svcID: v.SvcId, rawKey: k, rawVal: v})
-		}
-		err = it.Err()
+		err = iterate(f.conntrack, func(k *nsxCt6Key, v *nsxCt6Val) {
+			fn(ctEntry{src: ap6(k.Src, k.Sport), dst: ap6(k.Dst, k.Dport), proto: k.Proto, dir: uint8(k.Dir),
+				ip: ap6(v.Ip, v.Port), client: ap6(v.ClientIp, v.ClientPort), flags: v.Flags, svcID: v.SvcId, rawKey: *k, rawVal: *v})
+		})
 	} else {
-		var k nsxCtKey
-		var v nsxCtVal
-		it := f.conntrack.Iterate()
-		for it.Next(&k, &v) {
-			fn(ctEntry{src: netip.AddrPortFrom(addrOf(k.Src), portOf(k.Sport)), dst: netip.AddrPortFrom(addrOf(k.Dst), portOf(k.Dport)),
-				proto: k.Proto, dir: uint8(k.Dir), ip: netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port)),
-				client: netip.AddrPortFrom(addrOf(v.ClientIp), portOf(v.ClientPort)), flags: v.Flags, svcID: v.SvcId, rawKey: k, rawVal: v})
-		}
-		err = it.Err()
+		err = iterate(f.conntrack, func(k *nsxCtKey, v *nsxCtVal) {
+			fn(ctEntry{src: ap4(k.Src, k.Sport), dst: ap4(k.Dst, k.Dport), proto: k.Proto, dir: uint8(k.Dir),
+				ip: ap4(v.Ip, v.Port), client: ap4(v.ClientIp, v.ClientPort), flags: v.Flags, svcID: v.SvcId, rawKey: *k, rawVal: *v})
+		})
 	}
 	if err != nil {
 		return fmt.Errorf("ebpf: read %s conntrack map: %w", f.name(), err)

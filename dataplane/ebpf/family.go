@@ -84,36 +84,59 @@ func (f *family) deleteService(k dataplane.FrontendKey) error {
 	return nil
 }
 
+// iterate calls fn with every entry of m, read as K and V.
+func iterate[K, V any](m *ebpf.Map, fn func(*K, *V)) error {
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		fn(&k, &v)
+	}
+	return it.Err()
+}
+
+// The maps' address bytes back as values.
+func ap4(ip [4]byte, port [2]byte) netip.AddrPort {
+	return netip.AddrPortFrom(addrOf(ip), portOf(port))
+}
+func ap6(ip [16]byte, port [2]byte) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom16(ip), portOf(port))
+}
+
+func svcValOf4(v *nsxSvcVal) svcVal {
+	sv := svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}
+	if v.SnatIp != [4]byte{} {
+		sv.SNAT = addrOf(v.SnatIp)
+	}
+	return sv
+}
+
+func svcValOf6(v *nsxSvc6Val) svcVal {
+	sv := svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}
+	if v.SnatIp != [16]byte{} {
+		sv.SNAT = netip.AddrFrom16(v.SnatIp)
+	}
+	return sv
+}
+
 // eachService calls fn with every service entry; ok is false for one this
 // version does not write (an unknown protocol).
 func (f *family) eachService(fn func(k dataplane.FrontendKey, v svcVal, ok bool)) error {
+	key := func(vip netip.Addr, port [2]byte, proto uint8) (dataplane.FrontendKey, bool) {
+		p, ok := dataplane.ProtocolOf(proto)
+		return dataplane.FrontendKey{IP: vip, Port: portOf(port), Protocol: p}, ok
+	}
 	var err error
 	if f.v6 {
-		var k nsxSvc6Key
-		var v nsxSvc6Val
-		it := f.services.Iterate()
-		for it.Next(&k, &v) {
-			proto, ok := dataplane.ProtocolOf(k.Proto)
-			sv := svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}
-			if v.SnatIp != [16]byte{} {
-				sv.SNAT = netip.AddrFrom16(v.SnatIp)
-			}
-			fn(dataplane.FrontendKey{IP: netip.AddrFrom16(k.Vip), Port: portOf(k.Port), Protocol: proto}, sv, ok)
-		}
-		err = it.Err()
+		err = iterate(f.services, func(k *nsxSvc6Key, v *nsxSvc6Val) {
+			fk, ok := key(netip.AddrFrom16(k.Vip), k.Port, k.Proto)
+			fn(fk, svcValOf6(v), ok)
+		})
 	} else {
-		var k nsxSvcKey
-		var v nsxSvcVal
-		it := f.services.Iterate()
-		for it.Next(&k, &v) {
-			proto, ok := dataplane.ProtocolOf(k.Proto)
-			sv := svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}
-			if v.SnatIp != [4]byte{} {
-				sv.SNAT = addrOf(v.SnatIp)
-			}
-			fn(dataplane.FrontendKey{IP: addrOf(k.Vip), Port: portOf(k.Port), Protocol: proto}, sv, ok)
-		}
-		err = it.Err()
+		err = iterate(f.services, func(k *nsxSvcKey, v *nsxSvcVal) {
+			fk, ok := key(addrOf(k.Vip), k.Port, k.Proto)
+			fn(fk, svcValOf4(v), ok)
+		})
 	}
 	if err != nil {
 		return fmt.Errorf("read %s services map: %w", f.name(), err)
@@ -132,7 +155,7 @@ func (f *family) putBackends(id uint32, slots []uint32, eps []netip.AddrPort) (i
 		keys[i] = nsxBeKey{SvcId: id, Slot: s}
 	}
 	var vals any
-	put := func(i int) error { return nil }
+	var put func(i int) error
 	if f.v6 {
 		vs := make([]nsxBe6Val, len(eps))
 		for i, e := range eps {
@@ -173,13 +196,13 @@ func (f *family) lookupBackend(id, slot uint32) (netip.AddrPort, error) {
 		if err := f.backends.Lookup(k, &v); err != nil {
 			return netip.AddrPort{}, err
 		}
-		return netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port)), nil
+		return ap6(v.Ip, v.Port), nil
 	}
 	var v nsxBeVal
 	if err := f.backends.Lookup(k, &v); err != nil {
 		return netip.AddrPort{}, err
 	}
-	return netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port)), nil
+	return ap4(v.Ip, v.Port), nil
 }
 
 // rangeKey is the LPM key of a source range of service id: 32 bits of id,
@@ -206,22 +229,15 @@ func (f *family) deleteRange(id uint32, p netip.Prefix) error {
 }
 
 func (f *family) eachRange(fn func(id uint32, p netip.Prefix)) error {
-	var one uint8
 	var err error
 	if f.v6 {
-		var k nsxRange6Key
-		it := f.ranges.Iterate()
-		for it.Next(&k, &one) {
+		err = iterate(f.ranges, func(k *nsxRange6Key, _ *uint8) {
 			fn(k.SvcId, netip.PrefixFrom(netip.AddrFrom16(k.Ip), int(k.Prefixlen)-32))
-		}
-		err = it.Err()
+		})
 	} else {
-		var k nsxRangeKey
-		it := f.ranges.Iterate()
-		for it.Next(&k, &one) {
+		err = iterate(f.ranges, func(k *nsxRangeKey, _ *uint8) {
 			fn(k.SvcId, netip.PrefixFrom(addrOf(k.Ip), int(k.Prefixlen)-32))
-		}
-		err = it.Err()
+		})
 	}
 	if err != nil {
 		return fmt.Errorf("read %s source ranges map: %w", f.name(), err)
@@ -251,22 +267,11 @@ func (f *family) deleteMember(id uint32, e netip.AddrPort) error {
 }
 
 func (f *family) eachMember(fn func(id uint32, e netip.AddrPort)) error {
-	var one uint8
 	var err error
 	if f.v6 {
-		var k nsxMember6Key
-		it := f.members.Iterate()
-		for it.Next(&k, &one) {
-			fn(k.SvcId, netip.AddrPortFrom(netip.AddrFrom16(k.Ip), portOf(k.Port)))
-		}
-		err = it.Err()
+		err = iterate(f.members, func(k *nsxMember6Key, _ *uint8) { fn(k.SvcId, ap6(k.Ip, k.Port)) })
 	} else {
-		var k nsxMemberKey
-		it := f.members.Iterate()
-		for it.Next(&k, &one) {
-			fn(k.SvcId, netip.AddrPortFrom(addrOf(k.Ip), portOf(k.Port)))
-		}
-		err = it.Err()
+		err = iterate(f.members, func(k *nsxMemberKey, _ *uint8) { fn(k.SvcId, ap4(k.Ip, k.Port)) })
 	}
 	if err != nil {
 		return fmt.Errorf("read %s affinity members map: %w", f.name(), err)
@@ -324,13 +329,13 @@ func (f *family) lookupService(k dataplane.FrontendKey) (svcVal, bool) {
 		if f.services.Lookup(f.svcKey(k), &v) != nil {
 			return svcVal{}, false
 		}
-		return svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}, true
+		return svcValOf6(&v), true
 	}
 	var v nsxSvcVal
 	if f.services.Lookup(f.svcKey(k), &v) != nil {
 		return svcVal{}, false
 	}
-	return svcVal{Id: v.Id, Count: v.Count, Flags: v.Flags, AffinitySec: v.AffinitySec}, true
+	return svcValOf4(&v), true
 }
 
 func (f *family) affKey(client netip.Addr, id uint32) any {
@@ -347,13 +352,13 @@ func (f *family) lookupAffinity(client netip.Addr, id uint32) (netip.AddrPort, b
 		if f.affinity.Lookup(f.affKey(client, id), &v) != nil {
 			return netip.AddrPort{}, false
 		}
-		return netip.AddrPortFrom(netip.AddrFrom16(v.Ip), portOf(v.Port)), true
+		return ap6(v.Ip, v.Port), true
 	}
 	var v nsxAffVal
 	if f.affinity.Lookup(f.affKey(client, id), &v) != nil {
 		return netip.AddrPort{}, false
 	}
-	return netip.AddrPortFrom(addrOf(v.Ip), portOf(v.Port)), true
+	return ap4(v.Ip, v.Port), true
 }
 
 func (f *family) deleteAffinity(client netip.Addr, id uint32) error {
